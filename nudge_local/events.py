@@ -1,0 +1,72 @@
+"""What a decoding mode yields: one TokenEvent per token, then one Done."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One emitted token.
+
+    text: the characters this token completes (UTF-8 safe: a character split across tokens
+      appears whole on the token that completes it, "" on the ones before).
+    source: "base" or "nudge".
+    token: the token id in the writing model's vocabulary.
+    base_p: the base's top-1 probability at the decision that let this token be written (for every
+      token of a nudged word, the gate value that handed the word to the nudger); None when the
+      base was not asked (nudger-only generation).
+    p: the writing model's (untempered) probability of this token.
+    """
+
+    text: str
+    source: str
+    token: int
+    base_p: float | None
+    p: float
+
+
+@dataclass(slots=True)
+class Stats:
+    tokens: int = 0
+    nudge_tokens: int = 0
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
+    evaluated_tokens: dict[str, int] = field(default_factory=dict)
+    forward_calls: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def nudge_ratio(self) -> float:
+        return self.nudge_tokens / self.tokens if self.tokens else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["nudge_ratio"] = round(self.nudge_ratio, 4)
+        d["tokens_per_second"] = round(self.tokens_per_second, 2)
+        d["seconds"] = round(self.seconds, 4)
+        for role in ("base", "nudger"):
+            d[f"{role}_evaluated_tokens"] = self.evaluated_tokens.get(role, 0)
+            d[f"{role}_forward_calls"] = self.forward_calls.get(role, 0)
+        return d
+
+    def line(self) -> str:
+        """The one-line summary the CLI prints on stderr."""
+        return (
+            f"{self.tokens} tokens, {self.nudge_tokens} nudged ({self.nudge_ratio:.1%}), "
+            f"{self.tokens_per_second:.1f} tok/s in {self.seconds:.2f} s; evaluated "
+            f"base {self.evaluated_tokens.get('base', 0)} / nudger {self.evaluated_tokens.get('nudger', 0)} "
+            f"tokens in {self.forward_calls.get('base', 0)} / {self.forward_calls.get('nudger', 0)} calls"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The last event: why generation stopped, the full text, and the run's statistics."""
+
+    stop_reason: str  # "eos", "length", "stop_string"
+    text: str
+    stats: Stats

@@ -1,0 +1,302 @@
+"""One loaded GGUF model: tokens, pieces, a prefix-cached KV context and logits rows.
+
+Built on llama-cpp-python's low-level API (BRIEF section 2): the high-level `Llama` keeps no logits
+without `logits_all`, truncates long pieces and silences logs by redirecting file descriptors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import llama_cpp as ll
+import numpy as np
+
+from nudge_local.errors import ContextFull, NudgeError
+from nudge_local.gguf_check import check_gguf
+
+WHITESPACE = b" \t\n"
+
+
+@ll.llama_log_callback
+def _quiet_log(level, text, user_data):  # noqa: ARG001 - llama.cpp's log goes nowhere
+    return None
+
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        ll.llama_log_set(_quiet_log, ctypes.c_void_p(0))  # _quiet_log stays referenced at module level
+        ll.llama_backend_init()
+        _backend_ready = True
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS has no sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def gpu_offload_supported() -> bool:
+    _init_backend()
+    return bool(ll.llama_supports_gpu_offload())
+
+
+def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
+    """Split off a trailing, not yet complete UTF-8 character (at most 3 bytes)."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b & 0xC0 != 0x80:  # a lead (or ASCII) byte
+            need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+            return (data[:-back], data[-back:]) if need > back else (data, b"")
+    return data, b""
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Model:
+    """A GGUF model loaded into one llama.cpp context (sequence 0), used from one thread."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        role: str = "model",
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        n_batch: int = 512,
+    ) -> None:
+        self.role = role
+        self.path = check_gguf(path, role=role)
+        _init_backend()
+        self._model = self._ctx = self._batch = None
+        mparams = ll.llama_model_default_params()
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if ll.llama_supports_gpu_offload() else 0
+        mparams.n_gpu_layers = n_gpu_layers
+        self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise NudgeError(f"llama.cpp could not load the {role} file {self.path}; it may be damaged.")
+        try:
+            self._vocab = ll.llama_model_get_vocab(self._model)
+            cparams = ll.llama_context_default_params()
+            cparams.n_ctx = n_ctx
+            cparams.n_batch = cparams.n_ubatch = min(n_batch, n_ctx)
+            cparams.n_seq_max = 1
+            threads = n_threads or default_threads()
+            cparams.n_threads = cparams.n_threads_batch = threads
+            self._ctx = ll.llama_init_from_model(self._model, cparams)
+            if not self._ctx:
+                raise NudgeError(
+                    f"llama.cpp could not create a {n_ctx}-token context for the {role} model; "
+                    f"lower the context size or free memory."
+                )
+            self.n_ctx = ll.llama_n_ctx(self._ctx)
+            self.n_batch = ll.llama_n_batch(self._ctx)
+            self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        except BaseException:
+            self.close()
+            raise
+        self.n_threads = threads
+        self.n_gpu_layers = n_gpu_layers
+        self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self.vocab_type = ll.llama_vocab_type(self._vocab)
+        self.bos = ll.llama_vocab_bos(self._vocab)
+        self.eos = ll.llama_vocab_eos(self._vocab)
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab))
+        self._mem = ll.llama_get_memory(self._ctx)
+        self._pieces: dict[int, bytes] = {}
+        self._byte_tokens: dict[int, int] | None = None
+        self._tokens: list[int] = []  # what the KV cache holds, position by position
+        self._last: np.ndarray | None = None  # logits after the last held token, when computed
+        self.evaluated_tokens = 0
+        self.forward_calls = 0
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def metadata(self, key: str) -> str | None:
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = ll.llama_model_meta_val_str(self._model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    @property
+    def name(self) -> str:
+        return self.metadata("general.name") or Path(self.path).name
+
+    @property
+    def chat_template(self) -> str | None:
+        t = ll.llama_model_chat_template(self._model, None)
+        return t.decode("utf-8") if t else None
+
+    def token_texts(self) -> list[bytes]:
+        """The vocabulary's raw token texts, for comparing two vocabularies."""
+        return [ll.llama_vocab_get_text(self._vocab, i) or b"" for i in range(self.n_vocab)]
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def tokenize(self, text: str | bytes) -> list[int]:
+        """tok() of BRIEF 1.1: special-token text parsed, BOS added where the vocabulary asks for
+        it and the text does not already start with it. Bytes that end inside a UTF-8 character
+        become this vocabulary's byte tokens (tokenizers would turn them into U+FFFD)."""
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        head, tail = split_incomplete_utf8(data)
+        if tail:
+            head = head.decode("utf-8", "replace").encode("utf-8")
+        cap = len(head) + 8
+        while True:
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self._vocab, head, len(head), buf, cap, False, True)
+            if n >= 0:
+                break
+            cap = -n
+        tokens = buf[:n]
+        if self.add_bos and self.bos >= 0 and (not tokens or tokens[0] != self.bos):
+            tokens.insert(0, self.bos)
+        for b in tail:
+            tokens.append(self.byte_token(b))
+        return tokens
+
+    def byte_token(self, byte: int) -> int:
+        """The token that prints as the single byte `byte`."""
+        if self._byte_tokens is None:
+            self._byte_tokens = {}
+            for i in range(self.n_vocab):
+                p = self.piece(i)
+                if len(p) == 1:
+                    self._byte_tokens.setdefault(p[0], i)
+        t = self._byte_tokens.get(byte)
+        if t is None:
+            raise NudgeError(f"The {self.role} model's vocabulary has no token for byte {byte:#04x}.")
+        return t
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (special tokens rendered), possibly part of a UTF-8 character."""
+        p = self._pieces.get(token)
+        if p is None:
+            size = 256  # Llama.detokenize's 32 bytes silently drops long pieces
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = ll.llama_token_to_piece(self._vocab, token, buf, size, 0, True)
+                if n >= 0:
+                    break
+                size = -n
+            p = self._pieces[token] = buf.raw[:n]
+        return p
+
+    def is_eog(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self._vocab, token))
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Next-token logits after `tokens`, evaluating only what the context does not hold."""
+        if self._last is not None and tokens == self._tokens:
+            return self._last
+        self._last = self.evaluate(tokens, [len(tokens) - 1])[0]
+        return self._last
+
+    def evaluate(self, tokens: list[int], rows: list[int]) -> np.ndarray:
+        """Bring the context to hold exactly `tokens` and return the logits rows after the
+        positions in `rows` (ascending), one row each. Positions before the first difference from
+        what the context holds are not evaluated again, unless a row is asked there."""
+        n = len(tokens)
+        if n > self.n_ctx:
+            raise ContextFull(
+                f"The {self.role} model needs {n} tokens but its context holds {self.n_ctx}; "
+                f"shorten the prompt or raise the context size."
+            )
+        if not n:
+            raise NudgeError(f"The {self.role} model was given an empty prompt; give it some text.")
+        keep = common_prefix(self._tokens, tokens)
+        if rows:
+            keep = min(keep, rows[0])
+        self._cut(keep)
+        self._last = None
+        out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
+        r = 0
+        b = self._batch
+        for start in range(keep, n, self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            b.n_tokens = len(chunk)
+            wanted = []
+            for i, t in enumerate(chunk):
+                b.token[i] = t
+                b.pos[i] = start + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                flag = r + len(wanted) < len(rows) and rows[r + len(wanted)] == start + i
+                b.logits[i] = flag
+                if flag:
+                    wanted.append(i)
+            rc = ll.llama_decode(self._ctx, b)
+            self.forward_calls += 1
+            if rc != 0:
+                self.reset()
+                raise NudgeError(
+                    f"llama.cpp failed to evaluate {len(chunk)} tokens of the {self.role} model "
+                    f"(code {rc}); the context may be too small or memory short."
+                )
+            self.evaluated_tokens += len(chunk)
+            self._tokens.extend(chunk)
+            for i in wanted:
+                ptr = ll.llama_get_logits_ith(self._ctx, i)
+                out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+                r += 1
+        return out
+
+    def _cut(self, keep: int) -> None:
+        if keep < len(self._tokens):
+            if not ll.llama_memory_seq_rm(self._mem, 0, keep, -1):
+                ll.llama_memory_clear(self._mem, True)  # recurrent models refuse partial removal
+                keep = 0
+            del self._tokens[keep:]
+
+    def reset(self) -> None:
+        """Forget everything the context holds."""
+        if self._ctx:
+            ll.llama_memory_clear(self._mem, True)
+        self._tokens = []
+        self._last = None
+
+    @property
+    def held_tokens(self) -> list[int]:
+        return list(self._tokens)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            ll.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

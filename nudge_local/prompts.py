@@ -1,0 +1,68 @@
+"""Prompts: plain text for the base, the chat template for the nudger (BRIEF 1.1, issue 2.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nudge_local.errors import NudgeError
+
+DEFAULT_BASE_FORMAT = "{system}\nQuestion: {question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One finished exchange of a conversation."""
+
+    question: str
+    answer: str
+
+
+def check_base_format(fmt: str) -> None:
+    try:
+        fmt.format(system="", question="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise NudgeError(
+            f"The base prompt format {fmt!r} is invalid ({e}); use only the fields {{system}} and {{question}}."
+        ) from None
+    if "{question}" not in fmt:
+        raise NudgeError(f"The base prompt format {fmt!r} has no {{question}} field; add one.")
+
+
+def base_prompt(
+    question: str, *, history: Sequence[Turn] = (), system: str = "", fmt: str = DEFAULT_BASE_FORMAT
+) -> str:
+    """Render the base's plain-text prompt. The part of `fmt` after `{system}` is the turn format:
+    earlier turns repeat it with their answers, so the default gives
+    `SYSTEM\\nQuestion: q1\\nAnswer: a1\\nQuestion: q2\\nAnswer:`."""
+    check_base_format(fmt)
+    head, sep, turn = fmt.partition("{system}")
+    if not sep:
+        head, turn = "", fmt
+    text = head.format(question="") + system if sep else ""
+    for t in history:
+        answer = t.answer if t.answer[:1].isspace() else " " + t.answer
+        text += turn.format(system=system, question=t.question) + answer
+    text += turn.format(system=system, question=question)
+    # Without a system prompt its line is dropped rather than left blank.
+    return text if system else text.lstrip()
+
+
+def chat_messages(question: str, *, history: Sequence[Turn] = (), system: str = "") -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    for t in history:
+        messages += [{"role": "user", "content": t.question}, {"role": "assistant", "content": t.answer}]
+    messages.append({"role": "user", "content": question})
+    return messages
+
+
+def render_chat_template(template: str, messages: list[dict], *, bos_token: str, eos_token: str) -> str:
+    """Render a Hugging Face chat template in Jinja's sandbox with the generation prompt opened."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    try:
+        formatter = Jinja2ChatFormatter(template, eos_token=eos_token, bos_token=bos_token)
+        # enable_thinking=False: a nudger's words must be answer words, not a reasoning trace.
+        return formatter(messages=messages, enable_thinking=False).prompt
+    except Exception as e:  # jinja2 syntax errors, raise_exception() in the template, ...
+        raise NudgeError(f"The nudger's chat template cannot be rendered ({e}); give another with --chat-template.") from None

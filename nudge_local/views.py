@@ -1,0 +1,69 @@
+"""What each model sees of the answer (BRIEF 1.1): the same token ids, or its own tokens of the text."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nudge_local.model import Model
+
+
+class Answer:
+    """The answer so far, as the shared ids (token space) and as bytes (text space)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.data = bytearray()
+
+    def add(self, token: int, piece: bytes) -> None:
+        self.ids.append(token)
+        self.data += piece
+
+
+class TokenSpaceView:
+    """The model sees tok(prompt) + answer ids; its logits are cut to the ids both models share."""
+
+    def __init__(self, model: Model, prompt: str, answer: Answer, n_shared: int | None = None) -> None:
+        self.model, self.answer = model, answer
+        self.prompt_ids = model.tokenize(prompt)
+        self.n_shared = n_shared or model.n_vocab
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    def logits(self) -> np.ndarray:
+        return self.model.logits(self.prompt_ids + self.answer.ids)[: self.n_shared]
+
+
+class TextSpaceView:
+    """The model sees tok(prompt + answer text) in its own vocabulary; its KV cache keeps the
+    longest common token prefix with what it held."""
+
+    def __init__(self, model: Model, prompt: str, answer: Answer) -> None:
+        self.model, self.answer = model, answer
+        self.prompt = prompt.encode("utf-8")
+        self.prompt_tokens = len(model.tokenize(self.prompt))
+
+    def logits(self) -> np.ndarray:
+        return self.model.logits(self.model.tokenize(self.prompt + self.answer.data))
+
+
+def same_vocabulary(a: Model, b: Model) -> bool:
+    """llama.cpp's draft-model test (BRIEF 1.4): same tokenizer type, sizes within 128 padding ids,
+    the same token texts for every shared id."""
+    if a.vocab_type != b.vocab_type or abs(a.n_vocab - b.n_vocab) > 128:
+        return False
+    n = min(a.n_vocab, b.n_vocab)
+    return a.token_texts()[:n] == b.token_texts()[:n]
+
+
+def make_views(base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, *, text_space: bool | None = None):
+    """Both models' views of one shared Answer; token space when the vocabularies match unless
+    `text_space` forces a choice."""
+    answer = Answer()
+    if text_space is None:
+        text_space = not same_vocabulary(base, nudger)
+    if text_space:
+        return answer, TextSpaceView(base, base_prompt, answer), TextSpaceView(nudger, nudger_prompt, answer)
+    n = min(base.n_vocab, nudger.n_vocab)
+    return answer, TokenSpaceView(base, base_prompt, answer, n), TokenSpaceView(nudger, nudger_prompt, answer, n)

@@ -1,0 +1,1 @@
+"""Scripts: the test-model generator (importable by tests) and, later, benchmarks."""
