@@ -39,30 +39,48 @@ def _ranged(kind, lo=None, hi=None, lo_open=False, what=""):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nudge-local", description="Nudging on a laptop: a base model guided by a small aligned model.")
+    parser = _Parser(
+        prog="nudge-local", description="Nudging on a laptop: a base model guided by a small aligned model."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="answer one prompt and print it with nudged words in [brackets]")
     run.add_argument("prompt", help="the question")
     run.add_argument("--base", type=Path, help="base model GGUF (pretrained only)")
     run.add_argument("--nudge", type=Path, help="nudger model GGUF (instruction-tuned)")
     run.add_argument("--mode", choices=MODES, default="nudged", help="nudged (default), base only, nudger only")
-    run.add_argument("--gamma", type=_ranged(float, 0.0, 1.0), default=0.4,
-                     help="the nudger writes where the base's top-1 probability is below this (default 0.4)")
+    run.add_argument(
+        "--gamma",
+        type=_ranged(float, 0.0, 1.0),
+        default=0.4,
+        help="the nudger writes where the base's top-1 probability is below this (default 0.4)",
+    )
     run.add_argument("--max-tokens", type=_ranged(int, 0), default=256, help="answer length limit (default 256)")
     run.add_argument("--word-cap", type=_ranged(int, 1), default=16, help="most tokens in one nudged word (default 16)")
     run.add_argument("--temperature", type=_ranged(float, 0.0), default=0.0, help="0 is greedy (default)")
     run.add_argument("--top-p", type=_ranged(float, 0.0, 1.0, lo_open=True), default=1.0)
     run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     run.add_argument("--system", default="", help="system prompt for both models")
-    run.add_argument("--base-format", default=DEFAULT_BASE_FORMAT,
-                     help="the base's prompt, with {system} and {question} (default: %(default)r)")
+    run.add_argument(
+        "--base-format",
+        default=DEFAULT_BASE_FORMAT,
+        help="the base's prompt, with {system} and {question} (default: %(default)r)",
+    )
     run.add_argument("--chat-template", type=Path, help="Jinja chat template file for the nudger (default: its GGUF's)")
-    run.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                     help="stop when the answer contains TEXT (repeatable; none by default)")
+    run.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop when the answer contains TEXT (repeatable; none by default)",
+    )
     run.add_argument("--ctx", type=_ranged(int, 64), default=4096, help="context size per model (default 4096)")
     run.add_argument("--threads", type=_ranged(int, 1), default=None, help="CPU threads per model (default: all)")
-    run.add_argument("--gpu-layers", type=int, default=None,
-                     help="layers offloaded to the GPU (default: all where the build can, else 0)")
+    run.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=None,
+        help="layers offloaded to the GPU (default: all where the build can, else 0)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
 
@@ -149,8 +167,15 @@ def run(args) -> int:
             base, nudger, args.prompt, system=args.system, base_format=args.base_format, chat_template=chat_template
         )
         events = generate(
-            prompts, mode=args.mode, base=base, nudger=nudger, gamma=args.gamma, max_tokens=args.max_tokens,
-            word_cap=args.word_cap, sampling=Sampling(args.temperature, args.top_p, args.seed), stop_strings=args.stop,
+            prompts,
+            mode=args.mode,
+            base=base,
+            nudger=nudger,
+            gamma=args.gamma,
+            max_tokens=args.max_tokens,
+            word_cap=args.word_cap,
+            sampling=Sampling(args.temperature, args.top_p, args.seed),
+            stop_strings=args.stop,
         )
         tokens: list[TokenEvent] = []
         writer = None if args.json else BracketWriter(sys.stdout)

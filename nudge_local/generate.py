@@ -64,12 +64,12 @@ def generate(
     gamma: float = 0.4,
     max_tokens: int = 256,
     word_cap: int = 16,
-    sampling: Sampling = Sampling(),
+    sampling: Sampling | None = None,
     stop_strings: Sequence[str] = (),
     text_space: bool | None = None,
 ) -> Iterator[TokenEvent | Done]:
     """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode), "base" or "nudger"."""
-    choose = Chooser(sampling)
+    choose = Chooser(sampling or Sampling())
     if mode == "nudged":
         answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)
         steps = nudged_steps(

@@ -14,7 +14,8 @@ GGUF_VERSIONS = (2, 3)
 
 # The architectures of the llama.cpp vendored in llama-cpp-python 0.3.36 (LLM_ARCH_NAMES in
 # src/llama-arch.cpp); the dependency is pinned, so this list moves with the pin.
-SUPPORTED_ARCHITECTURES = frozenset("""
+SUPPORTED_ARCHITECTURES = frozenset(
+    """
 llama llama4 deci falcon grok gpt2 gptj gptneox mpt baichuan starcoder refact bert modern-bert
 nomic-bert nomic-bert-moe neo-bert jina-bert-v2 jina-bert-v3 eurobert bloom stablelm qwen qwen2
 qwen2moe qwen2vl qwen3 qwen3moe qwen3next qwen3vl qwen3vlmoe qwen35 qwen35moe qwen4exp phi2 phi3
@@ -29,7 +30,8 @@ hunyuan-dense hunyuan_vl hy_v3 hy_v4 smollm3 gpt-oss lfm2 lfm2moe dream smallthi
 llada-moe seed_oss grovemoe apertus minimax-01 hrm_text minimax-m2 minimax-m3 cogvlm rnd1
 pangu-embedded mistral3 eagle3 dflash mistral4 paddleocr mimo2 step35 spark2_5 llama-embed
 maincoder kimi-linear kimi-k3 glm5-next talkie mellum nanbeige qwen3tts pockettts
-""".split())
+""".split()
+)
 
 
 def check_gguf(path: str | os.PathLike, *, role: str = "model") -> Path:
@@ -63,9 +65,7 @@ def check_gguf(path: str | os.PathLike, *, role: str = "model") -> Path:
         )
     size = p.stat().st_size
     if tensors_end > size:
-        raise NudgeError(
-            f"The {role} file {p} is truncated ({size} of {tensors_end} bytes); download it again."
-        )
+        raise NudgeError(f"The {role} file {p} is truncated ({size} of {tensors_end} bytes); download it again.")
     return p.resolve()
 
 

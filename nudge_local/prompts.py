@@ -65,4 +65,6 @@ def render_chat_template(template: str, messages: list[dict], *, bos_token: str,
         # enable_thinking=False: a nudger's words must be answer words, not a reasoning trace.
         return formatter(messages=messages, enable_thinking=False).prompt
     except Exception as e:  # jinja2 syntax errors, raise_exception() in the template, ...
-        raise NudgeError(f"The nudger's chat template cannot be rendered ({e}); give another with --chat-template.") from None
+        raise NudgeError(
+            f"The nudger's chat template cannot be rendered ({e}); give another with --chat-template."
+        ) from None

@@ -97,11 +97,69 @@ def load_vocab(path: str | os.PathLike) -> Vocab:
 
 
 BPE_WORDS = (
-    [" the", " Step", " 1", " 2", " 3", ":", "\n\n", " so", "lution", " we", " need", " to", " find", "ing",
-     " answer", " is", " caf", "é", " über", "Hello", " world", ".", " Sure", ",", " First", " total", " cost",
-     " step", " by", " 日本", "語", " ok"],
-    [" the", " St", "ep", " sol", "ution", " 1", ":", "\n", "\n\n", " We", " ne", "ed", " answer", " caf",
-     "é", " üb", "er", " world", ".", " Sure", "!", " First", " cost", " to", " find", " 日", "本語"],
+    [
+        " the",
+        " Step",
+        " 1",
+        " 2",
+        " 3",
+        ":",
+        "\n\n",
+        " so",
+        "lution",
+        " we",
+        " need",
+        " to",
+        " find",
+        "ing",
+        " answer",
+        " is",
+        " caf",
+        "é",
+        " über",
+        "Hello",
+        " world",
+        ".",
+        " Sure",
+        ",",
+        " First",
+        " total",
+        " cost",
+        " step",
+        " by",
+        " 日本",
+        "語",
+        " ok",
+    ],
+    [
+        " the",
+        " St",
+        "ep",
+        " sol",
+        "ution",
+        " 1",
+        ":",
+        "\n",
+        "\n\n",
+        " We",
+        " ne",
+        "ed",
+        " answer",
+        " caf",
+        "é",
+        " üb",
+        "er",
+        " world",
+        ".",
+        " Sure",
+        "!",
+        " First",
+        " cost",
+        " to",
+        " find",
+        " 日",
+        "本語",
+    ],
 )
 
 
@@ -255,8 +313,17 @@ def main() -> None:
     vocab = load_vocab(args.vocab) if args.vocab else bpe_vocab()
     rng = np.random.default_rng(args.seed)
     table = Table(default={int(t): float(rng.normal()) for t in rng.choice(len(vocab.tokens), 20)})
-    write_model(args.out, vocab, table, chat_template=CHATML, width=args.width, layers=args.layers,
-                ffn=args.ffn, noise=args.noise, seed=args.seed)
+    write_model(
+        args.out,
+        vocab,
+        table,
+        chat_template=CHATML,
+        width=args.width,
+        layers=args.layers,
+        ffn=args.ffn,
+        noise=args.noise,
+        seed=args.seed,
+    )
     print(args.out)
 
 
