@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+
+from nudge_local.events import Done
+from nudge_local.generate import generate, render_prompts
+from nudge_local.model import Model
+from tests.pairs import vocab_dir
+
+needs_shared = pytest.mark.skipif(vocab_dir() is None, reason="../shared/vocab not found (NUDGE_LOCAL_VOCAB_DIR)")
+
+
+def load(path, role="model", n_ctx=512) -> Model:
+    return Model(path, role=role, n_ctx=n_ctx, n_threads=1)
+
+
+def run_engine(base, nudger, question="Why is the sky blue?", *, mode="nudged", system="", **kw):
+    """Events and Done of one generation through the public engine API."""
+    prompts = render_prompts(base, nudger, question, system=system)
+    events = list(generate(prompts, mode=mode, base=base, nudger=nudger, **kw))
+    assert isinstance(events[-1], Done)
+    return prompts, events[:-1], events[-1]

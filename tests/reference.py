@@ -1,0 +1,73 @@
+"""A naive token mode (BRIEF 1.1) that evaluates every context from scratch, for comparison."""
+
+from __future__ import annotations
+
+import codecs
+
+from nudge_local.model import Model
+from nudge_local.sampling import prob, top1
+
+SPACE = b" \n\t"
+
+
+def reference_token_mode(
+    base: Model,
+    nudger: Model,
+    base_prompt: str,
+    nudger_prompt: str,
+    *,
+    gamma: float,
+    max_tokens: int,
+    word_cap: int = 16,
+    text_space: bool,
+):
+    """Returns ([(source, token)], stop reason, text). Greedy only."""
+    ids: list[int] = []
+    data = b""
+    out: list[tuple[str, int]] = []
+    n_shared = min(base.n_vocab, nudger.n_vocab)
+
+    def ask(model: Model, prompt: str):
+        model.reset()  # no cache: every call evaluates its whole context
+        if text_space:
+            return model.logits(model.tokenize(prompt.encode() + data))
+        return model.logits(model.tokenize(prompt) + ids)[:n_shared]
+
+    def emit(source: str, model: Model, t: int):
+        nonlocal data
+        ids.append(t)
+        data += model.piece(t)
+        out.append((source, t))
+
+    def result(reason: str):
+        text = codecs.getincrementaldecoder("utf-8")("replace").decode(data)
+        return out, reason, text
+
+    while True:
+        if len(out) >= max_tokens:
+            return result("length")
+        lb = ask(base, base_prompt)
+        t, p = top1(lb)
+        if p >= gamma:
+            if base.is_eog(t):
+                return result("eos")
+            emit("base", base, t)
+            continue
+        word = b""
+        count = 0
+        while True:
+            if count == word_cap or len(out) >= max_tokens:
+                break
+            ln = ask(nudger, nudger_prompt)
+            t = int(ln.argmax())
+            assert prob(ln, t) > 0
+            if nudger.is_eog(t):
+                if count == 0:
+                    return result("eos")
+                break
+            piece = nudger.piece(t)
+            if count > 0 and piece[:1] in (b" ", b"\n", b"\t") and any(c not in SPACE for c in word):
+                break
+            emit("nudge", nudger, t)
+            word += piece
+            count += 1
