@@ -57,14 +57,20 @@ def chat_messages(question: str, *, history: Sequence[Turn] = (), system: str = 
 
 
 def render_chat_template(template: str, messages: list[dict], *, bos_token: str, eos_token: str) -> str:
-    """Render a Hugging Face chat template in Jinja's sandbox with the generation prompt opened."""
+    """Render a Hugging Face chat template in Jinja's sandbox with the generation prompt opened.
+    Templates that refuse a system role (Gemma-2) get the system text at the head of the first
+    user message instead, as their model cards advise."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     try:
         formatter = Jinja2ChatFormatter(template, eos_token=eos_token, bos_token=bos_token)
+    except Exception as e:  # jinja2 syntax error
+        raise NudgeError(f"The nudger's chat template is not valid Jinja ({e}); give another with --chat-template.") from None
+    try:
         # enable_thinking=False: a nudger's words must be answer words, not a reasoning trace.
         return formatter(messages=messages, enable_thinking=False).prompt
-    except Exception as e:  # jinja2 syntax errors, raise_exception() in the template, ...
-        raise NudgeError(
-            f"The nudger's chat template cannot be rendered ({e}); give another with --chat-template."
-        ) from None
+    except Exception as e:  # raise_exception() in the template, undefined names, ...
+        if messages and messages[0]["role"] == "system" and len(messages) > 1:
+            folded = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+            return render_chat_template(template, folded + messages[2:], bos_token=bos_token, eos_token=eos_token)
+        raise NudgeError(f"The nudger's chat template cannot be rendered ({e}); give another with --chat-template.") from None
