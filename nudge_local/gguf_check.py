@@ -63,6 +63,8 @@ def check_gguf(path: str | os.PathLike, *, role: str = "model") -> Path:
             f"The {role} file {p} has architecture '{arch}', which this llama.cpp build does not support; "
             f"upgrade llama-cpp-python or choose another model."
         )
+    if tensors_end == 0:
+        raise NudgeError(f"The {role} file {p} holds no weights (a vocabulary-only GGUF); give a model file.")
     size = p.stat().st_size
     if tensors_end > size:
         raise NudgeError(f"The {role} file {p} is truncated ({size} of {tensors_end} bytes); download it again.")

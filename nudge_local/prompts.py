@@ -65,7 +65,9 @@ def render_chat_template(template: str, messages: list[dict], *, bos_token: str,
     try:
         formatter = Jinja2ChatFormatter(template, eos_token=eos_token, bos_token=bos_token)
     except Exception as e:  # jinja2 syntax error
-        raise NudgeError(f"The nudger's chat template is not valid Jinja ({e}); give another with --chat-template.") from None
+        raise NudgeError(
+            f"The nudger's chat template is not valid Jinja ({e}); give another with --chat-template."
+        ) from None
     try:
         # enable_thinking=False: a nudger's words must be answer words, not a reasoning trace.
         return formatter(messages=messages, enable_thinking=False).prompt
@@ -73,4 +75,6 @@ def render_chat_template(template: str, messages: list[dict], *, bos_token: str,
         if messages and messages[0]["role"] == "system" and len(messages) > 1:
             folded = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
             return render_chat_template(template, folded + messages[2:], bos_token=bos_token, eos_token=eos_token)
-        raise NudgeError(f"The nudger's chat template cannot be rendered ({e}); give another with --chat-template.") from None
+        raise NudgeError(
+            f"The nudger's chat template cannot be rendered ({e}); give another with --chat-template."
+        ) from None

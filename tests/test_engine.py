@@ -58,7 +58,9 @@ def test_sampling_is_reproducible_and_depends_on_the_seed(tmp_path):
         others = {sample(s)[1] for s in range(8)}
         assert len(others) >= 3
         greedy = run_engine(base, nudger, gamma=0.5, max_tokens=30)[2].text
-        assert greedy in {run_engine(base, nudger, gamma=0.5, max_tokens=30, sampling=Sampling(0.0, 1.0, s))[2].text for s in (1, 2)}
+        assert greedy in {
+            run_engine(base, nudger, gamma=0.5, max_tokens=30, sampling=Sampling(0.0, 1.0, s))[2].text for s in (1, 2)
+        }
 
 
 def test_top_p_keeps_only_the_head(tmp_path):

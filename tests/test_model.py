@@ -46,13 +46,17 @@ def test_special_token_text_is_parsed(tmp_path):
 def test_long_pieces_are_not_truncated(tmp_path):
     """Llama.detokenize's 32-byte buffer returns b'' for these; the model layer must not."""
     v = vocab("qwen2")
-    longest = max(range(len(v.tokens)), key=lambda i: len(v.piece(i)) if v.kv["tokenizer.ggml.token_type"][i] == 1 else 0)
+    longest = max(
+        range(len(v.tokens)), key=lambda i: len(v.piece(i)) if v.kv["tokenizer.ggml.token_type"][i] == 1 else 0
+    )
     with _model(tmp_path, "qwen2") as m:
         assert len(v.piece(longest)) > 32
         assert m.piece(longest) == v.piece(longest)
 
 
-@pytest.mark.parametrize("name", ["bpe0", pytest.param("qwen2", marks=needs_shared), pytest.param("llama-spm", marks=needs_shared)])
+@pytest.mark.parametrize(
+    "name", ["bpe0", pytest.param("qwen2", marks=needs_shared), pytest.param("llama-spm", marks=needs_shared)]
+)
 def test_text_ending_inside_a_character_keeps_its_bytes(tmp_path, name):
     with _model(tmp_path, name) as m:
         toks = m.tokenize(b"caf\xc3")
@@ -100,7 +104,7 @@ def test_batched_rows_equal_single_evaluations(tmp_path):
         calls = m.forward_calls
         got = m.evaluate(seq, rows)
         assert m.forward_calls == calls + 1 and got.shape == (3, m.n_vocab)
-        for r, row in zip(rows, got):
+        for r, row in zip(rows, got, strict=True):
             np.testing.assert_array_equal(row, _fresh(m, seq[: r + 1]))
 
 
