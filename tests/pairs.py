@@ -12,49 +12,14 @@ from scripts.make_test_model import CHATML, Table, Vocab, bpe_vocab, load_vocab,
 
 # Text pieces the random tables draw on: words, word pieces, newlines, punctuation, non-ASCII,
 # and the single bytes of "é" (C3 A9) and "日" (E6 97 A5) so characters split across tokens.
+# fmt: off
 PIECES = [
-    b" the",
-    b" Step",
-    b" St",
-    b"ep",
-    b" 1",
-    b" 2",
-    b":",
-    b".",
-    b",",
-    b"!",
-    b"\n",
-    b"\n\n",
-    b" so",
-    b"lution",
-    b" we",
-    b" need",
-    b" to",
-    b" find",
-    b"ing",
-    b" answer",
-    b" is",
-    b" caf",
-    "é".encode(),
-    " über".encode(),
-    b"Hello",
-    b" world",
-    b" Sure",
-    b" First",
-    b" cost",
-    b" 4",
-    b"er",
-    b"ed",
-    b" ",
-    b"  ",
-    b"\xc3",
-    b"\xa9",
-    b"\xe6",
-    b"\x97",
-    b"\xa5",
-    " 日本".encode(),
-    "語".encode(),
+    b" the", b" Step", b" St", b"ep", b" 1", b" 2", b":", b".", b",", b"!", b"\n", b"\n\n", b" so", b"lution",
+    b" we", b" need", b" to", b" find", b"ing", b" answer", b" is", b" caf", "é".encode(), " über".encode(),
+    b"Hello", b" world", b" Sure", b" First", b" cost", b" 4", b"er", b"ed", b" ", b"  ",
+    b"\xc3", b"\xa9", b"\xe6", b"\x97", b"\xa5", " 日本".encode(), "語".encode(),
 ]
+# fmt: on
 
 
 def vocab_dir() -> Path | None:
@@ -68,7 +33,7 @@ def vocab_dir() -> Path | None:
 
 @functools.cache
 def vocab(name: str) -> Vocab:
-    """ "bpe0"/"bpe1" are built here; any other name is ../shared/vocab/ggml-vocab-NAME.gguf."""
+    """The vocabulary "bpe0"/"bpe1" (built here) or ../shared/vocab/ggml-vocab-NAME.gguf."""
     if name.startswith("bpe"):
         return bpe_vocab(int(name[3:]))
     d = vocab_dir()
