@@ -8,10 +8,10 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from nudge_local.config import FIELDS, Settings, load_settings
 from nudge_local.errors import NudgeError
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import MODES, generate, render_prompts
-from nudge_local.prompts import DEFAULT_BASE_FORMAT, check_base_format
 from nudge_local.sampling import Sampling
 
 WHITESPACE = " \t\n\r"
@@ -23,19 +23,22 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _ranged(kind, lo=None, hi=None, lo_open=False, what=""):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {what or kind.__name__}") from None
-        if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
-            low = "above" if lo_open else "at least"
-            bound = f"{low} {lo}" + (f" and at most {hi}" if hi is not None else "")
-            raise argparse.ArgumentTypeError(f"{text} is out of range (it must be {bound})")
-        return v
-
-    return parse
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """Flags for the settings of config.FIELDS; unset flags stay None so lower layers show through,
+    and every value is checked by the same parsers as the file and the environment."""
+    p.add_argument("--gamma", type=float, help="the nudger writes where the base's top-1 probability is below this")
+    p.add_argument("--max-tokens", type=int, help="answer length limit (default 256)")
+    p.add_argument("--word-cap", type=int, help="most tokens in one nudged word (default 16)")
+    p.add_argument("--temperature", type=float, help="0 is greedy (default)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (default 1.0)")
+    p.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    p.add_argument("--system", help="system prompt for both models")
+    p.add_argument("--base-format", help="the base's prompt, with {system} and {question}")
+    p.add_argument("--chat-template", help="Jinja chat template file for the nudger (default: its GGUF's)")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop before TEXT (repeatable; none by default)")
+    p.add_argument("--ctx", dest="context_size", type=int, help="context size per model (default: what the pair needs)")
+    p.add_argument("--threads", type=int, help="CPU threads per model (default: all cores)")
+    p.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU (default: all where the build can)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,43 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="answer one prompt and print it with nudged words in [brackets]")
     run.add_argument("prompt", help="the question")
-    run.add_argument("--base", type=Path, help="base model GGUF (pretrained only)")
-    run.add_argument("--nudge", type=Path, help="nudger model GGUF (instruction-tuned)")
+    run.add_argument("--base", help="base model GGUF (pretrained only)")
+    run.add_argument("--nudge", help="nudger model GGUF (instruction-tuned)")
     run.add_argument("--mode", choices=MODES, default="nudged", help="nudged (default), base only, nudger only")
-    run.add_argument(
-        "--gamma",
-        type=_ranged(float, 0.0, 1.0),
-        default=0.4,
-        help="the nudger writes where the base's top-1 probability is below this (default 0.4)",
-    )
-    run.add_argument("--max-tokens", type=_ranged(int, 0), default=256, help="answer length limit (default 256)")
-    run.add_argument("--word-cap", type=_ranged(int, 1), default=16, help="most tokens in one nudged word (default 16)")
-    run.add_argument("--temperature", type=_ranged(float, 0.0), default=0.0, help="0 is greedy (default)")
-    run.add_argument("--top-p", type=_ranged(float, 0.0, 1.0, lo_open=True), default=1.0)
-    run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    run.add_argument("--system", default="", help="system prompt for both models")
-    run.add_argument(
-        "--base-format",
-        default=DEFAULT_BASE_FORMAT,
-        help="the base's prompt, with {system} and {question} (default: %(default)r)",
-    )
-    run.add_argument("--chat-template", type=Path, help="Jinja chat template file for the nudger (default: its GGUF's)")
-    run.add_argument(
-        "--stop",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="stop when the answer contains TEXT (repeatable; none by default)",
-    )
-    run.add_argument("--ctx", type=_ranged(int, 64), default=4096, help="context size per model (default 4096)")
-    run.add_argument("--threads", type=_ranged(int, 1), default=None, help="CPU threads per model (default: all)")
-    run.add_argument(
-        "--gpu-layers",
-        type=int,
-        default=None,
-        help="layers offloaded to the GPU (default: all where the build can, else 0)",
-    )
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_settings_flags(run)
     return parser
 
 
@@ -130,28 +101,32 @@ class BracketWriter:
         self.out.flush()
 
 
-def _load(args):
+def _settings(args) -> Settings:
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    return load_settings(flags)
+
+
+def _load(args, s: Settings):
     from nudge_local.model import Model
 
     need_base = args.mode in ("nudged", "base")
     need_nudge = args.mode in ("nudged", "nudger")
-    for flag, needed, value in (("--base", need_base, args.base), ("--nudge", need_nudge, args.nudge)):
+    for flag, needed, value in (("--base", need_base, s.base), ("--nudge", need_nudge, s.nudge)):
         if needed and value is None:
             raise NudgeError(f"Mode {args.mode} needs a model: give {flag} PATH.")
     chat_template = None
-    if args.chat_template is not None:
+    if s.chat_template is not None:
         try:
-            chat_template = args.chat_template.read_text(encoding="utf-8")
+            chat_template = Path(s.chat_template).expanduser().read_text(encoding="utf-8")
         except OSError as e:
-            raise NudgeError(f"The chat template {args.chat_template} cannot be read ({e.strerror}).") from None
-    check_base_format(args.base_format)
-    opts = dict(n_ctx=args.ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers)
+            raise NudgeError(f"The chat template {s.chat_template} cannot be read ({e.strerror}).") from None
+    opts = dict(n_ctx=s.context_size or 4096, n_threads=s.threads, n_gpu_layers=s.gpu_layers)
     models = {}
     try:
         if need_base:
-            models["base"] = Model(args.base, role="base", **opts)
+            models["base"] = Model(s.base, role="base", **opts)
         if need_nudge:
-            models["nudger"] = Model(args.nudge, role="nudger", **opts)
+            models["nudger"] = Model(s.nudge, role="nudger", **opts)
     except BaseException:
         for m in models.values():
             m.close()
@@ -160,22 +135,23 @@ def _load(args):
 
 
 def run(args) -> int:
-    models, chat_template = _load(args)
+    s = _settings(args)
+    models, chat_template = _load(args, s)
     try:
         base, nudger = models.get("base"), models.get("nudger")
         prompts = render_prompts(
-            base, nudger, args.prompt, system=args.system, base_format=args.base_format, chat_template=chat_template
+            base, nudger, args.prompt, system=s.system, base_format=s.base_format, chat_template=chat_template
         )
         events = generate(
             prompts,
             mode=args.mode,
             base=base,
             nudger=nudger,
-            gamma=args.gamma,
-            max_tokens=args.max_tokens,
-            word_cap=args.word_cap,
-            sampling=Sampling(args.temperature, args.top_p, args.seed),
-            stop_strings=args.stop,
+            gamma=s.gamma,
+            max_tokens=s.max_tokens,
+            word_cap=s.word_cap,
+            sampling=Sampling(s.temperature, s.top_p, s.seed),
+            stop_strings=s.stop,
         )
         tokens: list[TokenEvent] = []
         writer = None if args.json else BracketWriter(sys.stdout)
@@ -201,7 +177,7 @@ def run(args) -> int:
                     ],
                     "stop_reason": done.stop_reason,
                     "mode": args.mode,
-                    "gamma": args.gamma,
+                    "gamma": s.gamma,
                     "prompts": {"base": prompts.base, "nudge": prompts.nudge},
                     "stats": done.stats.as_dict(),
                 },

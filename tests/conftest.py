@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from nudge_local.events import Done
 from nudge_local.generate import generate, render_prompts
 from nudge_local.model import Model
 from tests.pairs import vocab_dir
+
+# Tests never read the developer's own settings: no config file, no NUDGE_LOCAL_* overrides.
+for _var in [v for v in os.environ if v.startswith("NUDGE_LOCAL_") and v != "NUDGE_LOCAL_VOCAB_DIR"]:
+    del os.environ[_var]
+os.environ["NUDGE_LOCAL_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="nudge-local-test-"), "config.yaml")
 
 needs_shared = pytest.mark.skipif(vocab_dir() is None, reason="../shared/vocab not found (NUDGE_LOCAL_VOCAB_DIR)")
 

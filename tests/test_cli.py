@@ -82,7 +82,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def cli(*args, timeout: int = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ)  # NUDGE_LOCAL_VOCAB_DIR and the rest pass through
     return subprocess.run(
-        [sys.executable, "-m", "nudge_local.cli", "run", *map(str, args), "--threads", "2"],
+        [sys.executable, "-m", "nudge_local.cli", "run", *map(str, args), "--threads", "1"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -222,11 +222,17 @@ def test_prompt_longer_than_context(models):
         (["--top-p", "0"], "--top-p"),
         (["--max-tokens", "-1"], "--max-tokens"),
         (["--base-format", "hello"], "{question}"),
+        *(([flag, "nan", "--max-tokens", "4"], flag) for flag in ("--gamma", "--temperature", "--top-p")),
     ],
 )
 def test_bad_option_is_one_sentence(flags, phrase, models):
     r = cli("Q", "--base", models["base"], "--nudge", models["nudger"], *flags)
     assert_one_sentence(r, phrase)
+
+
+def test_negative_seed_is_one_sentence(models):
+    r = cli("Q", "--base", models["base"], "--nudge", models["nudger"], "--seed", "-1", "--max-tokens", "2")
+    assert_one_sentence(r, "--seed")
 
 
 def test_nudged_mode_needs_a_nudger(models):
