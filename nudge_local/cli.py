@@ -8,10 +8,15 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from nudge_local.config import FIELDS, Settings, load_settings
+from nudge_local.catalog import HubFile, catalog_path, load_catalog, parse_ref
+from nudge_local.choose import choose_models, fetch, local_path, missing
+from nudge_local.config import FIELDS, Settings, config_path, load_settings
+from nudge_local.devices import available_memory, backend, gpu_layers, plan_context, rebuild_hint
 from nudge_local.errors import NudgeError
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import MODES, generate, render_prompts
+from nudge_local.gguf_check import check_gguf
+from nudge_local.hub import cache_dir, cached_path, human_size, offline
 from nudge_local.sampling import Sampling
 
 WHITESPACE = " \t\n\r"
@@ -48,11 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="answer one prompt and print it with nudged words in [brackets]")
     run.add_argument("prompt", help="the question")
-    run.add_argument("--base", help="base model GGUF (pretrained only)")
-    run.add_argument("--nudge", help="nudger model GGUF (instruction-tuned)")
+    run.add_argument("--pair", help="a catalog pair (default: the configured pair, else the catalog's default)")
+    run.add_argument("--base", help="base model: a GGUF path or org/repo:file.gguf (pretrained only)")
+    run.add_argument("--nudge", help="nudger model: a GGUF path or org/repo:file.gguf (instruction-tuned)")
+    run.add_argument("--yes", action="store_true", help="download missing model files without asking")
     run.add_argument("--mode", choices=MODES, default="nudged", help="nudged (default), base only, nudger only")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     _add_settings_flags(run)
+
+    pull = sub.add_parser("pull", help="download a catalog pair or a hub file into the Hugging Face cache")
+    pull.add_argument("refs", nargs="+", metavar="ALIAS|REF", help="catalog alias or org/repo:file.gguf")
+    pull.add_argument("--yes", action="store_true", help="do not ask before downloading")
+    sub.add_parser("models", help="the catalog: pairs, which files are present, where, sizes")
+    sub.add_parser("doctor", help="llama.cpp build, backend, threads, configuration, cache location")
+    sub.add_parser("config", help="the effective settings and where each came from")
     return parser
 
 
@@ -109,24 +123,25 @@ def _settings(args) -> Settings:
 def _load(args, s: Settings):
     from nudge_local.model import Model
 
-    need_base = args.mode in ("nudged", "base")
-    need_nudge = args.mode in ("nudged", "nudger")
-    for flag, needed, value in (("--base", need_base, s.base), ("--nudge", need_nudge, s.nudge)):
-        if needed and value is None:
-            raise NudgeError(f"Mode {args.mode} needs a model: give {flag} PATH.")
+    choice = choose_models(s, args.mode)
+    fetch(missing([choice.base, choice.nudger]), yes=args.yes, what=f"{choice.pair.alias}: " if choice.pair else "")
+    paths = {"base": local_path(choice.base), "nudger": local_path(choice.nudger)}
     chat_template = None
     if s.chat_template is not None:
         try:
             chat_template = Path(s.chat_template).expanduser().read_text(encoding="utf-8")
         except OSError as e:
             raise NudgeError(f"The chat template {s.chat_template} cannot be read ({e.strerror}).") from None
-    opts = dict(n_ctx=s.context_size or 4096, n_threads=s.threads, n_gpu_layers=s.gpu_layers)
+    for role, path in paths.items():
+        if path is not None:
+            check_gguf(path, role=role)
+    n_ctx = plan_context([p for p in paths.values() if p is not None], s.context_size)
+    opts = dict(n_ctx=n_ctx, n_threads=s.threads, n_gpu_layers=gpu_layers(s.gpu_layers))
     models = {}
     try:
-        if need_base:
-            models["base"] = Model(s.base, role="base", **opts)
-        if need_nudge:
-            models["nudger"] = Model(s.nudge, role="nudger", **opts)
+        for role, path in paths.items():
+            if path is not None:
+                models[role] = Model(path, role=role, **opts)
     except BaseException:
         for m in models.values():
             m.close()
@@ -191,16 +206,101 @@ def run(args) -> int:
             m.close()
 
 
+def pull(args) -> int:
+    files: list[HubFile] = []
+    for ref in args.refs:
+        catalog = load_catalog()
+        if ref in catalog.pairs:
+            files += [catalog.pairs[ref].base, catalog.pairs[ref].nudger]
+        else:
+            f = parse_ref(ref)
+            if not isinstance(f, HubFile):
+                raise NudgeError(
+                    f"{ref} is neither a catalog alias nor org/repo:file.gguf; `nudge-local models` lists aliases."
+                )
+            files.append(f)
+    todo = missing(files)
+    for f in files:
+        if f not in todo:
+            print(f"{f.ref}: already in the cache at {cached_path(f)}", file=sys.stderr)
+    fetch(todo, yes=True)
+    for f in todo:
+        print(f"{f.ref}: {cached_path(f)}")
+    return 0
+
+
+def models(args) -> int:
+    catalog = load_catalog()
+    print(f"catalog: {catalog.path}\nHugging Face cache: {cache_dir()}\n")
+    for alias, pair in catalog.pairs.items():
+        mark = "  (default)" if alias == catalog.default else ""
+        print(f"{alias}{mark}\n  {pair.description}")
+        for role, f in (("base", pair.base), ("nudger", pair.nudger)):
+            p = cached_path(f)
+            where = f"present: {p}" if p else "not downloaded"
+            print(f"  {role:6}  {f.ref}  {human_size(f.size)}  {where}")
+        size = human_size(pair.base.size + pair.nudger.size)
+        print(
+            f"  gamma {pair.gamma}, vocabulary {pair.vocabulary}, {size} in all, licence {pair.license['base']}"
+            f" / {pair.license['nudger']}\n"
+        )
+    return 0
+
+
+def _print_settings(s: Settings) -> None:
+    width = max(map(len, FIELDS))
+    for key in FIELDS:
+        print(f"  {key:{width}}  {s.values[key]!r:40}  ({s.sources[key]})")
+
+
+def config(args) -> int:
+    print(f"configuration file: {config_path()}")
+    _print_settings(load_settings())
+    return 0
+
+
+def doctor(args) -> int:
+    import platform
+
+    import llama_cpp
+
+    from nudge_local import __version__
+    from nudge_local.model import default_threads
+
+    s = load_settings()
+    b = backend()
+    print(f"nudge-local {__version__}, Python {platform.python_version()}, {platform.system()} {platform.machine()}")
+    print(f"llama-cpp-python {llama_cpp.__version__}")
+    print(f"backend: {b}; GPU offload {'works: all layers by default' if b != 'CPU' else 'not in this build'}")
+    hint = rebuild_hint()
+    if hint:
+        print(f"  this machine has a GPU the build does not use; rebuild with:\n  {hint}")
+    elif b == "CPU":
+        print('  GPU builds: CMAKE_ARGS="-DGGML_METAL=on" (Apple) or "-DGGML_CUDA=on" (NVIDIA) when installing')
+    avail, total = available_memory()
+    print(f"threads per model: {s.threads or default_threads()} (the two models take turns, each with all of them)")
+    print(f"memory: {human_size(avail)} free of {human_size(total)}")
+    print(f"Hugging Face cache: {cache_dir()}{' (offline: HF_HUB_OFFLINE)' if offline() else ''}")
+    print(f"catalog: {catalog_path()}")
+    print(f"configuration file: {config_path()}{'' if config_path().exists() else ' (none yet)'}")
+    _print_settings(s)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": run}[args.command](args)
+        commands = {"run": run, "pull": pull, "models": models, "doctor": doctor, "config": config}
+        return commands[args.command](args)
     except NudgeError as e:
         print(f"nudge-local: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nnudge-local: cancelled.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (`| head`) went away: nothing more to say
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""Which model files a command runs: explicit references, or a catalog pair; fetching what is missing."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nudge_local.catalog import HubFile, Pair, load_catalog, parse_ref
+from nudge_local.config import Settings
+from nudge_local.errors import NudgeError
+from nudge_local.hub import cache_dir, cached_path, download, human_size, not_cached_error, offline, remote_size
+
+
+@dataclass
+class Choice:
+    """The models a run needs, each a local path or a hub file, and the catalog pair if one was named."""
+
+    base: Path | HubFile | None
+    nudger: Path | HubFile | None
+    pair: Pair | None = None
+
+
+def choose_models(s: Settings, mode: str) -> Choice:
+    """--base/--nudge (or their settings) win; otherwise the pair setting, else the catalog's default.
+    A catalog pair's gamma and base format apply unless the user set them."""
+    need_base, need_nudge = mode in ("nudged", "base", "paper"), mode in ("nudged", "nudger", "paper")
+    explicit = {"base": s.base, "nudge": s.nudge}
+    if any(explicit.values()):
+        for flag, needed in (("base", need_base), ("nudge", need_nudge)):
+            if needed and not explicit[flag]:
+                raise NudgeError(f"Mode {mode} needs a {flag} model too: give --{flag} PATH or org/repo:file.gguf.")
+        return Choice(
+            parse_ref(s.base) if need_base else None,
+            parse_ref(s.nudge) if need_nudge else None,
+        )
+    catalog = load_catalog()
+    pair = catalog.pair(s.pair or catalog.default)
+    if s.sources["gamma"] == "default":
+        s.values["gamma"], s.sources["gamma"] = pair.gamma, f"pair {pair.alias}"
+    if s.sources["base_format"] == "default":
+        s.values["base_format"], s.sources["base_format"] = pair.base_format, f"pair {pair.alias}"
+    return Choice(pair.base if need_base else None, pair.nudger if need_nudge else None, pair)
+
+
+def missing(files: list[Path | HubFile | None]) -> list[HubFile]:
+    return [f for f in files if isinstance(f, HubFile) and cached_path(f) is None]
+
+
+def fetch(files: list[HubFile], *, yes: bool, what: str = "", out=None) -> None:
+    """Say what will be downloaded and how large, ask (unless `yes`), then download into the
+    Hugging Face cache. Offline, or with no one to ask, it is one sentence instead."""
+    if not files:
+        return
+    out = out or sys.stderr
+    if offline():
+        raise not_cached_error(files[0])
+    sizes = [remote_size(f) for f in files]
+    total = sum(x for x in sizes if x)
+    lines = [f"  {f.ref}  ({human_size(n)})" for f, n in zip(files, sizes, strict=True)]
+    print(f"{what}nudge-local will download {human_size(total)} into {cache_dir()}:", *lines, sep="\n", file=out)
+    if not yes:
+        if not sys.stdin or not sys.stdin.isatty():
+            raise NudgeError("Downloads need confirmation: add --yes, or fetch them first with `nudge-local pull`.")
+        answer = input("Download now? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            raise NudgeError("Nothing was downloaded; `nudge-local pull` fetches the files when you want them.")
+    for f in files:
+        download(f)
+
+
+def local_path(ref: Path | HubFile | None) -> Path | None:
+    """The file on disk for a reference (after `fetch`)."""
+    if ref is None or isinstance(ref, Path):
+        return ref
+    p = cached_path(ref)
+    if p is None:
+        raise not_cached_error(ref)
+    return p
