@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 from nudge_local.catalog import HubFile, catalog_path, load_catalog, parse_ref
@@ -17,9 +16,8 @@ from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import MODES, generate, render_prompts
 from nudge_local.gguf_check import check_gguf
 from nudge_local.hub import cache_dir, cached_path, human_size, offline
+from nudge_local.render import BracketWriter, spans
 from nudge_local.sampling import Sampling
-
-WHITESPACE = " \t\n\r"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,51 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="llama.cpp build, backend, threads, configuration, cache location")
     sub.add_parser("config", help="the effective settings and where each came from")
     return parser
-
-
-def spans(tokens: Iterable[TokenEvent]) -> list[dict]:
-    """Consecutive tokens of one source merged; tokens whose text is empty (a split character) join
-    the span of the token that completes the character."""
-    out: list[dict] = []
-    for t in tokens:
-        if not t.text:
-            continue
-        if out and out[-1]["source"] == t.source:
-            out[-1]["text"] += t.text
-        else:
-            out.append({"text": t.text, "source": t.source})
-    return out
-
-
-class BracketWriter:
-    """Streams text with nudged words in [brackets], whitespace outside them, as the paper prints them."""
-
-    def __init__(self, out) -> None:
-        self.out, self.open = out, False
-
-    def write(self, ev: TokenEvent) -> None:
-        text = ev.text
-        if not text:
-            return
-        if ev.source == "nudge" and not self.open:
-            rest = text.lstrip(WHITESPACE)
-            if not rest:
-                self.out.write(text)
-                return
-            text = text[: len(text) - len(rest)] + "[" + rest
-            self.open = True
-        elif ev.source != "nudge" and self.open:
-            text = "]" + text
-            self.open = False
-        self.out.write(text)
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.open:
-            self.out.write("]")
-            self.open = False
-        self.out.write("\n")
-        self.out.flush()
 
 
 def _settings(args) -> Settings:
