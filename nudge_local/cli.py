@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     _add_settings_flags(run)
 
+    chat = sub.add_parser("chat", help="the terminal chat that shows who wrote every token")
+    chat.add_argument("pair", nargs="?", help="a catalog alias (default: the configured pair, else the catalog's)")
+    chat.add_argument("--base", help="base model: a GGUF path or org/repo:file.gguf")
+    chat.add_argument("--nudge", help="nudger model: a GGUF path or org/repo:file.gguf")
+    chat.add_argument("--yes", action="store_true", help="download missing model files without asking")
+    _add_settings_flags(chat)
+
     pull = sub.add_parser("pull", help="download a catalog pair or a hub file into the Hugging Face cache")
     pull.add_argument("refs", nargs="+", metavar="ALIAS|REF", help="catalog alias or org/repo:file.gguf")
     pull.add_argument("--yes", action="store_true", help="do not ask before downloading")
@@ -159,6 +166,19 @@ def run(args) -> int:
             m.close()
 
 
+def chat(args) -> int:
+    s = _settings(args)
+    choice = choose_models(s, "nudged")
+    try:
+        fetch(missing([choice.base, choice.nudger]), yes=args.yes, what=f"{choice.pair.alias}: " if choice.pair else "")
+    except NudgeError as e:
+        print(f"nudge-local: {e}", file=sys.stderr)  # the app shows it again, in place of the models
+    from tui.app import NudgeApp  # the engine imports no UI code; only this command loads it
+
+    NudgeApp(s).run()
+    return 0
+
+
 def pull(args) -> int:
     files: list[HubFile] = []
     for ref in args.refs:
@@ -243,7 +263,7 @@ def doctor(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"run": run, "pull": pull, "models": models, "doctor": doctor, "config": config}
+        commands = {"run": run, "chat": chat, "pull": pull, "models": models, "doctor": doctor, "config": config}
         return commands[args.command](args)
     except NudgeError as e:
         print(f"nudge-local: error: {e}", file=sys.stderr)

@@ -62,6 +62,12 @@ def _texts(v):
     return v
 
 
+def _keymap(v):
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise ValueError("a mapping of binding ids to keys, e.g. {cancel: escape, compare: f4}")
+    return v
+
+
 def _optional_text(v):
     return None if v is None else _text(v)
 
@@ -84,6 +90,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "system": (_text, "", "system prompt for both models"),
     "stop": (_texts, [], "stop strings (none by default)"),
     "chat_template": (_optional_text, None, "Jinja chat template file for the nudger"),
+    "keymap": (_keymap, {}, "chat key bindings by id, e.g. {compare: f4}"),
 }
 TEXT_FIELDS = {"pair", "base", "nudge", "base_format", "system", "chat_template"}
 

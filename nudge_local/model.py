@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import llama_cpp as ll
@@ -79,6 +80,7 @@ class Model:
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         n_batch: int = 512,
+        progress: Callable[[float], None] | None = None,
     ) -> None:
         self.role = role
         self.path = check_gguf(path, role=role)
@@ -88,6 +90,14 @@ class Model:
         if n_gpu_layers is None:
             n_gpu_layers = -1 if ll.llama_supports_gpu_offload() else 0
         mparams.n_gpu_layers = n_gpu_layers
+        if progress is not None:
+
+            @ll.llama_progress_callback
+            def on_progress(fraction, user_data):  # noqa: ARG001
+                progress(float(fraction))
+                return True
+
+            mparams.progress_callback = on_progress  # referenced by this frame until loading returns
         self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise NudgeError(f"llama.cpp could not load the {role} file {self.path}; it may be damaged.")

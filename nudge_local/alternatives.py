@@ -1,0 +1,51 @@
+"""What each model would have written at one position of an answer: its top-k tokens there."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nudge_local.events import TokenEvent
+from nudge_local.generate import Prompts
+from nudge_local.model import Model
+from nudge_local.views import make_views
+
+
+def top_k(logits: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+    """The k most likely tokens and their plain softmax probabilities, most likely first."""
+    k = min(k, len(logits))
+    idx = np.argpartition(-logits, k - 1)[:k]
+    idx = idx[np.argsort(-logits[idx], kind="stable")]
+    w = np.exp(logits - logits.max())
+    total = w.sum(dtype=np.float64)
+    return [(int(i), float(w[i] / total)) for i in idx]
+
+
+def alternatives(
+    prompts: Prompts,
+    tokens: Sequence[TokenEvent],
+    index: int,
+    *,
+    base: Model | None,
+    nudger: Model | None,
+    k: int = 5,
+) -> dict[str, list[tuple[str, float]]]:
+    """Each model's top-k next tokens (text, probability) before `tokens[index]`, seeing the answer
+    as it did during generation (shared ids or its own tokens of the text)."""
+    if base is not None and nudger is not None:
+        answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge)
+        views = {"base": (base, bview), "nudger": (nudger, nview)}
+    else:
+        from nudge_local.views import Answer, TokenSpaceView
+
+        answer = Answer()
+        model, prompt, role = (base, prompts.base, "base") if base is not None else (nudger, prompts.nudge, "nudger")
+        views = {role: (model, TokenSpaceView(model, prompt, answer))}
+    for t in tokens[:index]:
+        writer = base if t.source == "base" else nudger
+        answer.add(t.token, writer.piece(t.token))
+    out = {}
+    for role, (model, view) in views.items():
+        out[role] = [(model.piece(i).decode("utf-8", "replace"), p) for i, p in top_k(view.logits(), k)]
+    return out

@@ -1,0 +1,445 @@
+"""The chat app: who wrote every token, live. A consumer of the engine's event stream: generation
+runs in a thread worker that posts batched token messages; the UI never blocks on llama.cpp."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.widgets import Footer, Static
+
+from nudge_local.config import Settings
+from nudge_local.errors import NudgeError
+from nudge_local.events import Done, TokenEvent
+from nudge_local.prompts import Turn
+from tui.history import History
+from tui.screens.compare import COLUMNS, CompareScreen
+from tui.screens.history import HistoryScreen
+from tui.screens.inspector import InspectorScreen
+from tui.screens.settings import SettingsScreen
+from tui.session import MODES, ChatSession, Options
+from tui.widgets.answer import AnswerView
+from tui.widgets.prompt import PromptArea
+from tui.widgets.token_view import TokenView
+
+FRAME = 1 / 30  # token batches reach the screen at about 30 Hz
+GAMMA_STEP = 0.05
+
+# (id, key, action, description, help for the command palette)
+ACTIONS = [
+    ("cancel", "escape", "cancel", "Cancel", "Stop the answer being written; the partial answer is kept"),
+    ("regenerate", "ctrl+r", "regenerate", "Regenerate", "Write the last answer again with the current settings"),
+    ("gamma_up", "alt+up", "gamma(1)", "Gamma +", "Raise gamma by 0.05: the nudger writes more"),
+    ("gamma_down", "alt+down", "gamma(-1)", "Gamma -", "Lower gamma by 0.05: the base writes more"),
+    ("mode", "ctrl+o", "cycle_mode", "Mode", "Switch between nudged, base only and nudger only"),
+    ("settings", "f2", "settings", "Settings", "Mode, gamma, temperature, max tokens, system prompt"),
+    ("history", "f3", "history", "History", "Open, rename or delete saved conversations"),
+    ("compare", "f4", "compare", "Compare", "Answer the prompt with base only, nudger only and nudged, side by side"),
+    ("marks", "ctrl+b", "toggle_marks", "Marks", "Mark nudged tokens with [brackets] or underline"),
+    ("markdown", "ctrl+t", "toggle_markdown", "Markdown", "Show the last finished answer as rendered Markdown"),
+    ("export", "ctrl+e", "export", "Export", "Write the conversation to Markdown and JSON files"),
+    ("new", "ctrl+n", "new_conversation", "New", "Start a new conversation"),
+]
+
+
+class Tokens(Message):
+    def __init__(self, view: AnswerView, tokens: list[TokenEvent]) -> None:
+        super().__init__()
+        self.view, self.tokens = view, tokens
+
+
+class Finished(Message):
+    def __init__(self, view: AnswerView, done: Done | None, error: str | None) -> None:
+        super().__init__()
+        self.view, self.done, self.error = view, done, error
+
+
+class Loaded(Message):
+    def __init__(self, error: str | None) -> None:
+        super().__init__()
+        self.error = error
+
+
+class LoadProgress(Message):
+    def __init__(self, role: str, fraction: float) -> None:
+        super().__init__()
+        self.role, self.fraction = role, fraction
+
+
+class Inspected(Message):
+    def __init__(self, view: AnswerView, index: int, alternatives: dict | None, error: str | None) -> None:
+        super().__init__()
+        self.view, self.index, self.alternatives, self.error = view, index, alternatives, error
+
+
+class NudgeApp(App):
+    TITLE = "nudge-local"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding(key, action, desc, id=id_, show=id_ not in ("gamma_down", "new", "markdown"))
+        for id_, key, action, desc, _ in ACTIONS
+    ]
+
+    def __init__(self, settings: Settings, *, history: History | None = None, export_dir: Path | None = None):
+        super().__init__()
+        self.settings = settings
+        self.session = ChatSession(settings)
+        self.history = history or History()
+        self.export_dir = export_dir or Path.cwd()
+        self.options = Options.from_settings(settings)
+        self.brackets = bool(self.history.get_state("brackets", False))
+        self.conversation: int | None = None
+        self.current: AnswerView | None = None  # the answer being written
+        self._cancel = threading.Event()
+        self.ready = False
+        self.loading = "starting"
+        self.context_used = 0
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="status", markup=False)
+        yield Static("", id="error", markup=False)
+        with VerticalScroll(id="chat"):
+            yield Static(
+                "Ask a question. Nudged words are marked; hover a token for why, click it for both models' top 5.",
+                id="welcome",
+            )
+        yield PromptArea(id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        theme = self.history.get_state("theme")
+        if theme in self.available_themes:
+            self.theme = theme
+        if self.settings.keymap:
+            self.set_keymap(self.settings.keymap)
+        self.update_status()
+        self.query_one(PromptArea).focus()
+        self._load()
+
+    def watch_theme(self, theme: str) -> None:
+        if getattr(self, "history", None) is not None:
+            self.history.set_state("theme", theme)
+
+    def update_status(self) -> None:
+        o = self.options
+        state = "ready" if self.ready else self.loading
+        if self.current is not None:
+            state = "writing… (Esc cancels)"
+        ctx = f"ctx {self.context_used}/{self.session.n_ctx}" if self.session.n_ctx else "ctx -"
+        backend = self.session.backend if self.ready else "…"
+        self.query_one("#status", Static).update(
+            f"{self.session.pair_name} · {backend} · gamma {o.gamma:.2f} · {o.mode} · {ctx} · {state}"
+        )
+
+    def show_error(self, text: str | None) -> None:
+        err = self.query_one("#error", Static)
+        err.update(text or "")
+        err.set_class(bool(text), "shown")
+
+    # -- models -------------------------------------------------------------------------------
+
+    @work(thread=True, group="engine")
+    def _load(self) -> None:
+        try:
+            self.session.load(lambda role, f: self.post_message(LoadProgress(role, f)))
+            self.post_message(Loaded(None))
+        except NudgeError as e:
+            self.post_message(Loaded(str(e)))
+
+    def on_load_progress(self, m: LoadProgress) -> None:
+        self.loading = f"loading {m.role} {m.fraction:.0%}"
+        self.update_status()
+
+    def on_loaded(self, m: Loaded) -> None:
+        self.ready = m.error is None
+        self.loading = "ready" if self.ready else "no models"
+        self.show_error(m.error)
+        self.update_status()
+
+    # -- asking -------------------------------------------------------------------------------
+
+    def on_prompt_area_send(self, m: PromptArea.Send) -> None:
+        if self.current is not None:
+            self.notify("An answer is being written; Esc cancels it.", severity="warning")
+            return
+        if not self.ready:
+            self.notify("The models are not loaded.", severity="error")
+            return
+        self.query_one(PromptArea).clear()
+        self.ask(m.text)
+
+    def turns(self) -> list[Turn]:
+        return [
+            Turn(v.question, "".join(t.text for t in v.tokens))
+            for v in self.query("#chat AnswerView").results(AnswerView)
+            if v.done and v.tokens
+        ]
+
+    def ask(self, question: str) -> None:
+        o = self.options
+        try:
+            prompts = self.session.prompts(question, self.turns(), o)
+        except NudgeError as e:
+            self.show_error(str(e))
+            return
+        self.show_error(None)
+        if self.conversation is None:
+            self.conversation = self.history.new_conversation(question[:60], {"pair": self.session.pair_name})
+        msg_id = self.history.start_answer(self.conversation, question, mode=o.mode, settings=o.as_dict())
+        view = AnswerView(question, mode=o.mode, gamma=o.gamma, brackets=self.brackets, msg_id=msg_id)
+        view.prompts = prompts
+        chat = self.query_one("#chat", VerticalScroll)
+        chat.mount(view)
+        chat.scroll_end(animate=False)
+        self.current = view
+        self._cancel = threading.Event()
+        self.update_status()
+        self._generate([(view, o.mode)], prompts, o, self._cancel)
+
+    @work(thread=True, group="engine")
+    def _generate(self, jobs: list[tuple[AnswerView, str]], prompts, options: Options, cancel: threading.Event):
+        for view, mode in jobs:
+            batch: list[TokenEvent] = []
+            done, error, last = None, None, time.monotonic()
+            with self.session.lock:
+                try:
+                    events = self.session.answer(prompts, options, mode)
+                    try:
+                        for ev in events:
+                            if cancel.is_set():
+                                break
+                            if isinstance(ev, Done):
+                                done = ev
+                                break
+                            batch.append(ev)
+                            now = time.monotonic()
+                            if now - last >= FRAME:
+                                self.post_message(Tokens(view, batch))
+                                batch, last = [], now
+                    finally:
+                        events.close()
+                except NudgeError as e:
+                    error = str(e)
+            if batch:
+                self.post_message(Tokens(view, batch))  # flush on stop: nothing shown is lost
+            self.post_message(Finished(view, done, error))
+            if cancel.is_set():
+                break
+
+    def on_tokens(self, m: Tokens) -> None:
+        if m.view.done:
+            return  # cancelled: what arrives later is not shown
+        chat = self.query_one("#chat", VerticalScroll)
+        follow = chat.scroll_y >= chat.max_scroll_y - 1
+        m.view.add(m.tokens)
+        if m.view.msg_id is not None:
+            self.history.append_tokens(m.view.msg_id, m.tokens)
+        if m.view is self.current and m.view.prompts is not None:
+            self.context_used = len(m.view.tokens)
+        m.view.set_summary(len(m.view.tokens), sum(t.source == "nudge" for t in m.view.tokens), 0.0)
+        if follow and m.view.parent is not None and m.view.screen is self.screen:
+            chat.scroll_end(animate=False)
+
+    def on_finished(self, m: Finished) -> None:
+        view = m.view
+        if not view.done:
+            if m.error:
+                self.show_error(m.error)
+            view.finish(
+                stop_reason=m.done.stop_reason if m.done else ("error" if m.error else None),
+                stats=m.done.stats if m.done else None,
+            )
+            if view.msg_id is not None:
+                self.history.finish_answer(
+                    view.msg_id, stop_reason=view.stop_reason or "error", stats=m.done.stats.as_dict() if m.done else {}
+                )
+            if m.done:
+                self.context_used = sum(m.done.stats.prompt_tokens.values()) // max(1, len(m.done.stats.prompt_tokens))
+                self.context_used += m.done.stats.tokens
+        if view is self.current:
+            self.current = None
+        self.update_status()
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def cancel_generation(self) -> None:
+        self._cancel.set()
+
+    def action_cancel(self) -> None:
+        view = self.current
+        if view is None:
+            return
+        self._cancel.set()
+        view.finish(stop_reason="cancelled", stats=None, cancelled=True)
+        if view.msg_id is not None:
+            self.history.finish_answer(view.msg_id, stop_reason="cancelled", stats={}, cancelled=True)
+        self.current = None
+        self.update_status()
+
+    def action_regenerate(self) -> None:
+        views = list(self.query("#chat AnswerView").results(AnswerView))
+        if self.current is not None or not views or not self.ready:
+            return
+        last = views[-1]
+        last.remove()
+        if self.conversation is not None:
+            self.history.delete_last_answer(self.conversation)
+        self.call_after_refresh(self.ask, last.question)
+
+    def action_gamma(self, direction: int) -> None:
+        g = round(min(1.0, max(0.0, self.options.gamma + direction * GAMMA_STEP)), 2)
+        self.options.gamma = g
+        self.update_status()
+        self.notify(f"gamma {g:.2f} (next answer)", timeout=1.5)
+
+    def action_cycle_mode(self) -> None:
+        self.options.mode = MODES[(MODES.index(self.options.mode) + 1) % len(MODES)]
+        self.update_status()
+
+    def action_settings(self) -> None:
+        def apply(result: Options | None) -> None:
+            if result is not None:
+                self.options = result
+                self.update_status()
+
+        self.push_screen(SettingsScreen(self.options), apply)
+
+    def action_toggle_marks(self) -> None:
+        self.brackets = not self.brackets
+        self.history.set_state("brackets", self.brackets)
+        for v in self.query(AnswerView).results(AnswerView):
+            v.set_marks(self.brackets)
+
+    def action_toggle_markdown(self) -> None:
+        done = [v for v in self.query("#chat AnswerView").results(AnswerView) if v.done]
+        if done:
+            done[-1].toggle_markdown()
+
+    def action_new_conversation(self) -> None:
+        if self.current is not None:
+            self.action_cancel()
+        self.conversation = None
+        self.query("#chat AnswerView").remove()
+        self.context_used = 0
+        self.update_status()
+
+    def action_export(self) -> None:
+        if self.conversation is None:
+            self.notify("Nothing to export yet.", severity="warning")
+            return
+        paths = []
+        for ext, text in (
+            ("md", self.history.export_markdown(self.conversation)),
+            ("json", self.history.export_json(self.conversation)),
+        ):
+            path = self.export_dir / f"nudge-local-{self.conversation}.{ext}"
+            tmp = path.with_suffix(path.suffix + ".part")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)  # never a half-written export
+            paths.append(str(path))
+        self.notify("Exported to " + " and ".join(paths))
+
+    def action_history(self) -> None:
+        def chosen(result) -> None:
+            if result and result[0] == "open":
+                self.open_conversation(result[1])
+
+        self.push_screen(HistoryScreen(self.history), chosen)
+
+    def open_conversation(self, conv_id: int) -> None:
+        if self.current is not None:
+            self.action_cancel()
+        self.query("#chat AnswerView").remove()
+        self.conversation = conv_id
+        chat = self.query_one("#chat", VerticalScroll)
+        for msg in self.history.messages(conv_id):
+            gamma = msg.settings.get("gamma", self.options.gamma)
+            view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, brackets=self.brackets, msg_id=msg.id)
+            view.settings = msg.settings
+            chat.mount(view)
+            view.add(list(msg.tokens))
+            stats = msg.stats or {}
+            view.done, view.cancelled, view.stop_reason = True, msg.cancelled, msg.stop_reason
+            view.set_summary(
+                len(msg.tokens), sum(t.source == "nudge" for t in msg.tokens), stats.get("tokens_per_second", 0.0)
+            )
+        chat.scroll_end(animate=False)
+
+    def action_compare(self) -> None:
+        if self.current is not None or not self.ready:
+            self.notify("Wait for the models (or cancel the answer) first.", severity="warning")
+            return
+        prompt = self.query_one(PromptArea)
+        question = prompt.text.strip()
+        if not question:
+            views = list(self.query("#chat AnswerView").results(AnswerView))
+            question = views[-1].question if views else ""
+        if not question:
+            self.notify("Type a prompt to compare.", severity="warning")
+            return
+        o = self.options
+        prompts = self.session.prompts(question, [], o)
+        screen = CompareScreen(question, o.gamma, self.brackets)
+        for v in screen.views.values():
+            v.prompts = prompts
+        self.push_screen(screen)
+        self._cancel = threading.Event()
+        self._generate([(screen.views[m], m) for m in COLUMNS], prompts, o, self._cancel)
+
+    # -- inspecting ---------------------------------------------------------------------------
+
+    def on_token_view_inspect(self, m: TokenView.Inspect) -> None:
+        view = next((a for a in m.view.ancestors if isinstance(a, AnswerView)), None)
+        if view is None or not (0 <= m.index < len(view.tokens)):
+            return
+        if not view.done:
+            self.push_screen(
+                InspectorScreen(
+                    view.tokens[m.index],
+                    m.index,
+                    view.gamma,
+                    None,
+                    "Alternatives are shown once the answer is finished.",
+                )
+            )
+            return
+        self._inspect(view, m.index)
+
+    @work(thread=True, group="engine")
+    def _inspect(self, view: AnswerView, index: int) -> None:
+        try:
+            prompts = view.prompts
+            if prompts is None:  # a reopened answer: its prompts from the turns before it
+                views = list(self.query("#chat AnswerView").results(AnswerView))
+                before = [Turn(v.question, "".join(t.text for t in v.tokens)) for v in views[: views.index(view)]]
+                opts = Options(**{**self.options.as_dict(), **getattr(view, "settings", {})})
+                prompts = self.session.prompts(view.question, before, opts)
+                view.prompts = prompts
+            alts = self.session.alternatives(prompts, view.tokens, index, view.mode)
+            self.post_message(Inspected(view, index, alts, None))
+        except NudgeError as e:
+            self.post_message(Inspected(view, index, None, str(e)))
+
+    def on_inspected(self, m: Inspected) -> None:
+        self.push_screen(InspectorScreen(m.view.tokens[m.index], m.index, m.view.gamma, m.alternatives, m.error or ""))
+
+    # -- command palette ----------------------------------------------------------------------
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        for _, _, action, desc, help_text in ACTIONS:
+            yield SystemCommand(desc, help_text, lambda a=action: self.run_action(a))
+
+    def on_unmount(self) -> None:
+        self._cancel.set()
+        self.session.close()
+        self.history.close()

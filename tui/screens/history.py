@@ -1,0 +1,78 @@
+"""Saved conversations: open, rename, delete, export."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, ListItem, ListView, Static
+
+
+class HistoryScreen(ModalScreen[tuple[str, int] | None]):
+    """Dismisses with ("open", id) or None; rename and delete happen in place."""
+
+    DEFAULT_CSS = """
+    HistoryScreen { align: center middle; }
+    HistoryScreen > Vertical { width: 80; height: 80%; border: thick $accent; padding: 1 2; background: $surface; }
+    HistoryScreen ListView { height: 1fr; }
+    HistoryScreen Input { display: none; }
+    HistoryScreen Input.editing { display: block; }
+    """
+    BINDINGS = [
+        Binding("escape", "close", "Close", id="history.close"),
+        Binding("r", "rename", "Rename", id="history.rename"),
+        Binding("d,delete", "delete", "Delete", id="history.delete"),
+    ]
+
+    def __init__(self, history) -> None:
+        super().__init__()
+        self.history = history
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("Conversations: Enter opens, r renames, d deletes, Esc closes", classes="title")
+            yield ListView(id="conversations")
+            yield Input(placeholder="new title, Enter to save", id="title")
+
+    def on_mount(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        lv = self.query_one(ListView)
+        lv.clear()
+        for c in self.history.conversations():
+            item = ListItem(Static(f"{c.title}  ·  {c.n_messages} answers  ·  {c.updated}", markup=False))
+            item.conv_id = c.id
+            lv.append(item)
+
+    def _selected(self) -> int | None:
+        item = self.query_one(ListView).highlighted_child
+        return getattr(item, "conv_id", None)
+
+    def on_list_view_selected(self, event: ListView.Selected) -> None:
+        self.dismiss(("open", event.item.conv_id))
+
+    def action_rename(self) -> None:
+        if self._selected() is not None:
+            field = self.query_one(Input)
+            field.add_class("editing")
+            field.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        conv = self._selected()
+        if conv is not None and event.value.strip():
+            self.history.rename(conv, event.value.strip())
+        event.input.value = ""
+        event.input.remove_class("editing")
+        self.reload()
+        self.query_one(ListView).focus()
+
+    def action_delete(self) -> None:
+        conv = self._selected()
+        if conv is not None:
+            self.history.delete(conv)
+            self.reload()
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,45 @@
+"""One token up close: who wrote it, the gate, and both models' top-5 alternatives there."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Static
+
+from nudge_local.events import TokenEvent
+from tui.widgets.token_view import describe
+
+
+class InspectorScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    InspectorScreen { align: center middle; }
+    InspectorScreen > Vertical { width: 90; height: auto; max-height: 90%; border: thick $accent; padding: 1 2;
+        background: $surface; }
+    InspectorScreen DataTable { height: auto; width: 1fr; margin: 0 1; }
+    InspectorScreen .title { text-style: bold; }
+    """
+    BINDINGS = [Binding("escape,q", "dismiss", "Close", id="inspector.close")]
+
+    def __init__(self, token: TokenEvent, index: int, gamma: float, alternatives: dict | None, note: str = "") -> None:
+        super().__init__()
+        self.token, self.index, self.gamma, self.alts, self.note = token, index, gamma, alternatives or {}, note
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(f"Token {self.index}", classes="title")
+            yield Static(describe(self.token, self.gamma).rsplit("\n", 1)[0], markup=False)
+            if self.note:
+                yield Static(self.note, markup=False)
+            with Horizontal():
+                for role in ("base", "nudger"):
+                    if role in self.alts:
+                        table = DataTable(id=f"top-{role}", show_cursor=False)
+                        table.add_columns(f"{role} top 5", "p")
+                        for text, p in self.alts[role]:
+                            table.add_row(repr(text), f"{p:.3f}")
+                        yield table
+
+    def action_dismiss(self) -> None:
+        self.dismiss(None)

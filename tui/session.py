@@ -1,0 +1,139 @@
+"""The chat's bridge to the engine: which models, loading them, and running one answer.
+
+No Textual here: the app calls these from a thread worker, one at a time (a lock guards the models,
+which llama.cpp does not allow two threads to use at once).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nudge_local.alternatives import alternatives
+from nudge_local.choose import Choice, choose_models, local_path
+from nudge_local.config import Settings
+from nudge_local.devices import backend, gpu_layers, plan_context
+from nudge_local.errors import NudgeError
+from nudge_local.events import Done, TokenEvent
+from nudge_local.generate import Prompts, generate, render_prompts
+from nudge_local.gguf_check import check_gguf
+from nudge_local.model import Model
+from nudge_local.prompts import Turn
+from nudge_local.sampling import Sampling
+
+MODES = ("nudged", "base", "nudger")
+
+
+@dataclass
+class Options:
+    """What the user can change live in the chat."""
+
+    mode: str = "nudged"
+    gamma: float = 0.4
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    max_tokens: int = 256
+    system: str = ""
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Options:
+        return cls(
+            gamma=s.gamma,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
+            max_tokens=s.max_tokens,
+            system=s.system,
+        )
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ChatSession:
+    settings: Settings
+    choice: Choice | None = None
+    models: dict[str, Model] = field(default_factory=dict)
+    chat_template: str | None = None
+    n_ctx: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def pair_name(self) -> str:
+        if self.choice and self.choice.pair:
+            return self.choice.pair.alias
+        names = [m.path.name for m in self.models.values()]
+        return " + ".join(names) if names else "no models"
+
+    @property
+    def backend(self) -> str:
+        return backend()
+
+    def load(self, progress: Callable[[str, float], None] = lambda role, f: None) -> None:
+        """Resolve the pair (never downloading: the command line offers that before the app starts)
+        and load both models. Errors are NudgeError sentences."""
+        s = self.settings
+        self.choice = choose_models(s, "nudged")
+        paths = {"base": local_path(self.choice.base), "nudger": local_path(self.choice.nudger)}
+        for role, path in paths.items():
+            check_gguf(path, role=role)
+        if s.chat_template:
+            try:
+                self.chat_template = Path(s.chat_template).expanduser().read_text(encoding="utf-8")
+            except OSError as e:
+                raise NudgeError(f"The chat template {s.chat_template} cannot be read ({e.strerror}).") from None
+        self.n_ctx = plan_context(list(paths.values()), s.context_size)
+        with self.lock:
+            for role, path in paths.items():
+                self.models[role] = Model(
+                    path,
+                    role=role,
+                    n_ctx=self.n_ctx,
+                    n_threads=s.threads,
+                    n_gpu_layers=gpu_layers(s.gpu_layers),
+                    progress=lambda f, role=role: progress(role, f),
+                )
+            self.n_ctx = min(m.n_ctx for m in self.models.values())
+
+    def prompts(self, question: str, history: list[Turn], options: Options) -> Prompts:
+        base, nudger = self.models["base"], self.models["nudger"]
+        return render_prompts(
+            base,
+            nudger,
+            question,
+            history=history,
+            system=options.system,
+            base_format=self.settings.base_format,
+            chat_template=self.chat_template,
+        )
+
+    def answer(self, prompts: Prompts, options: Options, mode: str | None = None) -> Iterator[TokenEvent | Done]:
+        """One answer's events; hold `lock` while iterating. Closing the iterator stops generation."""
+        mode = mode or options.mode
+        return generate(
+            prompts,
+            mode=mode,
+            base=self.models["base"],
+            nudger=self.models["nudger"],
+            gamma=options.gamma,
+            max_tokens=options.max_tokens,
+            word_cap=self.settings.word_cap,
+            sampling=Sampling(options.temperature, options.top_p, options.seed),
+            stop_strings=self.settings.stop,
+        )
+
+    def alternatives(self, prompts: Prompts, tokens: list[TokenEvent], index: int, mode: str) -> dict:
+        base = self.models["base"] if mode in ("nudged", "base") else None
+        nudger = self.models["nudger"] if mode in ("nudged", "nudger") else None
+        with self.lock:
+            return alternatives(prompts, tokens, index, base=base, nudger=nudger)
+
+    def close(self) -> None:
+        with self.lock:
+            for m in self.models.values():
+                m.close()
+            self.models.clear()

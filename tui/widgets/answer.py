@@ -1,0 +1,86 @@
+"""One exchange: the question, the answer's token blocks (or its rendered Markdown), a summary line."""
+
+from __future__ import annotations
+
+from textual.containers import Vertical
+from textual.widgets import Markdown, Static
+
+from nudge_local.events import Stats, TokenEvent
+from tui.widgets.token_view import TokenView
+
+
+def summary(tokens: int, nudged: int, tps: float, stop: str | None, mode: str, cancelled: bool) -> str:
+    share = nudged / tokens if tokens else 0.0
+    end = "cancelled" if cancelled else (stop or "interrupted")
+    return f"{mode} · {tokens} tokens · {share:.0%} nudged · {tps:.1f} tok/s · {end}"
+
+
+class AnswerView(Vertical):
+    DEFAULT_CSS = """
+    AnswerView { height: auto; margin: 0 0 1 0; }
+    AnswerView > .question { color: $text-muted; text-style: bold; }
+    AnswerView > .summary { color: $text-muted; text-style: italic; }
+    AnswerView > Markdown { margin: 0; padding: 0; }
+    """
+
+    def __init__(self, question: str, *, mode: str, gamma: float, brackets: bool, msg_id: int | None = None) -> None:
+        super().__init__()
+        self.question, self.mode, self.gamma, self.brackets = question, mode, gamma, brackets
+        self.msg_id = msg_id
+        self.tokens: list[TokenEvent] = []
+        self.done = False
+        self.cancelled = False
+        self.stop_reason: str | None = None
+        self.stats: Stats | None = None
+        self.prompts = None  # the engine's Prompts, for the inspector
+        self._blocks: list[TokenView] = []
+        self._summary = Static("generating…", classes="summary")
+        self._markdown: Markdown | None = None
+
+    def compose(self):
+        yield Static(f"› {self.question}", classes="question", markup=False)
+        yield self._summary
+
+    def add(self, tokens: list[TokenEvent]) -> None:
+        """Append tokens, opening a new block when the live one is full."""
+        for t in tokens:
+            if not self._blocks or self._blocks[-1].full:
+                block = TokenView(first_index=len(self.tokens), gamma=self.gamma, brackets=self.brackets)
+                self._blocks.append(block)
+                self.mount(block, before=self._summary)
+            self._blocks[-1].tokens.append(t)
+            self.tokens.append(t)
+        if self._blocks:
+            self._blocks[-1].add([])  # re-render the live tail only
+
+    def finish(self, *, stop_reason: str | None, stats: Stats | None, cancelled: bool = False) -> None:
+        self.done, self.cancelled, self.stop_reason, self.stats = True, cancelled, stop_reason, stats
+        if stats is not None:
+            self.set_summary(stats.tokens, stats.nudge_tokens, stats.tokens_per_second)
+        else:
+            self.set_summary(len(self.tokens), sum(t.source == "nudge" for t in self.tokens), 0.0)
+
+    def set_summary(self, tokens: int, nudged: int, tps: float) -> None:
+        self._summary.update(summary(tokens, nudged, tps, self.stop_reason, self.mode, self.cancelled))
+        self.set_class(self.cancelled, "cancelled")
+
+    def set_marks(self, brackets: bool) -> None:
+        self.brackets = brackets
+        for b in self._blocks:
+            b.set_marks(brackets=brackets)
+
+    def toggle_markdown(self) -> bool:
+        """Show the finished answer as rendered Markdown, or back as tokens. Returns True if Markdown."""
+        if not self.done:
+            return False
+        if self._markdown is None:
+            self._markdown = Markdown("".join(t.text for t in self.tokens))
+            self.mount(self._markdown, before=self._summary)
+            for b in self._blocks:
+                b.display = False
+            return True
+        self._markdown.remove()
+        self._markdown = None
+        for b in self._blocks:
+            b.display = True
+        return False

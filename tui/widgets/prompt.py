@@ -1,0 +1,30 @@
+"""The input: Enter sends, Shift+Enter or Ctrl+J adds a line."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import TextArea
+
+
+class PromptArea(TextArea):
+    DEFAULT_CSS = """
+    PromptArea { height: auto; max-height: 8; min-height: 3; }
+    """
+    BINDINGS = [
+        Binding("enter", "send", "Send", id="send", priority=True),
+        Binding("shift+enter,ctrl+j", "newline", "New line", id="newline", show=False),
+    ]
+
+    class Send(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def action_send(self) -> None:
+        text = self.text.strip()
+        if text:
+            self.post_message(self.Send(text))
+
+    def action_newline(self) -> None:
+        self.insert("\n")

@@ -1,0 +1,111 @@
+"""Tokens with provenance: nudged tokens coloured and, independent of colour, underlined or in
+[brackets]. Hover shows why a token was written; click opens the inspector.
+
+One widget renders one block of an answer; the answer starts a new block after a newline once a
+block holds BLOCK tokens, so a long answer re-renders only its live tail.
+"""
+
+from __future__ import annotations
+
+from textual.color import Color
+from textual.content import Content, Span
+from textual.events import MouseMove
+from textual.message import Message
+from textual.style import Style
+from textual.widget import Widget
+
+from nudge_local.events import TokenEvent
+
+BLOCK = 256
+NUDGE_COLOR = Color.parse("#ff9e3d")
+
+
+class TokenView(Widget):
+    DEFAULT_CSS = """
+    TokenView { height: auto; width: 1fr; }
+    """
+
+    class Inspect(Message):
+        """The user clicked token `index` of the answer this block belongs to."""
+
+        def __init__(self, view: TokenView, index: int) -> None:
+            super().__init__()
+            self.view, self.index = view, index
+
+    def __init__(self, *, first_index: int = 0, gamma: float = 0.4, brackets: bool = False, **kw) -> None:
+        super().__init__(**kw)
+        self.first_index = first_index
+        self.tokens: list[TokenEvent] = []
+        self.gamma = gamma
+        self.brackets = brackets
+        self._content: Content | None = None
+
+    def add(self, tokens: list[TokenEvent]) -> None:
+        self.tokens.extend(tokens)
+        self._content = None
+        self.refresh(layout=True)
+
+    def set_marks(self, *, brackets: bool) -> None:
+        self.brackets = brackets
+        self._content = None
+        self.refresh(layout=True)
+
+    @property
+    def full(self) -> bool:
+        """Closed once it holds BLOCK tokens and the last ends a line."""
+        return len(self.tokens) >= BLOCK and self.tokens[-1].text.endswith("\n")
+
+    def build(self) -> Content:
+        parts: list[str] = []
+        spans: list[Span] = []
+        pos = 0
+        open_bracket = False
+        nudge = Style(foreground=NUDGE_COLOR, bold=True, underline=not self.brackets)
+        for i, t in enumerate(self.tokens):
+            text = t.text
+            if self.brackets:
+                # Brackets around the words, whitespace outside, as the paper prints them.
+                if t.source == "nudge" and not open_bracket and text.strip():
+                    lead = len(text) - len(text.lstrip())
+                    text = text[:lead] + "[" + text[lead:]
+                    open_bracket = True
+                elif t.source != "nudge" and open_bracket and text:
+                    text = "]" + text
+                    open_bracket = False
+            meta = Style.from_meta({"tok": self.first_index + i, "@click": f"inspect({self.first_index + i})"})
+            style = nudge + meta if t.source == "nudge" else meta
+            if text:
+                spans.append(Span(pos, pos + len(text), style))
+                parts.append(text)
+                pos += len(text)
+        if open_bracket:
+            parts.append("]")
+        return Content("".join(parts), spans)
+
+    def render(self) -> Content:
+        if self._content is None:
+            self._content = self.build()
+        return self._content
+
+    def token_at(self, index: int) -> TokenEvent | None:
+        i = index - self.first_index
+        return self.tokens[i] if 0 <= i < len(self.tokens) else None
+
+    def on_mouse_move(self, event: MouseMove) -> None:
+        index = event.style.meta.get("tok") if event.style else None
+        t = self.token_at(index) if index is not None else None
+        self.tooltip = describe(t, self.gamma) if t else None
+
+    def action_inspect(self, index: int) -> None:
+        self.post_message(self.Inspect(self, index))
+
+
+def describe(t: TokenEvent, gamma: float) -> str:
+    """The hover text: who wrote the token and why."""
+    who = "nudger" if t.source == "nudge" else "base"
+    lines = [f"{t.text!r} written by the {who} (p={t.p:.3f})"]
+    if t.base_p is not None:
+        rule = "below" if t.base_p < gamma else "at or above"
+        lines.append(f"base top-1 p={t.base_p:.3f}, {rule} gamma {gamma:.2f}")
+    lines.append("click for both models' top 5")
+    return "\n".join(lines)
