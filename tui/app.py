@@ -44,7 +44,7 @@ ACTIONS = [
     ("compare", "f4", "compare", "Compare", "Answer the prompt with base only, nudger only and nudged, side by side"),
     ("marks", "ctrl+b", "toggle_marks", "Marks", "Mark nudged tokens with [brackets] or underline"),
     ("markdown", "ctrl+t", "toggle_markdown", "Markdown", "Show the last finished answer as rendered Markdown"),
-    ("export", "ctrl+e", "export", "Export", "Write the conversation to Markdown and JSON files"),
+    ("export", "ctrl+s", "export", "Export", "Write the conversation to Markdown and JSON files"),
     ("new", "ctrl+n", "new_conversation", "New", "Start a new conversation"),
 ]
 
@@ -245,7 +245,7 @@ class NudgeApp(App):
             self.history.append_tokens(m.view.msg_id, m.tokens)
         if m.view is self.current and m.view.prompts is not None:
             self.context_used = len(m.view.tokens)
-        m.view.set_summary(len(m.view.tokens), sum(t.source == "nudge" for t in m.view.tokens), 0.0)
+        m.view.set_summary(len(m.view.tokens), m.view.nudged, 0.0)
         if follow and m.view.parent is not None and m.view.screen is self.screen:
             chat.scroll_end(animate=False)
 

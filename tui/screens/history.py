@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -35,16 +37,21 @@ class HistoryScreen(ModalScreen[tuple[str, int] | None]):
             yield ListView(id="conversations")
             yield Input(placeholder="new title, Enter to save", id="title")
 
-    def on_mount(self) -> None:
-        self.reload()
+    async def on_mount(self) -> None:
+        await self.reload()
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         lv = self.query_one(ListView)
-        lv.clear()
+        await lv.clear()
+        items = []
         for c in self.history.conversations():
-            item = ListItem(Static(f"{c.title}  ·  {c.n_messages} answers  ·  {c.updated}", markup=False))
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated))
+            item = ListItem(Static(f"{c.title}  ·  {c.n_messages} answers  ·  {when}", markup=False))
             item.conv_id = c.id
-            lv.append(item)
+            items.append(item)
+        await lv.extend(items)
+        lv.index = 0 if items else None
+        lv.focus()
 
     def _selected(self) -> int | None:
         item = self.query_one(ListView).highlighted_child
@@ -59,20 +66,20 @@ class HistoryScreen(ModalScreen[tuple[str, int] | None]):
             field.add_class("editing")
             field.focus()
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
         conv = self._selected()
         if conv is not None and event.value.strip():
             self.history.rename(conv, event.value.strip())
         event.input.value = ""
         event.input.remove_class("editing")
-        self.reload()
+        await self.reload()
         self.query_one(ListView).focus()
 
-    def action_delete(self) -> None:
+    async def action_delete(self) -> None:
         conv = self._selected()
         if conv is not None:
             self.history.delete(conv)
-            self.reload()
+            await self.reload()
 
     def action_close(self) -> None:
         self.dismiss(None)

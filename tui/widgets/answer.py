@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 
@@ -28,7 +30,9 @@ class AnswerView(Vertical):
         self.question, self.mode, self.gamma, self.brackets = question, mode, gamma, brackets
         self.msg_id = msg_id
         self.tokens: list[TokenEvent] = []
+        self.nudged = 0
         self.done = False
+        self.cancelled_at: float | None = None
         self.cancelled = False
         self.stop_reason: str | None = None
         self.stats: Stats | None = None
@@ -36,13 +40,28 @@ class AnswerView(Vertical):
         self._blocks: list[TokenView] = []
         self._summary = Static("generating…", classes="summary")
         self._markdown: Markdown | None = None
+        self._pending: list[TokenEvent] = []
+        self._ready = False
 
     def compose(self):
         yield Static(f"› {self.question}", classes="question", markup=False)
         yield self._summary
 
+    def on_mount(self) -> None:
+        self._ready = True
+        if self._pending:
+            pending, self._pending = self._pending, []
+            del self.tokens[len(self.tokens) - len(pending) :]
+            self.nudged -= sum(t.source == "nudge" for t in pending)
+            self.add(pending)
+
     def add(self, tokens: list[TokenEvent]) -> None:
         """Append tokens, opening a new block when the live one is full."""
+        if not self._ready:  # reopened from history: blocks are made once the view is in place
+            self._pending.extend(tokens)
+            self.tokens.extend(tokens)
+            self.nudged += sum(t.source == "nudge" for t in tokens)
+            return
         for t in tokens:
             if not self._blocks or self._blocks[-1].full:
                 block = TokenView(first_index=len(self.tokens), gamma=self.gamma, brackets=self.brackets)
@@ -50,15 +69,18 @@ class AnswerView(Vertical):
                 self.mount(block, before=self._summary)
             self._blocks[-1].tokens.append(t)
             self.tokens.append(t)
+            self.nudged += t.source == "nudge"
         if self._blocks:
             self._blocks[-1].add([])  # re-render the live tail only
 
     def finish(self, *, stop_reason: str | None, stats: Stats | None, cancelled: bool = False) -> None:
         self.done, self.cancelled, self.stop_reason, self.stats = True, cancelled, stop_reason, stats
+        if cancelled:
+            self.cancelled_at = time.monotonic()
         if stats is not None:
             self.set_summary(stats.tokens, stats.nudge_tokens, stats.tokens_per_second)
         else:
-            self.set_summary(len(self.tokens), sum(t.source == "nudge" for t in self.tokens), 0.0)
+            self.set_summary(len(self.tokens), self.nudged, 0.0)
 
     def set_summary(self, tokens: int, nudged: int, tps: float) -> None:
         self._summary.update(summary(tokens, nudged, tps, self.stop_reason, self.mode, self.cancelled))

@@ -52,8 +52,11 @@ class TokenView(Widget):
 
     @property
     def full(self) -> bool:
-        """Closed once it holds BLOCK tokens and the last ends a line."""
-        return len(self.tokens) >= BLOCK and self.tokens[-1].text.endswith("\n")
+        """Closed once it holds BLOCK tokens and the last ends a line; text without line ends is
+        cut after a space once a block holds 4 x BLOCK tokens, so no block grows without bound."""
+        n = len(self.tokens)
+        last = self.tokens[-1].text if n else ""
+        return (n >= BLOCK and last.endswith("\n")) or (n >= 4 * BLOCK and last[-1:].isspace()) or n >= 8 * BLOCK
 
     def build(self) -> Content:
         parts: list[str] = []

@@ -1,0 +1,270 @@
+"""The chat app driven by Textual's Pilot on generated models: streaming, provenance marks, hover,
+inspector, gamma, cancel, compare, history across restarts, export, errors, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from nudge_local.config import load_settings
+from nudge_local.generate import generate, render_prompts
+from nudge_local.model import Model
+from scripts.make_test_model import CHATML, Table, write_model
+from tests.pairs import vocab
+from tui.app import ACTIONS, NudgeApp
+from tui.history import History
+from tui.screens.compare import CompareScreen
+from tui.screens.inspector import InspectorScreen
+from tui.widgets.answer import AnswerView
+from tui.widgets.token_view import TokenView
+
+V = vocab("bpe0")
+THE, DOT, SURE, COMMA, OK = (V.find(b) for b in (b" the", b".", b" Sure", b",", b" ok"))
+EOS = V.eos
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The base is sure of " the", then split three ways (p = 1/3): the nudger writes " Sure,",
+    the base ends with " ok." A second base never ends, for cancelling."""
+    tmp = tmp_path_factory.mktemp("tui")
+    base = write_model(
+        tmp / "b.gguf",
+        V,
+        Table(rows={THE: {DOT: 0.0, COMMA: 0.0, OK: 0.0}, COMMA: {OK: 6.0}, OK: {DOT: 6.0}, DOT: {EOS: 6.0}},
+              default={THE: 6.0}),
+    )  # fmt: skip
+    endless = write_model(tmp / "endless.gguf", V, Table(rows={THE: {OK: 6.0}, OK: {THE: 6.0}}, default={THE: 6.0}))
+    nudger = write_model(
+        tmp / "n.gguf", V, Table(rows={THE: {SURE: 5.0}, SURE: {COMMA: 5.0}, COMMA: {OK: 5.0}}, default={OK: 3.0}),
+        chat_template=CHATML,
+    )  # fmt: skip
+    return {"base": base, "endless": endless, "nudger": nudger}
+
+
+def make_app(tmp_path, pair, base="base", **flags):
+    settings = load_settings({"base": str(pair.get(base, base)), "nudge": str(pair["nudger"]), "threads": 1, **flags})
+    return NudgeApp(settings, history=History(tmp_path / "history.sqlite3"), export_dir=tmp_path)
+
+
+async def until(pilot, cond, timeout=20.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        await pilot.pause(0.02)
+
+
+async def ask(app, pilot, text="Why?"):
+    await until(pilot, lambda: app.ready)
+    await pilot.press(*text)
+    await pilot.press("enter")
+    await until(pilot, lambda: app.current is None and app.query(AnswerView))
+    return list(app.query("#chat AnswerView").results(AnswerView))[-1]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_send_streams_the_engines_answer(tmp_path, pair):
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            view = await ask(app, pilot)
+            got = [(t.text, t.source) for t in view.tokens]
+            assert view.stop_reason == "eos" and "5 tokens" in str(view._summary.render())
+            assert "40% nudged" in str(view._summary.render())
+            return got
+
+    got = run(go())
+    with Model(pair["base"], n_threads=1) as b, Model(pair["nudger"], n_threads=1) as n:
+        events = list(generate(render_prompts(b, n, "Why?"), base=b, nudger=n, gamma=0.4))[:-1]
+    assert got == [(e.text, e.source) for e in events] == [
+        (" the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base"), (".", "base")
+    ]  # fmt: skip
+
+
+def test_provenance_marks_do_not_rely_on_colour(tmp_path, pair):
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            view = await ask(app, pilot)
+            block = view.query_one(TokenView)
+            content = block.build()
+            styled = {content.plain[s.start : s.end]: s.style for s in content.spans}
+            assert styled[" Sure"].underline and styled[","].underline and styled[" Sure"].foreground
+            assert not styled[" the"].underline and styled[" the"].foreground is None
+            await pilot.press("ctrl+b")  # brackets instead of underline
+            assert block.build().plain == " the [Sure,] ok."
+            assert not any(s.style.underline for s in block.build().spans)
+
+    run(go())
+
+
+def test_hover_and_click_inspector(tmp_path, pair):
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30), tooltips=True) as pilot:
+            view = await ask(app, pilot)
+            block = view.query_one(TokenView)
+            await pilot.hover(block, offset=(6, 0))  # inside " Sure"
+            assert "written by the nudger" in block.tooltip and "below gamma 0.40" in block.tooltip
+            assert "p=0.333" in block.tooltip
+            await pilot.hover(block, offset=(2, 0))  # inside " the"
+            assert "written by the base" in block.tooltip
+            await pilot.click(block, offset=(6, 0))
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            base_rows = [app.screen.query_one("#top-base").get_row_at(i) for i in range(3)]
+            nudger_row = app.screen.query_one("#top-nudger").get_row_at(0)
+            assert sorted(r[0] for r in base_rows) == ["' ok'", "','", "'.'"]
+            assert all(r[1] == "0.333" for r in base_rows)
+            assert nudger_row[0] == "' Sure'"
+            await pilot.press("escape")
+            assert not isinstance(app.screen, InspectorScreen)
+
+    run(go())
+
+
+def test_gamma_change_takes_effect_on_the_next_answer(tmp_path, pair):
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            first = await ask(app, pilot)
+            assert any(t.source == "nudge" for t in first.tokens)
+            await pilot.press("alt+down", "alt+down")  # 0.40 -> 0.30, below the planted 1/3
+            assert "gamma 0.30" in str(app.query_one("#status").render())
+            assert first.tokens == first.tokens  # the finished answer stays as written
+            second = await ask(app, pilot, "Again?")
+            assert second.tokens and all(t.source == "base" for t in second.tokens)
+
+    run(go())
+
+
+def test_escape_cancels_within_200ms_and_keeps_the_partial_answer(tmp_path, pair):
+    async def go():
+        app = make_app(tmp_path, pair, base="endless", max_tokens=100000)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            await pilot.press(*"Go", "enter")
+            await until(pilot, lambda: app.current is not None and len(app.current.tokens) > 20)
+            view = app.current
+            t0 = time.monotonic()
+            await pilot.press("escape")
+            await until(pilot, lambda: view.cancelled, timeout=1)
+            assert view.cancelled_at - t0 < 0.2  # the app's own reaction, not Pilot's redraw wait
+            shown = len(view.tokens)
+            await pilot.pause(0.3)
+            assert len(view.tokens) == shown > 20  # nothing appended after the cancel
+            assert "cancelled" in str(view._summary.render())
+            msgs = app.history.messages(app.conversation)
+            assert msgs[-1].cancelled and len(msgs[-1].tokens) == shown
+            second = await ask(app, pilot, "x")  # the engine is free again
+            assert second is not view
+
+    run(go())
+
+
+def test_compare_shows_three_columns_with_stats(tmp_path, pair):
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(150, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            await pilot.press(*"Why?")
+            await pilot.press("f4")
+            await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+            screen = app.screen
+            await until(pilot, lambda: all(v.done for v in screen.views.values()))
+            cols = {m: [(t.text, t.source) for t in v.tokens] for m, v in screen.views.items()}
+            assert {s for _, s in cols["base"]} == {"base"} and {s for _, s in cols["nudger"]} == {"nudge"}
+            assert cols["nudged"] == [(" the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base"),
+                                      (".", "base")]  # fmt: skip
+            for v in screen.views.values():
+                assert "tokens" in str(v._summary.render()) and "tok/s" in str(v._summary.render())
+            await pilot.press("escape")
+            assert not isinstance(app.screen, CompareScreen)
+
+    run(go())
+
+
+def test_history_survives_a_restart_and_export(tmp_path, pair):
+    async def first():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await ask(app, pilot)
+            await pilot.press("ctrl+s")
+            return app.conversation
+
+    conv = run(first())
+    md = (tmp_path / f"nudge-local-{conv}.md").read_text()
+    assert "Why?" in md and "the [Sure,] ok." in md
+    data = json.loads((tmp_path / f"nudge-local-{conv}.json").read_text())
+    assert [(t["text"], t["source"]) for t in data["messages"][0]["tokens"]][:2] == [
+        (" the", "base"),
+        (" Sure", "nudge"),
+    ]
+
+    async def second():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            await pilot.press("f3")
+            await pilot.pause(0.1)
+            await pilot.press("enter")
+            await until(pilot, lambda: app.query("#chat AnswerView"))
+            view = app.query_one("#chat AnswerView", AnswerView)
+            assert [(t.text, t.source) for t in view.tokens][1] == (" Sure", "nudge")
+            assert view.question == "Why?" and "eos" in str(view._summary.render())
+            # its inspector works from the stored settings
+            await pilot.click(view.query_one(TokenView), offset=(6, 0))
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+
+    run(second())
+
+
+@pytest.mark.parametrize(
+    "base,phrase", [("/nonexistent/b.gguf", "does not exist"), ("org/absent-GGUF:b.gguf", "nudge-local pull")]
+)
+def test_model_errors_show_in_the_app_as_one_sentence(tmp_path, pair, monkeypatch, base, phrase):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+
+    async def go():
+        app = make_app(tmp_path, pair, base=base)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.loading == "no models")
+            text = str(app.query_one("#error").render())
+            assert phrase in text and "Traceback" not in text and text.count("\n") == 0
+
+    run(go())
+
+
+def test_regenerate_markdown_keymap_palette_and_theme(tmp_path, pair):
+    async def go():
+        app = make_app(tmp_path, pair, keymap={"compare": "f9", "regenerate": "ctrl+l"})
+        async with app.run_test(size=(100, 30)) as pilot:
+            await ask(app, pilot)
+            await pilot.press("ctrl+l")  # remapped regenerate
+            await pilot.pause(0.1)
+            await until(pilot, lambda: app.current is None)
+            views = list(app.query("#chat AnswerView").results(AnswerView))
+            assert len(views) == 1 and views[0].done and len(app.history.messages(app.conversation)) == 1
+            await pilot.press("ctrl+t")
+            assert views[0].query("Markdown")
+            titles = {c.title for c in app.get_system_commands(app.screen)}
+            assert {desc for _, _, _, desc, _ in ACTIONS} <= titles
+            await pilot.press("f9")
+            await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+            app.theme = "nord"
+
+    run(go())
+
+    async def again():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)):
+            assert app.theme == "nord"
+
+    run(again())
