@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from textual.color import Color
 from textual.content import Content, Span
-from textual.events import MouseMove
+from textual.events import Click, MouseMove
 from textual.message import Message
 from textual.style import Style
 from textual.widget import Widget
@@ -75,7 +75,8 @@ class TokenView(Widget):
                 elif t.source != "nudge" and open_bracket and text:
                     text = "]" + text
                     open_bracket = False
-            meta = Style.from_meta({"tok": self.first_index + i, "@click": f"inspect({self.first_index + i})"})
+            # No "@click" action in the meta: Textual would restyle the span as a link, hiding the marks.
+            meta = Style.from_meta({"tok": self.first_index + i})
             style = nudge + meta if t.source == "nudge" else meta
             if text:
                 spans.append(Span(pos, pos + len(text), style))
@@ -99,8 +100,10 @@ class TokenView(Widget):
         t = self.token_at(index) if index is not None else None
         self.tooltip = describe(t, self.gamma) if t else None
 
-    def action_inspect(self, index: int) -> None:
-        self.post_message(self.Inspect(self, index))
+    def on_click(self, event: Click) -> None:
+        index = event.style.meta.get("tok") if event.style else None
+        if index is not None:
+            self.post_message(self.Inspect(self, index))
 
 
 def describe(t: TokenEvent, gamma: float) -> str:

@@ -1,0 +1,65 @@
+"""Snapshots of the chat with provenance, the inspector and compare (Textual pinned in pyproject)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nudge_local.events import Stats
+from tests.test_tui import make_app, pair, until  # noqa: F401 - `pair` is a fixture
+from tui.screens.compare import CompareScreen
+from tui.screens.inspector import InspectorScreen
+from tui.widgets.answer import AnswerView
+from tui.widgets.token_view import TokenView
+
+SIZE = (110, 26)
+
+
+@pytest.fixture(autouse=True)
+def fixed_speed(monkeypatch):
+    """Tokens per second is the one figure that differs run to run; show it as 0."""
+    monkeypatch.setattr(Stats, "tokens_per_second", property(lambda self: 0.0))
+
+
+async def _answered(app, pilot):
+    await until(pilot, lambda: app.ready)
+    await pilot.press(*"Why is the sky blue?")
+    await pilot.press("enter")
+    await until(pilot, lambda: app.current is None and app.query(AnswerView))
+    await pilot.pause(0.1)
+
+
+def test_chat_with_provenance(snap_compare, tmp_path, pair):  # noqa: F811
+    app = make_app(tmp_path, pair)
+
+    async def run_before(pilot):
+        await _answered(app, pilot)
+        await pilot.press("ctrl+b")  # brackets as well, so both marks are in the picture
+        await _answered(app, pilot)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=SIZE)
+
+
+def test_inspector(snap_compare, tmp_path, pair):  # noqa: F811
+    app = make_app(tmp_path, pair)
+
+    async def run_before(pilot):
+        await _answered(app, pilot)
+        await pilot.click(app.query_one(TokenView), offset=(6, 0))
+        await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+        await pilot.pause(0.1)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=SIZE)
+
+
+def test_compare(snap_compare, tmp_path, pair):  # noqa: F811
+    app = make_app(tmp_path, pair)
+
+    async def run_before(pilot):
+        await until(pilot, lambda: app.ready)
+        await pilot.press(*"Why is the sky blue?")
+        await pilot.press("f4")
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+        await until(pilot, lambda: all(v.done for v in app.screen.views.values()))
+        await pilot.pause(0.1)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=SIZE)
