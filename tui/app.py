@@ -263,8 +263,8 @@ class NudgeApp(App):
                     view.msg_id, stop_reason=view.stop_reason or "error", stats=m.done.stats.as_dict() if m.done else {}
                 )
             if m.done:
-                self.context_used = sum(m.done.stats.prompt_tokens.values()) // max(1, len(m.done.stats.prompt_tokens))
-                self.context_used += m.done.stats.tokens
+                # the fuller of the two contexts: its prompt plus the answer
+                self.context_used = max(m.done.stats.prompt_tokens.values()) + m.done.stats.tokens
         if view is self.current:
             self.current = None
         self.update_status()
