@@ -16,7 +16,7 @@ from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import MODES, generate, render_prompts
 from nudge_local.gguf_check import check_gguf
 from nudge_local.hub import cache_dir, cached_path, human_size, offline
-from nudge_local.render import BracketWriter, spans
+from nudge_local.render import BracketWriter, clip, spans
 from nudge_local.sampling import Sampling
 
 
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--yes", action="store_true", help="download missing model files without asking")
     run.add_argument("--mode", choices=MODES, default="nudged", help="nudged (default), base only, nudger only")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    run.add_argument("--chunk", type=int, default=16, help="paper mode: tokens per completion call, L (default 16)")
+    run.add_argument("--max-rounds", type=int, default=150, help="paper mode: most rounds (default 150)")
     _add_settings_flags(run)
 
     chat = sub.add_parser("chat", help="the terminal chat that shows who wrote every token")
@@ -111,6 +113,9 @@ def _load(args, s: Settings):
 
 def run(args) -> int:
     s = _settings(args)
+    for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds)):
+        if value < 1:
+            raise NudgeError(f"option {flag} must be a whole number of at least 1 (got {value}).")
     models, chat_template = _load(args, s)
     try:
         base, nudger = models.get("base"), models.get("nudger")
@@ -127,6 +132,8 @@ def run(args) -> int:
             word_cap=s.word_cap,
             sampling=Sampling(s.temperature, s.top_p, s.seed),
             stop_strings=s.stop,
+            chunk=args.chunk,
+            max_rounds=args.max_rounds,
         )
         tokens: list[TokenEvent] = []
         writer = None if args.json else BracketWriter(sys.stdout)
@@ -138,6 +145,10 @@ def run(args) -> int:
                 tokens.append(ev)
                 if writer:
                     writer.write(ev)
+        if args.mode == "paper":  # its output is trimmed at both ends after generation
+            raw = "".join(t.text for t in tokens)
+            start = len(raw) - len(raw.lstrip())
+            tokens = clip(tokens, start, start + len(done.text))
         if writer:
             writer.close()
             print(f"[{args.mode}] stop: {done.stop_reason}; {done.stats.line()}", file=sys.stderr)
@@ -155,6 +166,7 @@ def run(args) -> int:
                     "gamma": s.gamma,
                     "prompts": {"base": prompts.base, "nudge": prompts.nudge},
                     "stats": done.stats.as_dict(),
+                    **done.extra,
                 },
                 sys.stdout,
                 ensure_ascii=False,

@@ -67,6 +67,7 @@ class Stats:
 class Done:
     """The last event: why generation stopped, the full text, and the run's statistics."""
 
-    stop_reason: str  # "eos", "length", "stop_string"
+    stop_reason: str  # "eos", "length", "stop_string"; paper mode: see paper_mode.py
     text: str
     stats: Stats
+    extra: dict = field(default_factory=dict)  # mode-specific results (paper: rounds, nudging_words)

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from nudge_local.errors import NudgeError
 from nudge_local.events import Done, TokenEvent
 from nudge_local.model import Model
+from nudge_local.paper_mode import paper_steps
 from nudge_local.prompts import DEFAULT_BASE_FORMAT, Turn, base_prompt, chat_messages, render_chat_template
 from nudge_local.sampling import Chooser, Sampling
 from nudge_local.stream import stream
 from nudge_local.token_mode import nudged_steps, single_steps
 from nudge_local.views import Answer, TokenSpaceView, make_views
 
-MODES = ("nudged", "base", "nudger")
+MODES = ("nudged", "base", "nudger", "paper")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,12 @@ def generate(
     sampling: Sampling | None = None,
     stop_strings: Sequence[str] = (),
     text_space: bool | None = None,
+    chunk: int = 16,
+    max_rounds: int = 150,
 ) -> Iterator[TokenEvent | Done]:
-    """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode), "base" or "nudger"."""
+    """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode), "base", "nudger" or
+    "paper" (the authors' algorithm; `chunk` and `max_rounds` are its L and round limit, `max_tokens`
+    its budget in base tokens, 0 for none; its Done.extra holds rounds and nudging_words)."""
     choose = Chooser(sampling or Sampling())
     if mode == "nudged":
         answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)
@@ -77,6 +82,14 @@ def generate(
         )
         models = {"base": base, "nudger": nudger}
         prompt_tokens = {"base": bview.prompt_tokens, "nudger": nview.prompt_tokens}
+    elif mode == "paper":
+        steps = paper_steps(
+            base, nudger, prompts.base, prompts.nudge, gamma=gamma, chunk=chunk, max_rounds=max_rounds,
+            max_tokens=max_tokens,
+        )  # fmt: skip
+        models = {"base": base, "nudger": nudger}
+        prompt_tokens = {"base": len(base.tokenize(prompts.base)), "nudger": len(nudger.tokenize(prompts.nudge))}
+        stop_strings = ()  # the published algorithm has none
     elif mode in ("base", "nudger"):
         model, prompt = (base, prompts.base) if mode == "base" else (nudger, prompts.nudge)
         answer = Answer()

@@ -6,9 +6,11 @@ without `logits_all`, truncates long pieces and silences logs by redirecting fil
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as ll
@@ -66,6 +68,23 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while a[i] == b[i]:
         i += 1
     return i
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionToken:
+    token: int
+    text: str  # the characters this token completes (UTF-8 safe within one completion)
+    p: float  # top-1 probability at this position (the token is the argmax)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    tokens: list[CompletionToken]
+    finish: str  # "stop" (end of generation) or "length"
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
 
 
 class Model:
@@ -215,6 +234,25 @@ class Model:
 
     def is_eog(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self._vocab, token))
+
+    # -- completion ---------------------------------------------------------------------------
+
+    def complete(self, text: str, max_tokens: int) -> Completion:
+        """What a completions server returns for `text` (BRIEF 1.2): up to `max_tokens` greedy tokens,
+        each with its text and top-1 probability, ending early at end of generation (not reported,
+        finish "stop"). Only tokens the context does not already hold are evaluated."""
+        seq = self.tokenize(text)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        out: list[CompletionToken] = []
+        for _ in range(max_tokens):
+            logits = self.logits(seq)
+            t = int(logits.argmax())
+            if self.is_eog(t):
+                return Completion(out, "stop")
+            p = 1.0 / float(np.exp(logits - logits[t]).sum(dtype=np.float64))
+            out.append(CompletionToken(t, decoder.decode(self.piece(t)), p))
+            seq = seq + [t]
+        return Completion(out, "length")
 
     # -- evaluation ---------------------------------------------------------------------------
 

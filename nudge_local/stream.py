@@ -102,4 +102,8 @@ def stream(
         for r, m in models.items():
             stats.evaluated_tokens[r] = m.evaluated_tokens - start[r][0]
             stats.forward_calls[r] = m.forward_calls - start[r][1]
-    yield Done(reason, shown, stats)
+    extra = {}
+    if isinstance(reason, tuple):  # (reason, extra): a mode with results of its own
+        reason, extra = reason
+        extra = dict(extra)
+    yield Done(reason, extra.pop("text", shown), stats, extra)

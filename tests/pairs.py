@@ -73,14 +73,17 @@ def random_table(v: Vocab, rng: np.random.Generator, *, eos_weight: float = 0.08
     return Table(rows={t: row() for t in alpha}, default=row())
 
 
-def write_pair(tmp: Path, base_vocab: Vocab, nudger_vocab: Vocab, seed: int, **table_kw) -> tuple[Path, Path]:
+def write_pair(
+    tmp: Path, base_vocab: Vocab, nudger_vocab: Vocab, seed: int, *, nudger_extra=(), eos_weight: float = 0.08
+) -> tuple[Path, Path]:
     rng = np.random.default_rng(seed)
-    base = write_model(tmp / f"base-{base_vocab.name}-{seed}.gguf", base_vocab, random_table(base_vocab, rng))
-    extra = table_kw.pop("nudger_extra", [])
+    base = write_model(
+        tmp / f"base-{base_vocab.name}-{seed}.gguf", base_vocab, random_table(base_vocab, rng, eos_weight=eos_weight)
+    )
     nudger = write_model(
         tmp / f"nudger-{nudger_vocab.name}-{seed}.gguf",
         nudger_vocab,
-        random_table(nudger_vocab, rng, extra=extra),
+        random_table(nudger_vocab, rng, eos_weight=eos_weight, extra=list(nudger_extra)),
         chat_template=CHATML,
     )
     return base, nudger
