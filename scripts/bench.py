@@ -1,0 +1,152 @@
+"""Side-by-side decoding benchmark: every mode on the same pair, in one process, with ratios.
+
+    .venv/bin/python -m scripts.bench [--vocab ../shared/vocab/ggml-vocab-llama-bpe.gguf]
+        [--agreement 0.7] [--max-tokens 128] [--rounds 3] [--json out.json]
+    .venv/bin/python -m scripts.bench --base BASE.gguf --nudge NUDGER.gguf   # a real pair
+
+Modes: base only, nudger only, token mode (nudged), paper mode with its completion calls answered
+from the prefix cache (paper), and paper mode API-style, every completion call evaluated from
+scratch as the authors' client does (paper-api). Each mode runs `--rounds` times, interleaved, and
+the table gives median tokens per second, the ratio to base only, tokens evaluated and forward
+calls per generated token. Absolute times on shared machines are noise; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nudge_local.events import Done
+from nudge_local.generate import generate, render_prompts
+from nudge_local.model import Model
+from nudge_local.paper_mode import api_style_complete, paper_steps
+from nudge_local.stream import stream
+from scripts.make_test_model import CHATML, Table, bpe_vocab, load_vocab, write_model
+
+PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b" we", b" need", b" to", b" find",
+          b" answer", b" is", b" Sure", b" First", b" cost", b" total", b" by", b" step", b" 2", b" 3", b" and",
+          b" of", b" a", b" in", b" it", b" that", b" this"]  # fmt: skip
+MODES = ("base", "nudger", "nudged", "paper", "paper-api")
+
+
+def make_pair(out: Path, vocab_path: str | None, agreement: float, seed: int = 0) -> tuple[Path, Path]:
+    """A base of realistic shape (d=1024, 16 layers) and a nudger ~10x smaller in compute, over a
+    Markov table where the base is confident at most positions and the nudger agrees with the
+    base's choice at `agreement` of them."""
+    vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)
+    alpha = sorted({i for i in (vocab.find(p) for p in PIECES) if i is not None})
+    rng = np.random.default_rng(seed)
+    base_rows, nudger_rows = {}, {}
+    for t in [*alpha, None]:
+        nxt = rng.permutation(alpha)
+        confident = rng.random() < 0.8
+        row = {int(nxt[0]): 4.0 if confident else 1.0, int(nxt[1]): 1.5, int(nxt[2]): 1.0}
+        agree = rng.random() < agreement
+        nrow = {int(nxt[0]): 5.0, int(nxt[3]): 1.0} if agree else {int(nxt[4]): 5.0, int(nxt[0]): 1.0}
+        base_rows[t], nudger_rows[t] = row, nrow
+    base_table = Table(rows={t: r for t, r in base_rows.items() if t is not None}, default=base_rows[None])
+    nudger_table = Table(rows={t: r for t, r in nudger_rows.items() if t is not None}, default=nudger_rows[None])
+    base = write_model(out / "bench-base.gguf", vocab, base_table, width=1024, layers=16, ffn=2816, noise=0.004,
+                       seed=seed)  # fmt: skip
+    nudger = write_model(out / "bench-nudger.gguf", vocab, nudger_table, width=256, layers=6, ffn=704, noise=0.004,
+                         chat_template=CHATML, seed=seed + 1)  # fmt: skip
+    return base, nudger
+
+
+def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
+    base.reset()
+    nudger.reset()
+    t0 = time.perf_counter()
+    if mode == "paper-api":
+        steps = paper_steps(base, nudger, prompts.base, prompts.nudge, gamma=args.gamma, chunk=16,
+                            max_rounds=150, max_tokens=args.max_tokens, complete=api_style_complete)  # fmt: skip
+        events = stream(steps, {"base": base, "nudger": nudger}, {})
+    else:
+        events = generate(prompts, mode=mode, base=base, nudger=nudger, gamma=args.gamma, max_tokens=args.max_tokens)
+    tokens, done = [], None
+    for ev in events:
+        if isinstance(ev, Done):
+            done = ev
+        else:
+            tokens.append(ev)
+    seconds = time.perf_counter() - t0
+    s = done.stats
+    return {
+        "tokens": len(tokens),
+        "text": done.text,
+        "seconds": seconds,
+        "tps": len(tokens) / seconds if seconds else 0.0,
+        "evaluated": sum(s.evaluated_tokens.values()),
+        "forward_calls": sum(s.forward_calls.values()),
+        "base_calls": s.forward_calls.get("base", 0),
+        "nudge_ratio": s.nudge_ratio,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vocab", help="vocabulary GGUF for the generated pair (default: a small built-in BPE)")
+    ap.add_argument("--base", help="a real base GGUF instead of the generated pair")
+    ap.add_argument("--nudge", help="a real nudger GGUF instead of the generated pair")
+    ap.add_argument("--agreement", type=float, default=0.7)
+    ap.add_argument("--gamma", type=float, default=0.4)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.base and args.nudge:
+            base_path, nudger_path = Path(args.base), Path(args.nudge)
+        else:
+            base_path, nudger_path = make_pair(Path(tmp), args.vocab, args.agreement)
+        with (
+            Model(base_path, role="base", n_threads=args.threads) as base,
+            Model(nudger_path, role="nudger", n_threads=args.threads) as nudger,
+        ):
+            prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
+            runs = {m: [] for m in modes}
+            for _ in range(args.rounds):
+                for m in modes:  # interleaved, so drift on a shared machine hits every mode alike
+                    runs[m].append(run_mode(m, base, nudger, prompts, args))
+    ref = statistics.median(r["tps"] for r in runs["base"]) if "base" in runs else None
+    print(f"{'mode':10} {'tokens':>6} {'tok/s':>8} {'x base':>7} {'eval/tok':>9} {'calls/tok':>9} {'nudged':>7}")
+    table = {}
+    for m, rs in runs.items():
+        tps = statistics.median(r["tps"] for r in rs)
+        r = rs[0]
+        row = {
+            "tokens": r["tokens"],
+            "tokens_per_second": tps,
+            "ratio_to_base": tps / ref if ref else None,
+            "evaluated_per_token": r["evaluated"] / max(1, r["tokens"]),
+            "forward_calls_per_token": r["forward_calls"] / max(1, r["tokens"]),
+            "base_forward_calls_per_token": r["base_calls"] / max(1, r["tokens"]),
+            "nudge_ratio": r["nudge_ratio"],
+            "seconds_median": statistics.median(x["seconds"] for x in rs),
+        }
+        table[m] = row
+        ratio = f"{row['ratio_to_base']:.2f}" if ref else "-"
+        print(f"{m:10} {row['tokens']:6d} {tps:8.1f} {ratio:>7} {row['evaluated_per_token']:9.2f} "
+              f"{row['forward_calls_per_token']:9.2f} {row['nudge_ratio']:7.1%}")  # fmt: skip
+    if "paper" in table and "paper-api" in table:
+        same = runs["paper"][0]["text"] == runs["paper-api"][0]["text"]
+        t_c, t_a = table["paper"]["seconds_median"], table["paper-api"]["seconds_median"]
+        ev = table["paper-api"]["evaluated_per_token"] / max(1e-9, table["paper"]["evaluated_per_token"])
+        print(f"paper cached vs API-style: wall time {t_a / t_c:.1f}x faster, {ev:.1f}x fewer tokens evaluated, "
+              f"same text: {same}")  # fmt: skip
+        table["paper_speedup"] = {"wall_time": t_a / t_c, "evaluated": ev, "same_text": same}
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()
