@@ -34,6 +34,8 @@ class Stats:
     evaluated_tokens: dict[str, int] = field(default_factory=dict)
     forward_calls: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    draft_proposed: int = 0  # speculative nudging: tokens the nudger drafted
+    draft_accepted: int = 0  # ... and that token mode's rule then wrote
 
     @property
     def nudge_ratio(self) -> float:

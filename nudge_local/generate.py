@@ -12,7 +12,7 @@ from nudge_local.paper_mode import paper_steps
 from nudge_local.prompts import DEFAULT_BASE_FORMAT, Turn, base_prompt, chat_messages, render_chat_template
 from nudge_local.sampling import Chooser, Sampling
 from nudge_local.stream import stream
-from nudge_local.token_mode import nudged_steps, single_steps
+from nudge_local.token_mode import nudged_steps, single_steps, speculative_steps
 from nudge_local.views import Answer, TokenSpaceView, make_views
 
 MODES = ("nudged", "base", "nudger", "paper")
@@ -70,16 +70,21 @@ def generate(
     text_space: bool | None = None,
     chunk: int = 16,
     max_rounds: int = 150,
+    speculative: bool = True,
+    draft: int = 4,
 ) -> Iterator[TokenEvent | Done]:
-    """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode), "base", "nudger" or
+    """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode; speculative, with
+    `draft` tokens to start, where the vocabularies match unless `speculative` is False), "base", "nudger" or
     "paper" (the authors' algorithm; `chunk` and `max_rounds` are its L and round limit, `max_tokens`
     its budget in base tokens, 0 for none; its Done.extra holds rounds and nudging_words)."""
     choose = Chooser(sampling or Sampling())
     if mode == "nudged":
         answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)
-        steps = nudged_steps(
-            base, nudger, bview, nview, answer, gamma=gamma, max_tokens=max_tokens, word_cap=word_cap, choose=choose
-        )
+        kw = dict(gamma=gamma, max_tokens=max_tokens, word_cap=word_cap, choose=choose)
+        if speculative and isinstance(bview, TokenSpaceView):  # drafts need shared token ids
+            steps = speculative_steps(base, nudger, bview, nview, answer, draft=draft, **kw)
+        else:
+            steps = nudged_steps(base, nudger, bview, nview, answer, **kw)
         models = {"base": base, "nudger": nudger}
         prompt_tokens = {"base": bview.prompt_tokens, "nudger": nview.prompt_tokens}
     elif mode == "paper":

@@ -106,4 +106,7 @@ def stream(
     if isinstance(reason, tuple):  # (reason, extra): a mode with results of its own
         reason, extra = reason
         extra = dict(extra)
+        for key in ("draft_proposed", "draft_accepted"):
+            if key in extra:
+                setattr(stats, key, extra.pop(key))
     yield Done(reason, extra.pop("text", shown), stats, extra)

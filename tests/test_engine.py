@@ -15,19 +15,25 @@ from tests.reference import reference_token_mode
     "b,n,seed",
     [("bpe0", "bpe0", 41), ("bpe0", "bpe1", 42), pytest.param("llama-bpe", "qwen2", 43, marks=needs_shared)],
 )
-def test_no_reprocessing(tmp_path, b, n, seed):
+@pytest.mark.parametrize("speculative", [False, True])
+def test_no_reprocessing(tmp_path, b, n, seed, speculative):
     """The base evaluates its prompt and the answer once; in text space only re-tokenization
     corrections come on top. The naive reference evaluates every context again."""
     base_path, nudger_path = write_pair(tmp_path, vocab(b), vocab(n), seed)
     with load(base_path, "base", n_ctx=1024) as base, load(nudger_path, "nudger", n_ctx=1024) as nudger:
         token_space = same_vocabulary(base, nudger)
-        prompts, events, done = run_engine(base, nudger, gamma=0.5, max_tokens=150, word_cap=4)
+        prompts, events, done = run_engine(
+            base, nudger, gamma=0.5, max_tokens=150, word_cap=4, speculative=speculative
+        )
         s = done.stats
         assert s.tokens >= 60, "the planted pair should write a long answer"
         answer = done.text.encode()
         for role, model, prompt in (("base", base, prompts.base), ("nudger", nudger, prompts.nudge)):
             own = len(model.tokenize(prompt.encode() + answer))  # prompt + answer in this model's tokens
-            if token_space:
+            if token_space and speculative:  # rejected drafts, and one token again after each round
+                bound = s.prompt_tokens[role] + s.tokens + s.draft_proposed + s.forward_calls["base"]
+                assert s.evaluated_tokens[role] <= bound
+            elif token_space:
                 assert s.evaluated_tokens[role] <= s.prompt_tokens[role] + s.tokens
             else:
                 assert s.evaluated_tokens[role] <= own + s.tokens // 2, role
