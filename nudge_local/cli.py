@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--yes", action="store_true", help="download missing model files without asking")
     run.add_argument("--mode", choices=MODES, default="nudged", help="nudged (default), base only, nudger only")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    run.add_argument(
+        "--speculative",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="nudged mode: the nudger drafts, the base checks drafts in one batch (same output; on by default "
+        "where the vocabularies match)",
+    )
     run.add_argument("--chunk", type=int, default=16, help="paper mode: tokens per completion call, L (default 16)")
     run.add_argument("--max-rounds", type=int, default=150, help="paper mode: most rounds (default 150)")
     _add_settings_flags(run)
@@ -134,6 +141,7 @@ def run(args) -> int:
             stop_strings=s.stop,
             chunk=args.chunk,
             max_rounds=args.max_rounds,
+            speculative=args.speculative,
         )
         tokens: list[TokenEvent] = []
         writer = None if args.json else BracketWriter(sys.stdout)

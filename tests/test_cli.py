@@ -268,13 +268,16 @@ def test_json_contract_on_planted_pair(models):
     stats = out["stats"]
     assert (stats["tokens"], stats["nudge_tokens"]) == (5, 2)
     assert stats["nudge_ratio"] == pytest.approx(0.4)
-    # Both models evaluated their prompt, and with the prefix cache no answer token twice.
-    prompt = stats.get("prompt_tokens", {})
+    # Both models evaluated their prompt; speculative drafts add the rejected drafts and one token
+    # again per round, and without them the prefix cache evaluates no answer token twice.
+    prompt = stats["prompt_tokens"]
+    extra = stats["draft_proposed"] + stats["base_forward_calls"]
     for role, key in (("base", "base_evaluated_tokens"), ("nudger", "nudger_evaluated_tokens")):
-        if role in prompt:
-            assert prompt[role] <= stats[key] <= prompt[role] + stats["tokens"], (role, stats)
-        else:
-            assert stats[key] > 0
+        assert prompt[role] <= stats[key] <= prompt[role] + stats["tokens"] + extra, (role, stats)
+    plain = run_json("Q", "--base", models["base"], "--nudge", models["nudger"], "--no-speculative")
+    assert plain["tokens"] == out["tokens"] and plain["stats"]["draft_proposed"] == 0
+    for role, key in (("base", "base_evaluated_tokens"), ("nudger", "nudger_evaluated_tokens")):
+        assert prompt[role] <= plain["stats"][key] <= prompt[role] + plain["stats"]["tokens"]
 
 
 def test_json_system_prompt_reaches_both_models(models):

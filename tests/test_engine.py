@@ -22,9 +22,7 @@ def test_no_reprocessing(tmp_path, b, n, seed, speculative):
     base_path, nudger_path = write_pair(tmp_path, vocab(b), vocab(n), seed)
     with load(base_path, "base", n_ctx=1024) as base, load(nudger_path, "nudger", n_ctx=1024) as nudger:
         token_space = same_vocabulary(base, nudger)
-        prompts, events, done = run_engine(
-            base, nudger, gamma=0.5, max_tokens=150, word_cap=4, speculative=speculative
-        )
+        prompts, events, done = run_engine(base, nudger, gamma=0.5, max_tokens=150, word_cap=4, speculative=speculative)
         s = done.stats
         assert s.tokens >= 60, "the planted pair should write a long answer"
         answer = done.text.encode()

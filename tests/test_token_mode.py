@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -56,8 +58,10 @@ def test_matches_naive_reference(pair_files, b, n, seed):
     with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
         text_space = not same_vocabulary(base, nudger)
         assert text_space == (_vocab(b).tokens[: len(_vocab(n).tokens)] != _vocab(n).tokens[: len(_vocab(b).tokens)])
-        for gamma, max_tokens in SETTINGS:
-            prompts, events, done = run_engine(base, nudger, gamma=gamma, max_tokens=max_tokens)
+        for (gamma, max_tokens), speculative in itertools.product(SETTINGS, (False, True)):
+            prompts, events, done = run_engine(
+                base, nudger, gamma=gamma, max_tokens=max_tokens, speculative=speculative
+            )
             expected, reason, text = reference_token_mode(
                 base, nudger, prompts.base, prompts.nudge, gamma=gamma, max_tokens=max_tokens, text_space=text_space
             )

@@ -1,0 +1,107 @@
+"""Speculative nudging against token mode: token for token (greedy and per seed), and the same
+distribution of first nudged words under sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nudge_local.sampling import Sampling
+from scripts.make_test_model import CHATML, Table, write_model
+from tests.conftest import load, needs_shared, run_engine
+from tests.pairs import alphabet, padded, random_table, vocab
+
+
+def agreeing_pair(tmp, v, seed, agreement, nudger_vocab=None):
+    """A random base, and a nudger that copies the base's row at `agreement` of the tokens (so its
+    drafts pass) and is random elsewhere; end of generation is in some rows of both."""
+    rng = np.random.default_rng(seed)
+    base_t = random_table(v, rng)
+    nv = nudger_vocab or v
+    own = random_table(nv, rng)
+    rows = {
+        t: (dict(base_t.rows[t]) if rng.random() < agreement else own.rows.get(t, own.default)) for t in base_t.rows
+    }
+    base = write_model(tmp / f"sb-{seed}.gguf", v, base_t)
+    nudger = write_model(tmp / f"sn-{seed}.gguf", nv, Table(rows=rows, default=own.default), chat_template=CHATML)
+    return base, nudger
+
+
+CASES = [(s, a, d) for s, (a, d) in enumerate([(a, d) for a in (0.3, 0.6, 0.9) for d in (1, 2, 4, 8)], start=200)]
+CASES += [(230 + i, 0.9, 16) for i in range(6)]
+
+
+@pytest.mark.parametrize("seed,agreement,draft", CASES)
+def test_greedy_output_is_token_modes_token_for_token(tmp_path, seed, agreement, draft):
+    base_path, nudger_path = agreeing_pair(tmp_path, vocab("bpe0"), seed, agreement)
+    with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
+        for gamma, max_tokens in ((0.3, 60), (0.6, 60), (0.45, 9)):
+            _, plain, d0 = run_engine(base, nudger, gamma=gamma, max_tokens=max_tokens, speculative=False)
+            _, spec, d1 = run_engine(base, nudger, gamma=gamma, max_tokens=max_tokens, speculative=True, draft=draft)
+            assert [(e.source, e.token, e.text) for e in spec] == [(e.source, e.token, e.text) for e in plain]
+            assert (d1.stop_reason, d1.text) == (d0.stop_reason, d0.text)
+            assert d1.stats.draft_accepted <= d1.stats.draft_proposed
+            assert d0.stats.draft_proposed == 0
+
+
+def test_drafts_pass_and_save_base_calls(tmp_path):
+    """With a nudger that agrees everywhere, most drafts pass and the base is called far fewer times."""
+    base_path, nudger_path = agreeing_pair(tmp_path, vocab("bpe0"), 300, 1.0)
+    with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
+        _, plain, d0 = run_engine(base, nudger, gamma=0.0, max_tokens=80, speculative=False)
+        _, spec, d1 = run_engine(base, nudger, gamma=0.0, max_tokens=80, speculative=True)
+        assert [e.token for e in spec] == [e.token for e in plain]
+        assert d0.stop_reason == "length", "pick a seed whose answer runs to max_tokens"
+        assert d1.stats.draft_accepted >= 0.8 * d1.stats.draft_proposed > 0
+        assert d1.stats.forward_calls["base"] * 3 <= d0.stats.forward_calls["base"]
+
+
+@needs_shared
+def test_padded_real_vocabulary(tmp_path):
+    base_path, nudger_path = agreeing_pair(tmp_path, vocab("qwen2"), 301, 0.7, nudger_vocab=padded("qwen2"))
+    with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
+        _, plain, _ = run_engine(base, nudger, gamma=0.4, max_tokens=50, speculative=False)
+        _, spec, d1 = run_engine(base, nudger, gamma=0.4, max_tokens=50)
+        assert [e.token for e in spec] == [e.token for e in plain]
+        assert d1.stats.draft_proposed > 0
+
+
+def test_sampling_keeps_token_modes_draws(tmp_path):
+    """Drafts are greedy and draw nothing, so each seed gives token mode's sample exactly."""
+    base_path, nudger_path = agreeing_pair(tmp_path, vocab("bpe0"), 302, 0.7)
+    with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
+        for seed in range(5):
+            sampling = Sampling(1.2, 0.95, seed)
+            _, plain, _ = run_engine(base, nudger, gamma=0.5, max_tokens=30, sampling=sampling, speculative=False)
+            _, spec, _ = run_engine(base, nudger, gamma=0.5, max_tokens=30, sampling=sampling)
+            assert [e.token for e in spec] == [e.token for e in plain]
+
+
+def test_first_nudged_word_has_token_modes_distribution(tmp_path):
+    """Two-sample chi-square on the first nudged word over disjoint seed sets: speculative and token
+    mode must not be told apart (p > 0.001)."""
+    from scipy.stats import chi2_contingency
+
+    v = vocab("bpe0")
+    the, comma = v.find(b" the"), v.find(b",")
+    choices = [v.find(p) for p in (b" Sure", b" First", b" so", b" we")]
+    base = write_model(tmp_path / "b.gguf", v, Table(rows={the: {comma: 0.0, the: 0.0}}, default={the: 4.0}))
+    nudger = write_model(
+        tmp_path / "n.gguf", v, Table(rows={the: {c: w for c, w in zip(choices, (1.5, 1.0, 0.5, 0.0), strict=True)}},
+                                      default={the: 3.0}), chat_template=CHATML,
+    )  # fmt: skip
+    alpha = alphabet(v)
+    assert set(choices) <= set(alpha)
+
+    def first_words(spec: bool, seeds):
+        out = []
+        with load(base, "base") as b, load(nudger, "nudger") as n:
+            for s in seeds:
+                _, ev, _ = run_engine(b, n, gamma=0.6, max_tokens=3, sampling=Sampling(1.0, 1.0, s), speculative=spec)
+                out.append(next((e.token for e in ev if e.source == "nudge"), -1))
+        return out
+
+    a, b = first_words(False, range(0, 300)), first_words(True, range(1000, 1300))
+    keys = sorted(set(a) | set(b))
+    table = [[a.count(k) for k in keys], [b.count(k) for k in keys]]
+    assert len(keys) >= 3 and chi2_contingency(table).pvalue > 0.001
