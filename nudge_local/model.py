@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,7 @@ class Model:
         self._last: np.ndarray | None = None  # logits after the last held token, when computed
         self.evaluated_tokens = 0
         self.forward_calls = 0
+        self.decode_seconds = 0.0
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -296,6 +298,7 @@ class Model:
                 b.logits[i] = flag
                 if flag:
                     wanted.append(i)
+            t0 = time.perf_counter()
             rc = ll.llama_decode(self._ctx, b)
             self.forward_calls += 1
             if rc != 0:
@@ -310,6 +313,7 @@ class Model:
                 ptr = ll.llama_get_logits_ith(self._ctx, i)
                 out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
                 r += 1
+            self.decode_seconds += time.perf_counter() - t0  # time inside llama.cpp, for overhead figures
         return out
 
     def _cut(self, keep: int) -> None:

@@ -1,10 +1,11 @@
 """Side-by-side decoding benchmark: every mode on the same pair, in one process, with ratios.
 
     .venv/bin/python -m scripts.bench [--vocab ../shared/vocab/ggml-vocab-llama-bpe.gguf]
-        [--agreement 0.7] [--max-tokens 128] [--rounds 3] [--json out.json]
+        [--agreement 0.5,0.7,0.9] [--max-tokens 128] [--rounds 3] [--modes base,speculative] [--json out.json]
     .venv/bin/python -m scripts.bench --base BASE.gguf --nudge NUDGER.gguf   # a real pair
 
-Modes: base only, nudger only, token mode (nudged), paper mode with its completion calls answered
+Modes: base only, nudger only, token mode (nudged), speculative nudging (same output as token
+mode, drafts checked in one batch), paper mode with its completion calls answered
 from the prefix cache (paper), and paper mode API-style, every completion call evaluated from
 scratch as the authors' client does (paper-api). Each mode runs `--rounds` times, interleaved, and
 the table gives median tokens per second, the ratio to base only, tokens evaluated and forward
@@ -32,7 +33,7 @@ from scripts.make_test_model import CHATML, Table, bpe_vocab, load_vocab, write_
 PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b" we", b" need", b" to", b" find",
           b" answer", b" is", b" Sure", b" First", b" cost", b" total", b" by", b" step", b" 2", b" 3", b" and",
           b" of", b" a", b" in", b" it", b" that", b" this"]  # fmt: skip
-MODES = ("base", "nudger", "nudged", "paper", "paper-api")
+MODES = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
 
 
 def make_pair(out: Path, vocab_path: str | None, agreement: float, seed: int = 0) -> tuple[Path, Path]:
@@ -62,13 +63,16 @@ def make_pair(out: Path, vocab_path: str | None, agreement: float, seed: int = 0
 def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
     base.reset()
     nudger.reset()
+    in_llama = base.decode_seconds + nudger.decode_seconds
     t0 = time.perf_counter()
     if mode == "paper-api":
         steps = paper_steps(base, nudger, prompts.base, prompts.nudge, gamma=args.gamma, chunk=16,
                             max_rounds=150, max_tokens=args.max_tokens, complete=api_style_complete)  # fmt: skip
         events = stream(steps, {"base": base, "nudger": nudger}, {})
     else:
-        events = generate(prompts, mode=mode, base=base, nudger=nudger, gamma=args.gamma, max_tokens=args.max_tokens)
+        engine_mode = "nudged" if mode == "speculative" else mode
+        events = generate(prompts, mode=engine_mode, base=base, nudger=nudger, gamma=args.gamma,
+                          max_tokens=args.max_tokens, speculative=mode == "speculative")  # fmt: skip
     tokens, done = [], None
     for ev in events:
         if isinstance(ev, Done):
@@ -76,6 +80,7 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
         else:
             tokens.append(ev)
     seconds = time.perf_counter() - t0
+    in_llama = base.decode_seconds + nudger.decode_seconds - in_llama
     s = done.stats
     return {
         "tokens": len(tokens),
@@ -86,39 +91,25 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
         "forward_calls": sum(s.forward_calls.values()),
         "base_calls": s.forward_calls.get("base", 0),
         "nudge_ratio": s.nudge_ratio,
+        "python_ms_per_token": 1000 * (seconds - in_llama) / max(1, len(tokens)),
+        "python_share": (seconds - in_llama) / seconds if seconds else 0.0,
+        "acceptance": s.draft_accepted / s.draft_proposed if s.draft_proposed else None,
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vocab", help="vocabulary GGUF for the generated pair (default: a small built-in BPE)")
-    ap.add_argument("--base", help="a real base GGUF instead of the generated pair")
-    ap.add_argument("--nudge", help="a real nudger GGUF instead of the generated pair")
-    ap.add_argument("--agreement", type=float, default=0.7)
-    ap.add_argument("--gamma", type=float, default=0.4)
-    ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", help="write the results here")
-    args = ap.parse_args()
-    modes = [m for m in args.modes.split(",") if m]
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.base and args.nudge:
-            base_path, nudger_path = Path(args.base), Path(args.nudge)
-        else:
-            base_path, nudger_path = make_pair(Path(tmp), args.vocab, args.agreement)
-        with (
-            Model(base_path, role="base", n_threads=args.threads) as base,
-            Model(nudger_path, role="nudger", n_threads=args.threads) as nudger,
-        ):
-            prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
-            runs = {m: [] for m in modes}
-            for _ in range(args.rounds):
-                for m in modes:  # interleaved, so drift on a shared machine hits every mode alike
-                    runs[m].append(run_mode(m, base, nudger, prompts, args))
+def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> dict:
+    with (
+        Model(base_path, role="base", n_threads=args.threads) as base,
+        Model(nudger_path, role="nudger", n_threads=args.threads) as nudger,
+    ):
+        prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
+        runs = {m: [] for m in modes}
+        for _ in range(args.rounds):
+            for m in modes:  # interleaved, so drift on a shared machine hits every mode alike
+                runs[m].append(run_mode(m, base, nudger, prompts, args))
     ref = statistics.median(r["tps"] for r in runs["base"]) if "base" in runs else None
-    print(f"{'mode':10} {'tokens':>6} {'tok/s':>8} {'x base':>7} {'eval/tok':>9} {'calls/tok':>9} {'nudged':>7}")
+    print(f"{'mode':11} {'tokens':>6} {'tok/s':>7} {'x base':>6} {'eval/tok':>8} {'base calls/tok':>14} "
+          f"{'accept':>6} {'py ms/tok':>9} {'py share':>8} {'nudged':>6}")  # fmt: skip
     table = {}
     for m, rs in runs.items():
         tps = statistics.median(r["tps"] for r in rs)
@@ -130,13 +121,22 @@ def main() -> None:
             "evaluated_per_token": r["evaluated"] / max(1, r["tokens"]),
             "forward_calls_per_token": r["forward_calls"] / max(1, r["tokens"]),
             "base_forward_calls_per_token": r["base_calls"] / max(1, r["tokens"]),
+            "acceptance": r["acceptance"],
+            "python_ms_per_token": statistics.median(x["python_ms_per_token"] for x in rs),
+            "python_share": statistics.median(x["python_share"] for x in rs),
             "nudge_ratio": r["nudge_ratio"],
             "seconds_median": statistics.median(x["seconds"] for x in rs),
         }
         table[m] = row
         ratio = f"{row['ratio_to_base']:.2f}" if ref else "-"
-        print(f"{m:10} {row['tokens']:6d} {tps:8.1f} {ratio:>7} {row['evaluated_per_token']:9.2f} "
-              f"{row['forward_calls_per_token']:9.2f} {row['nudge_ratio']:7.1%}")  # fmt: skip
+        acc = f"{row['acceptance']:.0%}" if row["acceptance"] is not None else "-"
+        print(f"{m:11} {row['tokens']:6d} {tps:7.1f} {ratio:>6} {row['evaluated_per_token']:8.2f} "
+              f"{row['base_forward_calls_per_token']:14.2f} {acc:>6} {row['python_ms_per_token']:9.2f} "
+              f"{row['python_share']:8.1%} {row['nudge_ratio']:6.1%}")  # fmt: skip
+    if "nudged" in runs and "speculative" in runs:
+        same = runs["nudged"][0]["text"] == runs["speculative"][0]["text"]
+        print(f"speculative writes token mode's text: {same}")
+        table["speculative_same_text"] = same
     if "paper" in table and "paper-api" in table:
         same = runs["paper"][0]["text"] == runs["paper-api"][0]["text"]
         t_c, t_a = table["paper"]["seconds_median"], table["paper-api"]["seconds_median"]
@@ -144,8 +144,35 @@ def main() -> None:
         print(f"paper cached vs API-style: wall time {t_a / t_c:.1f}x faster, {ev:.1f}x fewer tokens evaluated, "
               f"same text: {same}")  # fmt: skip
         table["paper_speedup"] = {"wall_time": t_a / t_c, "evaluated": ev, "same_text": same}
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vocab", help="vocabulary GGUF for the generated pair (default: a small built-in BPE)")
+    ap.add_argument("--base", help="a real base GGUF instead of the generated pair")
+    ap.add_argument("--nudge", help="a real nudger GGUF instead of the generated pair")
+    ap.add_argument("--agreement", default="0.5,0.7,0.9", help="comma-separated agreements to generate pairs for")
+    ap.add_argument("--gamma", type=float, default=0.4)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    results = {}
+    if args.base and args.nudge:
+        print(f"== {args.base} + {args.nudge}")
+        results["real"] = bench_pair(Path(args.base), Path(args.nudge), modes, args)
+    else:
+        for agreement in (float(a) for a in args.agreement.split(",")):
+            print(f"\n== generated pair, agreement {agreement:.0%}")
+            with tempfile.TemporaryDirectory() as tmp:
+                base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement)
+                results[f"agreement_{agreement}"] = bench_pair(base_path, nudger_path, modes, args)
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
