@@ -97,7 +97,7 @@ def speculative_steps(
     emitted = 0
     in_word, n_in_word, has_text, word_p = False, 0, False, 0.0
     proposed = accepted = idle = 0
-    k = draft
+    k, rate = draft, 0.5  # rate: running share of drafted tokens that passed
     n = nudger_view.n_shared
     counters = lambda: {"draft_proposed": proposed, "draft_accepted": accepted}  # noqa: E731
 
@@ -164,12 +164,14 @@ def speculative_steps(
                 i += 1
                 continue
             break
-        # Draft length follows acceptance: doubled while whole drafts pass, cut to what passed,
-        # and off (plain token mode) while nothing passes, with a one-token try now and then.
+        # Draft length follows acceptance: +2 after a draft that passed whole, -1 after one that did
+        # not; off (plain token mode) while the running acceptance rate is poor, retried now and then.
         if d:
-            k = min(max_draft, k * 2) if i >= len(d) else (i + 1 if i else 0)
-            idle = 0
+            rate = 0.7 * rate + 0.3 * min(i, len(d)) / len(d)
+            k = min(max_draft, k + 2) if i >= len(d) else max(1, k - 1)
+            if rate < 0.15:
+                k, idle = 0, 0
         elif k == 0:
             idle += 1
             if idle >= 16:
-                k, idle = 1, 0
+                k, rate = 1, 0.3

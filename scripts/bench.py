@@ -44,8 +44,11 @@ def make_pair(out: Path, vocab_path: str | None, agreement: float, seed: int = 0
     alpha = sorted({i for i in (vocab.find(p) for p in PIECES) if i is not None})
     rng = np.random.default_rng(seed)
     base_rows, nudger_rows = {}, {}
+    order = [int(x) for x in rng.permutation(alpha)]
+    succ = {t: order[(i + 1) % len(order)] for i, t in enumerate(order)}  # the base's path visits every row
     for t in [*alpha, None]:
-        nxt = rng.permutation(alpha)
+        top = succ.get(t, order[0])
+        nxt = [top, *(x for x in rng.permutation(alpha) if x != top)]
         confident = rng.random() < 0.8
         row = {int(nxt[0]): 4.0 if confident else 1.0, int(nxt[1]): 1.5, int(nxt[2]): 1.0}
         agree = rng.random() < agreement
