@@ -39,7 +39,9 @@ MODES = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
 def make_pair(out: Path, vocab_path: str | None, agreement: float, seed: int = 0) -> tuple[Path, Path]:
     """A base of realistic shape (d=1024, 16 layers) and a nudger ~10x smaller in compute, over a
     Markov table where the base is confident at most positions and the nudger agrees with the
-    base's choice at `agreement` of them."""
+    base's choice at `agreement` of them; where the base is unsure the nudger writes. Weights other
+    than the table are zero: ggml multiplies zeros as fast as anything else, so the compute is that
+    of a real model of this shape while the output stays the planted table."""
     vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)
     alpha = sorted({i for i in (vocab.find(p) for p in PIECES) if i is not None})
     rng = np.random.default_rng(seed)
@@ -49,16 +51,18 @@ def make_pair(out: Path, vocab_path: str | None, agreement: float, seed: int = 0
     for t in [*alpha, None]:
         top = succ.get(t, order[0])
         nxt = [top, *(x for x in rng.permutation(alpha) if x != top)]
-        confident = rng.random() < 0.8
-        row = {int(nxt[0]): 4.0 if confident else 1.0, int(nxt[1]): 1.5, int(nxt[2]): 1.0}
+        if rng.random() < 0.8:  # confident: top-1 p ~ 0.87
+            row = {int(nxt[0]): 4.0, int(nxt[1]): 1.5, int(nxt[2]): 1.0}
+        else:  # unsure: top-1 p ~ 0.29, below gamma 0.4, so the nudger writes here
+            row = {int(nxt[0]): 1.0, int(nxt[1]): 0.9, int(nxt[2]): 0.8, int(nxt[3]): 0.7}
         agree = rng.random() < agreement
         nrow = {int(nxt[0]): 5.0, int(nxt[3]): 1.0} if agree else {int(nxt[4]): 5.0, int(nxt[0]): 1.0}
         base_rows[t], nudger_rows[t] = row, nrow
     base_table = Table(rows={t: r for t, r in base_rows.items() if t is not None}, default=base_rows[None])
     nudger_table = Table(rows={t: r for t, r in nudger_rows.items() if t is not None}, default=nudger_rows[None])
-    base = write_model(out / "bench-base.gguf", vocab, base_table, width=1024, layers=16, ffn=2816, noise=0.004,
+    base = write_model(out / "bench-base.gguf", vocab, base_table, width=1024, layers=16, ffn=2816, noise=0.0,
                        seed=seed)  # fmt: skip
-    nudger = write_model(out / "bench-nudger.gguf", vocab, nudger_table, width=256, layers=6, ffn=704, noise=0.004,
+    nudger = write_model(out / "bench-nudger.gguf", vocab, nudger_table, width=256, layers=6, ffn=704, noise=0.0,
                          chat_template=CHATML, seed=seed + 1)  # fmt: skip
     return base, nudger
 
@@ -107,6 +111,8 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
     ):
         prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
         runs = {m: [] for m in modes}
+        for m in modes:  # warm-up: the first pass pages the weights in from disk
+            run_mode(m, base, nudger, prompts, argparse.Namespace(**{**vars(args), "max_tokens": 8}))
         for _ in range(args.rounds):
             for m in modes:  # interleaved, so drift on a shared machine hits every mode alike
                 runs[m].append(run_mode(m, base, nudger, prompts, args))
