@@ -245,7 +245,10 @@ class NudgeApp(App):
             self.history.append_tokens(m.view.msg_id, m.tokens)
         if m.view is self.current and m.view.prompts is not None:
             self.context_used = len(m.view.tokens)
-        m.view.set_summary(len(m.view.tokens), m.view.nudged, 0.0)
+        now = time.monotonic()
+        if now - getattr(m.view, "_summary_at", 0.0) > 0.25:  # the counts move at 4 Hz, not per batch
+            m.view._summary_at = now
+            m.view.set_summary(len(m.view.tokens), m.view.nudged, 0.0)
         if follow and m.view.parent is not None and m.view.screen is self.screen:
             chat.scroll_end(animate=False)
 

@@ -16,7 +16,7 @@ from textual.widget import Widget
 
 from nudge_local.events import TokenEvent
 
-BLOCK = 256
+BLOCK = 64  # small live blocks: each frame re-renders only the last one
 NUDGE_COLOR = Color.parse("#ff9e3d")
 
 
@@ -38,7 +38,7 @@ class TokenView(Widget):
         self.tokens: list[TokenEvent] = []
         self.gamma = gamma
         self.brackets = brackets
-        self._content: Content | None = None
+        self._reset()
 
     def add(self, tokens: list[TokenEvent]) -> None:
         self.tokens.extend(tokens)
@@ -47,8 +47,14 @@ class TokenView(Widget):
 
     def set_marks(self, *, brackets: bool) -> None:
         self.brackets = brackets
-        self._content = None
+        self._reset()
         self.refresh(layout=True)
+
+    def _reset(self) -> None:
+        self._content = None
+        self._parts: list[str] = []
+        self._spans: list[Span] = []
+        self._pos, self._open, self._built = 0, False, 0
 
     @property
     def full(self) -> bool:
@@ -59,32 +65,30 @@ class TokenView(Widget):
         return (n >= BLOCK and last.endswith("\n")) or (n >= 4 * BLOCK and last[-1:].isspace()) or n >= 8 * BLOCK
 
     def build(self) -> Content:
-        parts: list[str] = []
-        spans: list[Span] = []
-        pos = 0
-        open_bracket = False
+        """The block's text and spans, extended by the tokens added since the last build."""
         nudge = Style(foreground=NUDGE_COLOR, bold=True, underline=not self.brackets)
-        for i, t in enumerate(self.tokens):
+        for i in range(self._built, len(self.tokens)):
+            t = self.tokens[i]
             text = t.text
             if self.brackets:
                 # Brackets around the words, whitespace outside, as the paper prints them.
-                if t.source == "nudge" and not open_bracket and text.strip():
+                if t.source == "nudge" and not self._open and text.strip():
                     lead = len(text) - len(text.lstrip())
                     text = text[:lead] + "[" + text[lead:]
-                    open_bracket = True
-                elif t.source != "nudge" and open_bracket and text:
+                    self._open = True
+                elif t.source != "nudge" and self._open and text:
                     text = "]" + text
-                    open_bracket = False
+                    self._open = False
             # No "@click" action in the meta: Textual would restyle the span as a link, hiding the marks.
             meta = Style.from_meta({"tok": self.first_index + i})
-            style = nudge + meta if t.source == "nudge" else meta
             if text:
-                spans.append(Span(pos, pos + len(text), style))
-                parts.append(text)
-                pos += len(text)
-        if open_bracket:
-            parts.append("]")
-        return Content("".join(parts), spans)
+                self._spans.append(
+                    Span(self._pos, self._pos + len(text), nudge + meta if t.source == "nudge" else meta)
+                )
+                self._parts.append(text)
+                self._pos += len(text)
+        self._built = len(self.tokens)
+        return Content("".join(self._parts) + ("]" if self._open else ""), list(self._spans))
 
     def render(self) -> Content:
         if self._content is None:
