@@ -75,6 +75,8 @@ class AnswerView(Vertical):
 
     def finish(self, *, stop_reason: str | None, stats: Stats | None, cancelled: bool = False) -> None:
         self.done, self.cancelled, self.stop_reason, self.stats = True, cancelled, stop_reason, stats
+        if self._blocks:
+            self._blocks[-1].refresh(layout=True)  # the live block may have skipped its last layout
         if cancelled:
             self.cancelled_at = time.monotonic()
         if stats is not None:

@@ -43,7 +43,15 @@ class TokenView(Widget):
     def add(self, tokens: list[TokenEvent]) -> None:
         self.tokens.extend(tokens)
         self._content = None
-        self.refresh(layout=True)
+        # A new layout (the costly part of a frame) only when the block may have gained a line:
+        # a newline, or enough new text since the last layout to fill part of a line.
+        grown = self._pos_at_layout is None or "\n" in "".join(t.text for t in tokens)
+        chars = sum(len(t.text) for t in self.tokens[self._laid :])
+        if grown or chars >= max(8, self.size.width // 4):
+            self._pos_at_layout, self._laid = 0, len(self.tokens)
+            self.refresh(layout=True)
+        else:
+            self.refresh()
 
     def set_marks(self, *, brackets: bool) -> None:
         self.brackets = brackets
@@ -55,6 +63,8 @@ class TokenView(Widget):
         self._parts: list[str] = []
         self._spans: list[Span] = []
         self._pos, self._open, self._built = 0, False, 0
+        self._pos_at_layout: int | None = None  # None: no layout yet
+        self._laid = 0  # tokens present at the last layout
 
     @property
     def full(self) -> bool:
