@@ -151,6 +151,7 @@ class Model:
         self._mem = ll.llama_get_memory(self._ctx)
         self._pieces: dict[int, bytes] = {}
         self._byte_tokens: dict[int, int] | None = None
+        self.vocab_matches: dict = {}  # views.same_vocabulary's answers, by the other model
         self._tokens: list[int] = []  # what the KV cache holds, position by position
         self._last: np.ndarray | None = None  # logits after the last held token, when computed
         self.evaluated_tokens = 0
