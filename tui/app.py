@@ -240,7 +240,7 @@ class NudgeApp(App):
             return  # cancelled: what arrives later is not shown
         chat = self.query_one("#chat", VerticalScroll)
         follow = chat.scroll_y >= chat.max_scroll_y - 1
-        m.view.add(m.tokens)
+        grew = m.view.add(m.tokens)
         if m.view.msg_id is not None:
             self.history.append_tokens(m.view.msg_id, m.tokens)
         if m.view is self.current and m.view.prompts is not None:
@@ -249,11 +249,14 @@ class NudgeApp(App):
         if now - getattr(m.view, "_summary_at", 0.0) > 0.25:  # the counts move at 4 Hz, not per batch
             m.view._summary_at = now
             m.view.set_summary(len(m.view.tokens), m.view.nudged, 0.0)
-        if follow and m.view.parent is not None and m.view.screen is self.screen:
+        if grew and follow and m.view.parent is not None and m.view.screen is self.screen:
             chat.scroll_end(animate=False)
 
     def on_finished(self, m: Finished) -> None:
         view = m.view
+        chat = self.query_one("#chat", VerticalScroll)
+        if view.screen is self.screen and chat.scroll_y >= chat.max_scroll_y - 1:
+            self.call_after_refresh(chat.scroll_end, animate=False)  # the last line, laid out at the end
         if not view.done:
             if m.error:
                 self.show_error(m.error)

@@ -55,15 +55,18 @@ class AnswerView(Vertical):
             self.nudged -= sum(t.source == "nudge" for t in pending)
             self.add(pending)
 
-    def add(self, tokens: list[TokenEvent]) -> None:
-        """Append tokens, opening a new block when the live one is full."""
+    def add(self, tokens: list[TokenEvent]) -> bool:
+        """Append tokens, opening a new block when the live one is full. True when the answer may
+        have grown taller (so a follower scrolls)."""
         if not self._ready:  # reopened from history: blocks are made once the view is in place
             self._pending.extend(tokens)
             self.tokens.extend(tokens)
             self.nudged += sum(t.source == "nudge" for t in tokens)
-            return
+            return True
+        grew = False
         for t in tokens:
             if not self._blocks or self._blocks[-1].full:
+                grew = True
                 block = TokenView(first_index=len(self.tokens), gamma=self.gamma, brackets=self.brackets)
                 self._blocks.append(block)
                 self.mount(block, before=self._summary)
@@ -71,7 +74,8 @@ class AnswerView(Vertical):
             self.tokens.append(t)
             self.nudged += t.source == "nudge"
         if self._blocks:
-            self._blocks[-1].add([])  # re-render the live tail only
+            grew = self._blocks[-1].add([]) or grew  # re-render the live tail only
+        return grew
 
     def finish(self, *, stop_reason: str | None, stats: Stats | None, cancelled: bool = False) -> None:
         self.done, self.cancelled, self.stop_reason, self.stats = True, cancelled, stop_reason, stats

@@ -40,18 +40,21 @@ class TokenView(Widget):
         self.brackets = brackets
         self._reset()
 
-    def add(self, tokens: list[TokenEvent]) -> None:
+    def add(self, tokens: list[TokenEvent]) -> bool:
+        """Append tokens; True when the block is laid out again (it may have grown a line)."""
         self.tokens.extend(tokens)
         self._content = None
         # A new layout (the costly part of a frame) only when the block may have gained a line:
         # a newline, or enough new text since the last layout to fill part of a line.
-        grown = self._pos_at_layout is None or "\n" in "".join(t.text for t in tokens)
-        chars = sum(len(t.text) for t in self.tokens[self._laid :])
+        new = self.tokens[self._laid :]
+        grown = self._pos_at_layout is None or any("\n" in t.text for t in new)
+        chars = sum(len(t.text) for t in new)
         if grown or chars >= max(8, self.size.width // 4):
             self._pos_at_layout, self._laid = 0, len(self.tokens)
             self.refresh(layout=True)
-        else:
-            self.refresh()
+            return True
+        self.refresh()
+        return False
 
     def set_marks(self, *, brackets: bool) -> None:
         self.brackets = brackets
