@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from nudge_local.catalog import HubFile, Pair, load_catalog, parse_ref
 from nudge_local.config import Settings
+from nudge_local.devices import gpu_layers, plan_context
 from nudge_local.errors import NudgeError
+from nudge_local.gguf_check import check_gguf
 from nudge_local.hub import cache_dir, cached_path, download, human_size, not_cached_error, offline, remote_size
+from nudge_local.model import Model
 
 
 @dataclass
@@ -77,3 +81,40 @@ def local_path(ref: Path | HubFile | None) -> Path | None:
     if p is None:
         raise not_cached_error(ref)
     return p
+
+
+def read_chat_template(s: Settings) -> str | None:
+    """The configured chat template file's text (None: use the nudger's GGUF)."""
+    if s.chat_template is None:
+        return None
+    try:
+        return Path(s.chat_template).expanduser().read_text(encoding="utf-8")
+    except OSError as e:
+        raise NudgeError(f"The chat template {s.chat_template} cannot be read ({e.strerror}).") from None
+
+
+def load_models(
+    paths: dict[str, Path | None], s: Settings, progress: Callable[[str, float], None] | None = None
+) -> dict[str, Model]:
+    """Check the files, size the context to memory and load each model given (closing what was
+    loaded if one fails). Shared by the command line and the chat."""
+    given = {role: p for role, p in paths.items() if p is not None}
+    for role, path in given.items():
+        check_gguf(path, role=role)  # before plan_context reads their headers
+    n_ctx = plan_context(list(given.values()), s.context_size)
+    models: dict[str, Model] = {}
+    try:
+        for role, path in given.items():
+            models[role] = Model(
+                path,
+                role=role,
+                n_ctx=n_ctx,
+                n_threads=s.threads,
+                n_gpu_layers=gpu_layers(s.gpu_layers),
+                progress=(lambda f, role=role: progress(role, f)) if progress else None,
+            )
+    except BaseException:
+        for m in models.values():
+            m.close()
+        raise
+    return models

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from nudge_local.catalog import HubFile, catalog_path, load_catalog, parse_ref
-from nudge_local.choose import choose_models, fetch, local_path, missing
+from nudge_local.choose import choose_models, fetch, load_models, local_path, missing, read_chat_template
 from nudge_local.config import FIELDS, Settings, config_path, load_settings
-from nudge_local.devices import available_memory, backend, gpu_layers, plan_context, rebuild_hint
+from nudge_local.devices import available_memory, backend, rebuild_hint
 from nudge_local.errors import NudgeError
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import MODES, generate, render_prompts
-from nudge_local.gguf_check import check_gguf
 from nudge_local.hub import cache_dir, cached_path, human_size, offline
 from nudge_local.render import BracketWriter, clip, spans
 from nudge_local.sampling import Sampling
@@ -90,32 +88,10 @@ def _settings(args) -> Settings:
 
 
 def _load(args, s: Settings):
-    from nudge_local.model import Model
-
     choice = choose_models(s, args.mode)
     fetch(missing([choice.base, choice.nudger]), yes=args.yes, what=f"{choice.pair.alias}: " if choice.pair else "")
-    paths = {"base": local_path(choice.base), "nudger": local_path(choice.nudger)}
-    chat_template = None
-    if s.chat_template is not None:
-        try:
-            chat_template = Path(s.chat_template).expanduser().read_text(encoding="utf-8")
-        except OSError as e:
-            raise NudgeError(f"The chat template {s.chat_template} cannot be read ({e.strerror}).") from None
-    for role, path in paths.items():
-        if path is not None:
-            check_gguf(path, role=role)
-    n_ctx = plan_context([p for p in paths.values() if p is not None], s.context_size)
-    opts = dict(n_ctx=n_ctx, n_threads=s.threads, n_gpu_layers=gpu_layers(s.gpu_layers))
-    models = {}
-    try:
-        for role, path in paths.items():
-            if path is not None:
-                models[role] = Model(path, role=role, **opts)
-    except BaseException:
-        for m in models.values():
-            m.close()
-        raise
-    return models, chat_template
+    chat_template = read_chat_template(s)
+    return load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s), chat_template
 
 
 def run(args) -> int:

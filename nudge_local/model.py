@@ -19,6 +19,7 @@ import numpy as np
 
 from nudge_local.errors import ContextFull, NudgeError
 from nudge_local.gguf_check import check_gguf
+from nudge_local.sampling import top1
 
 WHITESPACE = b" \t\n"
 
@@ -249,12 +250,11 @@ class Model:
         out: list[CompletionToken] = []
         for _ in range(max_tokens):
             logits = self.logits(seq)
-            t = int(logits.argmax())
+            t, p = top1(logits)
             if self.is_eog(t):
                 return Completion(out, "stop")
-            p = 1.0 / float(np.exp(logits - logits[t]).sum(dtype=np.float64))
             out.append(CompletionToken(t, decoder.decode(self.piece(t)), p))
-            seq = seq + [t]
+            seq.append(t)  # `seq` is ours; the context keeps its own list
         return Completion(out, "length")
 
     # -- evaluation ---------------------------------------------------------------------------

@@ -9,16 +9,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from nudge_local.alternatives import alternatives
-from nudge_local.choose import Choice, choose_models, local_path
+from nudge_local.choose import Choice, choose_models, load_models, local_path, read_chat_template
 from nudge_local.config import Settings
-from nudge_local.devices import backend, gpu_layers, plan_context
-from nudge_local.errors import NudgeError
+from nudge_local.devices import backend
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import Prompts, generate, render_prompts
-from nudge_local.gguf_check import check_gguf
 from nudge_local.model import Model
 from nudge_local.prompts import Turn
 from nudge_local.sampling import Sampling
@@ -76,27 +73,11 @@ class ChatSession:
     def load(self, progress: Callable[[str, float], None] = lambda role, f: None) -> None:
         """Resolve the pair (never downloading: the command line offers that before the app starts)
         and load both models. Errors are NudgeError sentences."""
-        s = self.settings
-        self.choice = choose_models(s, "nudged")
+        self.choice = choose_models(self.settings, "nudged")
         paths = {"base": local_path(self.choice.base), "nudger": local_path(self.choice.nudger)}
-        for role, path in paths.items():
-            check_gguf(path, role=role)
-        if s.chat_template:
-            try:
-                self.chat_template = Path(s.chat_template).expanduser().read_text(encoding="utf-8")
-            except OSError as e:
-                raise NudgeError(f"The chat template {s.chat_template} cannot be read ({e.strerror}).") from None
-        self.n_ctx = plan_context(list(paths.values()), s.context_size)
+        self.chat_template = read_chat_template(self.settings)
         with self.lock:
-            for role, path in paths.items():
-                self.models[role] = Model(
-                    path,
-                    role=role,
-                    n_ctx=self.n_ctx,
-                    n_threads=s.threads,
-                    n_gpu_layers=gpu_layers(s.gpu_layers),
-                    progress=lambda f, role=role: progress(role, f),
-                )
+            self.models = load_models(paths, self.settings, progress)
             self.n_ctx = min(m.n_ctx for m in self.models.values())
 
     def prompts(self, question: str, history: list[Turn], options: Options) -> Prompts:

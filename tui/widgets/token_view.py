@@ -46,11 +46,11 @@ class TokenView(Widget):
         self._content = None
         # A new layout (the costly part of a frame) only when the block may have gained a line:
         # a newline, or enough new text since the last layout to fill part of a line.
-        new = self.tokens[self._laid :]
-        grown = self._pos_at_layout is None or any("\n" in t.text for t in new)
+        new = self.tokens[max(self._laid, 0) :]
+        grown = self._laid < 0 or any("\n" in t.text for t in new)
         chars = sum(len(t.text) for t in new)
         if grown or chars >= max(8, self.size.width // 4):
-            self._pos_at_layout, self._laid = 0, len(self.tokens)
+            self._laid = len(self.tokens)
             self.refresh(layout=True)
             return True
         self.refresh()
@@ -66,8 +66,7 @@ class TokenView(Widget):
         self._parts: list[str] = []
         self._spans: list[Span] = []
         self._pos, self._open, self._built = 0, False, 0
-        self._pos_at_layout: int | None = None  # None: no layout yet
-        self._laid = 0  # tokens present at the last layout
+        self._laid = -1  # tokens present at the last layout (-1: none yet)
 
     @property
     def full(self) -> bool:
