@@ -9,6 +9,7 @@ from tests.test_tui import make_app, pair, until  # noqa: F401 - `pair` is a fix
 from tui.screens.compare import CompareScreen
 from tui.screens.inspector import InspectorScreen
 from tui.widgets.answer import AnswerView
+from tui.widgets.prompt import PromptArea
 from tui.widgets.token_view import TokenView
 
 SIZE = (110, 26)
@@ -20,8 +21,14 @@ def fixed_speed(monkeypatch):
     monkeypatch.setattr(Stats, "tokens_per_second", property(lambda self: 0.0))
 
 
-async def _answered(app, pilot):
+async def _ready(app, pilot):
     await until(pilot, lambda: app.ready)
+    # A blinking cursor is drawn or not depending on how long the answer took (it failed CI once).
+    app.query_one(PromptArea).cursor_blink = False
+
+
+async def _answered(app, pilot):
+    await _ready(app, pilot)
     await pilot.press(*"Why is the sky blue?")
     await pilot.press("enter")
     await until(pilot, lambda: app.current is None and app.query(AnswerView))
@@ -35,6 +42,7 @@ def test_chat_with_provenance(snap_compare, tmp_path, pair):  # noqa: F811
         await _answered(app, pilot)
         await pilot.press("ctrl+b")  # brackets as well, so both marks are in the picture
         await _answered(app, pilot)
+        await pilot.pause(0.6)  # past a blink: the picture must not depend on timing
 
     assert snap_compare(app, run_before=run_before, terminal_size=SIZE)
 
@@ -55,7 +63,7 @@ def test_compare(snap_compare, tmp_path, pair):  # noqa: F811
     app = make_app(tmp_path, pair)
 
     async def run_before(pilot):
-        await until(pilot, lambda: app.ready)
+        await _ready(app, pilot)
         await pilot.press(*"Why is the sky blue?")
         await pilot.press("f4")
         await until(pilot, lambda: isinstance(app.screen, CompareScreen))
