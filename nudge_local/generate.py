@@ -11,8 +11,9 @@ from nudge_local.model import Model
 from nudge_local.paper_mode import paper_steps
 from nudge_local.prompts import DEFAULT_BASE_FORMAT, Turn, base_prompt, chat_messages, render_chat_template
 from nudge_local.sampling import Chooser, Sampling
+from nudge_local.speculative import speculative_steps
 from nudge_local.stream import stream
-from nudge_local.token_mode import nudged_steps, single_steps, speculative_steps
+from nudge_local.token_mode import nudged_steps, single_steps
 from nudge_local.views import Answer, TokenSpaceView, make_views
 
 MODES = ("nudged", "base", "nudger", "paper")
@@ -71,12 +72,13 @@ def generate(
     chunk: int = 16,
     max_rounds: int = 150,
     speculative: bool = True,
-    draft: int = 4,
+    draft: int | None = None,
 ) -> Iterator[TokenEvent | Done]:
-    """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode; speculative, with
-    `draft` tokens to start, where the vocabularies match unless `speculative` is False), "base", "nudger" or
-    "paper" (the authors' algorithm; `chunk` and `max_rounds` are its L and round limit, `max_tokens`
-    its budget in base tokens, 0 for none; its Done.extra holds rounds and nudging_words)."""
+    """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode; speculative where
+    the vocabularies match unless `speculative` is False, each draft sized from measured costs or
+    `draft` tokens long), "base", "nudger" or "paper" (the authors' algorithm; `chunk` and
+    `max_rounds` are its L and round limit, `max_tokens` its budget in base tokens, 0 for none; its
+    Done.extra holds rounds and nudging_words)."""
     choose = Chooser(sampling or Sampling())
     if mode == "nudged":
         answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)

@@ -36,34 +36,48 @@ PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b"
 MODES = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
 
 
-def make_pair(out: Path, vocab_path: str | None, agreement: float, seed: int = 0) -> tuple[Path, Path]:
+def make_pair(
+    out: Path, vocab_path: str | None, agreement: float, seed: int = 0, quant: str = "F16"
+) -> tuple[Path, Path]:
     """A base of realistic shape (d=1024, 16 layers) and a nudger ~10x smaller in compute, over a
-    Markov table where the base is confident at most positions and the nudger agrees with the
-    base's choice at `agreement` of them; where the base is unsure the nudger writes. Weights other
-    than the table are zero: ggml multiplies zeros as fast as anything else, so the compute is that
-    of a real model of this shape while the output stays the planted table."""
+    Markov table whose greedy text runs round one cycle of tokens. The base is confident (top-1
+    p ~ 0.87) at 80% of the cycle's positions and the nudger's top-1 is the base's at exactly
+    `agreement` of those; at the other 20% the base is unsure (top-1 p ~ 0.29, below gamma 0.4) and
+    the nudger writes the cycle's next token, so the text stays on the cycle and the agreement met
+    in generation is the one asked. Where the nudger disagrees its choice starts with a space, so a
+    nudged word never runs into it. Weights other than the table are zero: ggml multiplies zeros as
+    fast as anything else, so the compute is that of a real model of this shape while the output
+    stays the planted table."""
     vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)
     alpha = sorted({i for i in (vocab.find(p) for p in PIECES) if i is not None})
+    spaced = [t for t in alpha if vocab.piece(t)[:1] == b" "]
     rng = np.random.default_rng(seed)
-    base_rows, nudger_rows = {}, {}
     order = [int(x) for x in rng.permutation(alpha)]
-    succ = {t: order[(i + 1) % len(order)] for i, t in enumerate(order)}  # the base's path visits every row
-    for t in [*alpha, None]:
-        top = succ.get(t, order[0])
-        nxt = [top, *(x for x in rng.permutation(alpha) if x != top)]
-        if rng.random() < 0.8:  # confident: top-1 p ~ 0.87
-            row = {int(nxt[0]): 4.0, int(nxt[1]): 1.5, int(nxt[2]): 1.0}
-        else:  # unsure: top-1 p ~ 0.29, below gamma 0.4, so the nudger writes here
-            row = {int(nxt[0]): 1.0, int(nxt[1]): 0.9, int(nxt[2]): 0.8, int(nxt[3]): 0.7}
-        agree = rng.random() < agreement
-        nrow = {int(nxt[0]): 5.0, int(nxt[3]): 1.0} if agree else {int(nxt[4]): 5.0, int(nxt[0]): 1.0}
-        base_rows[t], nudger_rows[t] = row, nrow
-    base_table = Table(rows={t: r for t, r in base_rows.items() if t is not None}, default=base_rows[None])
-    nudger_table = Table(rows={t: r for t, r in nudger_rows.items() if t is not None}, default=nudger_rows[None])
+    succ = {t: order[(i + 1) % len(order)] for i, t in enumerate(order)}
+    picked = [int(x) for x in rng.permutation(alpha)]  # confident and agreeing rows lie anywhere on the cycle
+    confident = picked[: round(0.8 * len(picked))]
+    agreeing = set(confident[: round(agreement * len(confident))])
+    confident = set(confident)
+    base_rows, nudger_rows = {}, {}
+    for t in alpha:
+        top = succ[t]
+        others = [int(x) for x in rng.permutation(alpha) if x != top]
+        if t in confident:
+            base_rows[t] = {top: 4.0, others[0]: 1.5, others[1]: 1.0}
+        else:
+            base_rows[t] = {top: 1.0, others[0]: 0.9, others[1]: 0.8, others[2]: 0.7}
+        if t in agreeing or t not in confident:
+            nudger_rows[t] = {top: 5.0, others[3]: 1.0}
+        else:
+            other = next(int(x) for x in rng.permutation(spaced) if x != top)
+            nudger_rows[t] = {other: 5.0, top: 1.0}
+    first = {order[0]: 4.0}  # after a prompt token outside the cycle the base starts the cycle
+    base_table = Table(rows=base_rows, default=first)
+    nudger_table = Table(rows=nudger_rows, default={order[0]: 5.0})
     base = write_model(out / "bench-base.gguf", vocab, base_table, width=1024, layers=16, ffn=2816, noise=0.0,
-                       seed=seed)  # fmt: skip
+                       seed=seed, quant=quant)  # fmt: skip
     nudger = write_model(out / "bench-nudger.gguf", vocab, nudger_table, width=256, layers=6, ffn=704, noise=0.0,
-                         chat_template=CHATML, seed=seed + 1)  # fmt: skip
+                         chat_template=CHATML, seed=seed + 1, quant=quant)  # fmt: skip
     return base, nudger
 
 
@@ -91,6 +105,7 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
     s = done.stats
     return {
         "tokens": len(tokens),
+        "events": [(e.source, e.token) for e in tokens],
         "text": done.text,
         "seconds": seconds,
         "tps": len(tokens) / seconds if seconds else 0.0,
@@ -102,6 +117,19 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
         "python_share": (seconds - in_llama) / seconds if seconds else 0.0,
         "acceptance": s.draft_accepted / s.draft_proposed if s.draft_proposed else None,
     }
+
+
+def agreement_on_path(nudger: Model, prompts, events: list[tuple[str, int]]) -> float | None:
+    """The share of the base's own tokens (in token mode's answer) that the nudger's greedy choice
+    matches: the agreement the pair showed in generation, whatever was planted."""
+    ids = nudger.tokenize(prompts.nudge)
+    agree = confident = 0
+    for source, token in events:
+        if source == "base":
+            confident += 1
+            agree += int(nudger.logits(ids).argmax()) == token
+        ids = ids + [token]
+    return agree / confident if confident else None
 
 
 def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> dict:
@@ -116,6 +144,7 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
         for _ in range(args.rounds):
             for m in modes:  # interleaved, so drift on a shared machine hits every mode alike
                 runs[m].append(run_mode(m, base, nudger, prompts, args))
+        agreement = agreement_on_path(nudger, prompts, runs["nudged"][0]["events"]) if "nudged" in runs else None
     ref = statistics.median(r["tps"] for r in runs["base"]) if "base" in runs else None
     print(f"{'mode':11} {'tokens':>6} {'tok/s':>7} {'x base':>6} {'eval/tok':>8} {'base calls/tok':>14} "
           f"{'accept':>6} {'py ms/tok':>9} {'py share':>8} {'nudged':>6}")  # fmt: skip
@@ -142,6 +171,9 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
         print(f"{m:11} {row['tokens']:6d} {tps:7.1f} {ratio:>6} {row['evaluated_per_token']:8.2f} "
               f"{row['base_forward_calls_per_token']:14.2f} {acc:>6} {row['python_ms_per_token']:9.2f} "
               f"{row['python_share']:8.1%} {row['nudge_ratio']:6.1%}")  # fmt: skip
+    if agreement is not None:
+        print(f"the nudger's choice is the base's at {agreement:.0%} of the base's tokens in token mode's answer")
+        table["agreement_on_path"] = agreement
     if "nudged" in runs and "speculative" in runs:
         same = runs["nudged"][0]["text"] == runs["speculative"][0]["text"]
         print(f"speculative writes token mode's text: {same}")
@@ -167,6 +199,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"),
+                    help="weights of the generated pair: F16, or quantized as laptops run them")  # fmt: skip
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -178,7 +212,7 @@ def main() -> None:
         for agreement in (float(a) for a in args.agreement.split(",")):
             print(f"\n== generated pair, agreement {agreement:.0%}")
             with tempfile.TemporaryDirectory() as tmp:
-                base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement)
+                base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement, quant=args.quant)
                 results[f"agreement_{agreement}"] = bench_pair(base_path, nudger_path, modes, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, quants
 
 from nudge_local.gguf_check import read_header
 
@@ -237,8 +237,11 @@ def write_model(
     context_length: int = 4096,
     seed: int = 0,
     name: str = "nudge-local test model",
+    quant: str = "F16",
 ) -> Path:
-    """Write a llama-architecture GGUF realising `table` (exactly when noise == 0)."""
+    """Write a llama-architecture GGUF realising `table` (exactly when noise == 0 and quant is F16).
+    quant "Q4_0" stores the layers' matrices as laptops run them (4-bit) and the output matrix as
+    Q8_0, as quantized releases keep it at higher precision; "Q8_0" stores both as Q8_0."""
     n_vocab = len(vocab.tokens)
     states = {tok: s + 1 for s, tok in enumerate(sorted(table.rows))}
     head_dim = 32
@@ -267,7 +270,11 @@ def write_model(
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_vocab_size(n_vocab)
-    w.add_file_type(1)  # mostly F16
+    qtypes = {"F16": (None, None), "Q8_0": ("Q8_0", "Q8_0"), "Q4_0": ("Q4_0", "Q8_0")}
+    if quant not in qtypes:
+        raise ValueError(f"quant is one of {', '.join(qtypes)}, not {quant!r}")
+    layer_q, output_q = (None if q is None else GGMLQuantizationType[q] for q in qtypes[quant])
+    w.add_file_type({"F16": 1, "Q8_0": 7, "Q4_0": 2}[quant])
     for key, value in vocab.kv.items():
         if key != "tokenizer.chat_template":
             vtype, sub = _kv_type(value)
@@ -275,23 +282,28 @@ def write_model(
     if chat_template:
         w.add_chat_template(chat_template)
 
-    def matrix(rows: int, cols: int) -> np.ndarray:
-        if noise:
-            return (rng.standard_normal((rows, cols)) * noise).astype(np.float16)
-        return np.zeros((rows, cols), dtype=np.float16)
+    def add_matrix(name: str, m: np.ndarray, qtype) -> None:
+        if qtype is None:
+            w.add_tensor(name, m.astype(np.float16))
+        else:
+            w.add_tensor(name, quants.quantize(m.astype(np.float32), qtype), raw_dtype=qtype)
+
+    def matrix(name: str, rows: int, cols: int) -> None:
+        m = rng.standard_normal((rows, cols)) * noise if noise else np.zeros((rows, cols), dtype=np.float32)
+        add_matrix(name, m, layer_q)
 
     ones = np.ones(d, dtype=np.float32)
     w.add_tensor("token_embd.weight", emb)
     for i in range(layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", ones)
         for part in ("q", "k", "v", "output"):
-            w.add_tensor(f"blk.{i}.attn_{part}.weight", matrix(d, d))
+            matrix(f"blk.{i}.attn_{part}.weight", d, d)
         w.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
-        w.add_tensor(f"blk.{i}.ffn_gate.weight", matrix(ffn, d))
-        w.add_tensor(f"blk.{i}.ffn_up.weight", matrix(ffn, d))
-        w.add_tensor(f"blk.{i}.ffn_down.weight", matrix(d, ffn))
+        matrix(f"blk.{i}.ffn_gate.weight", ffn, d)
+        matrix(f"blk.{i}.ffn_up.weight", ffn, d)
+        matrix(f"blk.{i}.ffn_down.weight", d, ffn)
     w.add_tensor("output_norm.weight", ones)
-    w.add_tensor("output.weight", out.astype(np.float16))
+    add_matrix("output.weight", out, output_q)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

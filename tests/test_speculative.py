@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nudge_local.sampling import Sampling
+from nudge_local.speculative import DraftSizer
 from scripts.make_test_model import CHATML, Table, write_model
 from tests.conftest import load, needs_shared, run_engine
 from tests.pairs import alphabet, padded, random_table, vocab
@@ -49,7 +50,7 @@ def test_drafts_pass_and_save_base_calls(tmp_path):
     base_path, nudger_path = agreeing_pair(tmp_path, vocab("bpe0"), 300, 1.0)
     with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
         _, plain, d0 = run_engine(base, nudger, gamma=0.0, max_tokens=80, speculative=False)
-        _, spec, d1 = run_engine(base, nudger, gamma=0.0, max_tokens=80, speculative=True)
+        _, spec, d1 = run_engine(base, nudger, gamma=0.0, max_tokens=80, speculative=True, draft=4)
         assert [e.token for e in spec] == [e.token for e in plain]
         assert d0.stop_reason == "length", "pick a seed whose answer runs to max_tokens"
         assert d1.stats.draft_accepted >= 0.8 * d1.stats.draft_proposed > 0
@@ -105,3 +106,54 @@ def test_first_nudged_word_has_token_modes_distribution(tmp_path):
     keys = sorted(set(a) | set(b))
     table = [[a.count(k) for k in keys], [b.count(k) for k in keys]]
     assert len(keys) >= 3 and chi2_contingency(table).pvalue > 0.001
+
+
+def measured(step=0.020, row=0.0035, first_row=None, draft=0.003):
+    """A sizer that has seen batches of 1 to 5 tokens cost `step` plus `row` per further token (the
+    first further one `first_row`) and drafts cost `draft` a token."""
+    sizer = DraftSizer()
+    for n in range(1, 6):
+        extra = 0 if n == 1 else (first_row or row) + row * (n - 2)
+        sizer.checked(n, step + extra)
+    sizer.drafted(4, 4 * draft)
+    return sizer
+
+
+def test_sizer_measures_before_it_drafts():
+    sizer = DraftSizer()
+    assert sizer.size() == 0  # a plain step first, to time the base alone
+    sizer.checked(1, 0.02)
+    assert sizer.size() == 2  # then a draft, to time the nudger and a batch
+
+
+def test_sizer_drafts_long_where_checking_is_free_and_short_where_rows_cost():
+    free = measured(row=0.0, draft=0.001)  # a GPU: a batch costs what one token does
+    costly = measured(row=0.0035, first_row=0.007, draft=0.0033)  # this 2-core CPU with an F16 base
+    for sizer in (free, costly):
+        for _ in range(10):
+            sizer.judged(7, 8)  # most drafted tokens pass
+    assert free.size() >= 8
+    assert 1 <= costly.size() <= 4
+    assert measured(row=0.02, draft=0.005).size() == 0  # each row as dear as a step: never worth it
+
+
+def test_sizer_shortens_after_rejections_and_tries_again():
+    sizer = measured()
+    for _ in range(10):
+        sizer.judged(4, 4)
+    long = sizer.size()
+    for _ in range(6):
+        sizer.judged(0, 2)
+    assert sizer.size() < long
+    for _ in range(20):
+        sizer.judged(0, 1)
+    sizes = [sizer.size() for _ in range(sizer.retry)]
+    assert sizes[:-1] == [0] * (sizer.retry - 1) and sizes[-1] == 1  # plain rounds, then one short try
+
+
+def test_unmeasured_batch_sizes_are_extrapolated_from_measured_ones():
+    sizer = DraftSizer()
+    sizer.checked(1, 0.020)
+    sizer.checked(3, 0.030)
+    assert sizer.batch(2) == pytest.approx(0.025)
+    assert sizer.batch(5) == pytest.approx(0.040)
