@@ -5,6 +5,7 @@ position over those rows. The output is token mode's, token for token; only the 
 from __future__ import annotations
 
 import time
+import weakref
 
 from nudge_local.events import TokenEvent
 from nudge_local.model import Model
@@ -22,8 +23,9 @@ class DraftSizer:
     (plain token mode) included. Where checking a batch is nearly free (a GPU, a layer-heavy base)
     drafts grow; where every row costs (a 2-core CPU) they stay short."""
 
-    def __init__(self, max_draft: int = 16, decay: float = 0.9, retry: int = 4) -> None:
-        self.max_draft, self.decay, self.retry = max_draft, decay, retry
+    def __init__(self, max_draft: int = 16, decay: float = 0.9, retry: int = 4, explore: int = 8) -> None:
+        self.max_draft, self.decay, self.retry, self.explore = max_draft, decay, retry, explore
+        self.rounds = 0
         self.passed, self.failed = 2.0, 1.0  # decayed counts, drafted tokens that passed and drafts cut short
         self.draft_s: float | None = None  # nudger seconds per drafted token
         self.batch_s: dict[int, float] = {}  # base seconds to evaluate a batch of n tokens, by n
@@ -77,10 +79,13 @@ class DraftSizer:
             cost = (k * self.draft_s + self.batch(k + 1)) * (1 - a) / (1 - a ** (k + 1))
             if cost < best_cost:
                 best, best_cost = k, cost
+        self.rounds += 1
         self.plain = self.plain + 1 if best == 0 else 0
         if self.plain >= self.retry:  # without drafts the acceptance is not seen again: try a short one
             self.plain = 0
             return 1
+        if best and self.rounds % self.explore == 0:  # now and then one longer, so its cost is measured anew
+            return min(best + 1, self.max_draft)
         return best
 
 
@@ -103,6 +108,14 @@ class FixedDraft:
         return self.k
 
 
+_sizers: weakref.WeakKeyDictionary[Model, dict[int, DraftSizer]] = weakref.WeakKeyDictionary()
+
+
+def sizer_for(base: Model, nudger: Model) -> DraftSizer:
+    """One sizer per loaded pair, kept across answers: costs and acceptance carry over."""
+    return _sizers.setdefault(base, {}).setdefault(id(nudger), DraftSizer())
+
+
 def speculative_steps(
     base: Model,
     nudger: Model,
@@ -120,7 +133,7 @@ def speculative_steps(
     same logits (drafts are greedy and draw nothing from the sampler), so the output is token
     mode's for any seed. `draft` fixes the draft length; None sizes each draft from measured costs
     (DraftSizer). Returns (stop reason, draft counters)."""
-    sizer = DraftSizer() if draft is None else FixedDraft(draft)
+    sizer = sizer_for(base, nudger) if draft is None else FixedDraft(draft)
     emitted = 0
     in_word, n_in_word, has_text, word_p = False, 0, False, 0.0
     proposed = accepted = 0

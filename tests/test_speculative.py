@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nudge_local.sampling import Sampling
-from nudge_local.speculative import DraftSizer
+from nudge_local.speculative import DraftSizer, sizer_for
 from scripts.make_test_model import CHATML, Table, write_model
 from tests.conftest import load, needs_shared, run_engine
 from tests.pairs import alphabet, padded, random_table, vocab
@@ -157,3 +157,12 @@ def test_unmeasured_batch_sizes_are_extrapolated_from_measured_ones():
     sizer.checked(3, 0.030)
     assert sizer.batch(2) == pytest.approx(0.025)
     assert sizer.batch(5) == pytest.approx(0.040)
+
+
+def test_a_pair_keeps_its_measurements_across_answers(tmp_path):
+    base_path, nudger_path = agreeing_pair(tmp_path, vocab("bpe0"), 303, 0.9)
+    with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
+        sizer = sizer_for(base, nudger)
+        assert sizer.size() == 0 and not sizer.batch_s  # nothing measured yet: a plain step first
+        run_engine(base, nudger, gamma=0.4, max_tokens=30)
+        assert sizer_for(base, nudger) is sizer and 1 in sizer.batch_s and sizer.draft_s is not None
