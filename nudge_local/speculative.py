@@ -116,6 +116,11 @@ def sizer_for(base: Model, nudger: Model) -> DraftSizer:
     return _sizers.setdefault(base, {}).setdefault(id(nudger), DraftSizer())
 
 
+def forget_measurements(base: Model) -> None:
+    """The pair's next answer measures its costs afresh, as on a freshly loaded pair."""
+    _sizers.pop(base, None)
+
+
 def speculative_steps(
     base: Model,
     nudger: Model,

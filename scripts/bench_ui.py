@@ -137,9 +137,11 @@ def run_headless(session, options, question: str) -> Run:
 
 def _run_headless(session, options, question: str) -> Run:
     from nudge_local.events import Done
+    from nudge_local.speculative import forget_measurements
 
     for m in session.models.values():
         m.reset()  # the app's models start each round empty: no prompt reused from the last round
+        forget_measurements(m)  # nor draft sizes learnt in the last round
     t0 = time.perf_counter()
     # The app's own calls, without the UI: session.prompts is render_prompts and session.answer is
     # generate(...) with the options' and settings' values, so both sides decode alike by construction.

@@ -267,3 +267,38 @@ def test_regenerate_markdown_keymap_palette_and_theme(tmp_path, pair):
             assert app.theme == "nord"
 
     run(again())
+
+
+def test_answer_blocks_draw_every_token_and_hold_their_height_while_live():
+    """Tokens that close a block mid-batch are drawn in it, with no empty line before the next
+    block; the live block grows LIVE_STEP lines at a time (fewer screen reflows) and takes its
+    exact height once the answer ends."""
+    from textual.app import App
+
+    from nudge_local.events import TokenEvent
+    from tui.widgets.token_view import BLOCK, LIVE_STEP
+
+    class One(App):
+        def compose(self):
+            yield AnswerView("q", mode="nudged", gamma=0.4, brackets=False)
+
+    def line(i):
+        return [TokenEvent(f" w{i}", "base", 1, 0.9, 0.9) for _ in range(3)] + [TokenEvent("\n", "base", 2, 0.9, 0.9)]
+
+    async def run():
+        app = One()
+        async with app.run_test(size=(80, 60)) as pilot:
+            view = app.query_one(AnswerView)
+            await pilot.pause()
+            view.add([t for i in range(BLOCK // 4 + 3) for t in line(i)])  # one batch crossing a block's end
+            await pilot.pause()
+            first, live = list(view.query(TokenView).results(TokenView))
+            text = str(first.render())
+            assert len(first.tokens) == BLOCK and text.count("\n") == BLOCK // 4 - 1 and text.endswith("w15")
+            assert not first.live and first.size.height == BLOCK // 4  # closed: its exact height, no empty line
+            assert live.live and live.size.height == LIVE_STEP  # 3 lines written, LIVE_STEP held
+            view.finish(stop_reason="length", stats=None)
+            await pilot.pause()
+            assert not live.live and live.size.height == 3
+
+    asyncio.run(run())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from textual.containers import Vertical
+from textual.content import Content
 from textual.widgets import Markdown, Static
 
 from nudge_local.events import Stats, TokenEvent
@@ -39,6 +40,7 @@ class AnswerView(Vertical):
         self.prompts = None  # the engine's Prompts, for the inspector
         self._blocks: list[TokenView] = []
         self._summary = Static("generating…", classes="summary")
+        self._summary_lines = 0
         self._markdown: Markdown | None = None
         self._pending: list[TokenEvent] = []
         self._ready = False
@@ -64,23 +66,26 @@ class AnswerView(Vertical):
             self.nudged += sum(t.source == "nudge" for t in tokens)
             return True
         grew = False
+        touched: list[TokenView] = []
         for t in tokens:
             if not self._blocks or self._blocks[-1].full:
                 grew = True
                 block = TokenView(first_index=len(self.tokens), gamma=self.gamma, brackets=self.brackets)
                 self._blocks.append(block)
                 self.mount(block, before=self._summary)
+            if not touched or touched[-1] is not self._blocks[-1]:
+                touched.append(self._blocks[-1])
             self._blocks[-1].tokens.append(t)
             self.tokens.append(t)
             self.nudged += t.source == "nudge"
-        if self._blocks:
-            grew = self._blocks[-1].add([]) or grew  # re-render the live tail only
+        for block in touched:  # a block closed during this batch is drawn whole, at its exact height
+            grew = block.add([], live=block is self._blocks[-1] and not self.done) or grew
         return grew
 
     def finish(self, *, stop_reason: str | None, stats: Stats | None, cancelled: bool = False) -> None:
         self.done, self.cancelled, self.stop_reason, self.stats = True, cancelled, stop_reason, stats
         if self._blocks:
-            self._blocks[-1].refresh(layout=True)  # the live block may have skipped its last layout
+            self._blocks[-1].add([], live=False)  # its exact height, no rows held for more text
         if cancelled:
             self.cancelled_at = time.monotonic()
         if stats is not None:
@@ -89,7 +94,12 @@ class AnswerView(Vertical):
             self.set_summary(len(self.tokens), self.nudged, 0.0)
 
     def set_summary(self, tokens: int, nudged: int, tps: float) -> None:
-        self._summary.update(summary(tokens, nudged, tps, self.stop_reason, self.mode, self.cancelled))
+        text = Content(summary(tokens, nudged, tps, self.stop_reason, self.mode, self.cancelled))
+        width = self._summary.content_region.width
+        lines = text.get_height(self._summary.styles, width) if width else 0
+        # A layout reflows the whole screen: only when the line's height changes, not for each count.
+        self._summary.update(text, layout=lines != self._summary_lines)
+        self._summary_lines = lines
         self.set_class(self.cancelled, "cancelled")
 
     def set_marks(self, brackets: bool) -> None:

@@ -17,6 +17,7 @@ from textual.widget import Widget
 from nudge_local.events import TokenEvent
 
 BLOCK = 64  # small live blocks: each frame re-renders only the last one
+LIVE_STEP = 4  # the live block's height grows 4 lines at a time: a quarter of the screen reflows
 NUDGE_COLOR = Color.parse("#ff9e3d")
 
 
@@ -38,23 +39,30 @@ class TokenView(Widget):
         self.tokens: list[TokenEvent] = []
         self.gamma = gamma
         self.brackets = brackets
+        self.live = True  # still being written: its height is rounded up to LIVE_STEP lines
         self._reset()
 
-    def add(self, tokens: list[TokenEvent]) -> bool:
-        """Append tokens; True when the block is laid out again (it may have grown a line)."""
+    def add(self, tokens: list[TokenEvent], *, live: bool = True) -> bool:
+        """Append tokens; True when the block is laid out again (its height changed)."""
         self.tokens.extend(tokens)
-        self._content = None
-        # A new layout (the costly part of a frame) only when the block may have gained a line:
-        # a newline, or enough new text since the last layout to fill part of a line.
-        new = self.tokens[max(self._laid, 0) :]
-        grown = self._laid < 0 or any("\n" in t.text for t in new)
-        chars = sum(len(t.text) for t in new)
-        if grown or chars >= max(8, self.size.width // 4):
-            self._laid = len(self.tokens)
+        self.live = live
+        self._content = self.build()
+        # A layout reflows and repaints the whole screen, the costly part of a frame: only when
+        # the block's height changes, which while it is live is every LIVE_STEP lines of text.
+        width = self.content_region.width
+        shape = (width, self._height(self._content.get_height(self.styles, width)) if width else 0)
+        if shape != self._laid:
+            self._laid = shape
             self.refresh(layout=True)
             return True
         self.refresh()
         return False
+
+    def _height(self, lines: int) -> int:
+        return -(-lines // LIVE_STEP) * LIVE_STEP if self.live else lines
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return self._height(super().get_content_height(container, viewport, width))
 
     def set_marks(self, *, brackets: bool) -> None:
         self.brackets = brackets
@@ -66,7 +74,7 @@ class TokenView(Widget):
         self._parts: list[str] = []
         self._spans: list[Span] = []
         self._pos, self._open, self._built = 0, False, 0
-        self._laid = -1  # tokens present at the last layout (-1: none yet)
+        self._laid: tuple[int, int] | None = None  # (width, height in lines) at the last layout
 
     @property
     def full(self) -> bool:
@@ -100,7 +108,10 @@ class TokenView(Widget):
                 self._parts.append(text)
                 self._pos += len(text)
         self._built = len(self.tokens)
-        return Content("".join(self._parts) + ("]" if self._open else ""), list(self._spans))
+        text = "".join(self._parts) + ("]" if self._open else "")
+        if text.endswith("\n"):  # the next block starts the next line: no empty line between blocks
+            text = text[:-1]
+        return Content(text, [span for span in self._spans if span.start < len(text)])
 
     def render(self) -> Content:
         if self._content is None:
