@@ -95,8 +95,8 @@ def test_provenance_marks_do_not_rely_on_colour(tmp_path, pair):
             block = view.query_one(TokenView)
             content = block.build()
             styled = {content.plain[s.start : s.end]: s.style for s in content.spans}
-            assert styled[" Sure"].underline and styled[","].underline and styled[" Sure"].foreground
-            assert not styled[" the"].underline and styled[" the"].foreground is None
+            assert list(styled) == [" Sure,"]  # the nudged word, and nothing the base wrote
+            assert styled[" Sure,"].underline and styled[" Sure,"].foreground
             await pilot.press("ctrl+b")  # brackets instead of underline
             assert block.build().plain == " the [Sure,] ok."
             assert not any(s.style.underline for s in block.build().spans)
@@ -302,3 +302,47 @@ def test_answer_blocks_draw_every_token_and_hold_their_height_while_live():
             assert not live.live and live.size.height == 3
 
     asyncio.run(run())
+
+
+def test_the_mouse_finds_the_token_under_it_in_wrapped_text():
+    """Every drawn cell maps to the token whose text is drawn there, across wrapped lines, line
+    breaks, wide characters and brackets."""
+    from rich.cells import cell_len
+    from textual.app import App
+    from textual.geometry import Region
+
+    from nudge_local.events import TokenEvent
+
+    texts = ["Hello", " wide", " 日本語", " text", ",", " a", " long", " word", "\n", "next", " line", " ok", "."]
+    texts += [" more", " words", " to", " wrap", " again", " and", " again", "\n", "\n", "end"]
+    tokens = [TokenEvent(t, "nudge" if i % 3 == 1 else "base", i, 0.5, 0.5) for i, t in enumerate(texts)]
+
+    class One(App):
+        def compose(self):
+            yield TokenView(first_index=100, brackets=True)
+
+    async def go():
+        app = One()
+        async with app.run_test(size=(14, 30)) as pilot:
+            block = app.query_one(TokenView)
+            block.add(tokens, live=False)
+            await pilot.pause()
+            w, h = block.size
+            assert h > texts.count("\n") + 2  # the text wraps
+            strips = block.render_lines(Region(0, 0, w, h))
+            found = set()
+            for y, strip in enumerate(strips):
+                x = 0
+                for ch in strip.text:
+                    index = block.index_at(x, y)
+                    if ch.strip():
+                        assert index is not None, (x, y, ch)
+                        found.add(index)
+                        assert ch in tokens[index - 100].text + "[]", (x, y, ch, tokens[index - 100].text)
+                    x += cell_len(ch)
+            short = [y for y, strip in enumerate(strips) if cell_len(strip.text.rstrip()) < w - 1]
+            assert short and all(block.index_at(w - 1, y) is None for y in short)  # past a line's text: none
+            assert block.index_at(0, h) is None  # below the text
+            assert {100 + i for i, t in enumerate(texts) if t.strip()} <= found  # every written token is found
+
+    run(go())

@@ -7,6 +7,9 @@ block holds BLOCK tokens, so a long answer re-renders only its live tail.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
+from rich.cells import cell_len
 from textual.color import Color
 from textual.content import Content, Span
 from textual.events import Click, MouseMove
@@ -73,6 +76,8 @@ class TokenView(Widget):
         self._content = None
         self._parts: list[str] = []
         self._spans: list[Span] = []
+        self._starts: list[int] = []  # offset in the text where each drawn token begins ...
+        self._owners: list[int] = []  # ... and that token's index in this block
         self._pos, self._open, self._built = 0, False, 0
         self._laid: tuple[int, int] | None = None  # (width, height in lines) at the last layout
 
@@ -99,14 +104,18 @@ class TokenView(Widget):
                 elif t.source != "nudge" and self._open and text:
                     text = "]" + text
                     self._open = False
-            # No "@click" action in the meta: Textual would restyle the span as a link, hiding the marks.
-            meta = Style.from_meta({"tok": self.first_index + i})
             if text:
-                self._spans.append(
-                    Span(self._pos, self._pos + len(text), nudge + meta if t.source == "nudge" else meta)
-                )
+                self._starts.append(self._pos)  # where each token's text begins, for the mouse
+                self._owners.append(i)
+                end = self._pos + len(text)
+                if t.source == "nudge":  # one span per run of nudged text: rendering cost grows with spans
+                    last = self._spans[-1] if self._spans else None
+                    if last is not None and last.end == self._pos:
+                        self._spans[-1] = Span(last.start, end, nudge)
+                    else:
+                        self._spans.append(Span(self._pos, end, nudge))
                 self._parts.append(text)
-                self._pos += len(text)
+                self._pos = end
         self._built = len(self.tokens)
         text = "".join(self._parts) + ("]" if self._open else "")
         if text.endswith("\n"):  # the next block starts the next line: no empty line between blocks
@@ -122,13 +131,45 @@ class TokenView(Widget):
         i = index - self.first_index
         return self.tokens[i] if 0 <= i < len(self.tokens) else None
 
+    def index_at(self, x: int, y: int) -> int | None:
+        """The answer-wide index of the token drawn at cell (x, y) of the content, if any. Tokens
+        carry no per-token style (it would triple the cost of drawing a block): the position is
+        found by wrapping the text as Textual does."""
+        width = self.content_region.width
+        if width <= 0 or not self._starts:
+            return None
+        row, line_start = 0, 0
+        for line in self.render().plain.split("\n"):
+            pos = 0
+            for visual in Content(line).wrap(width):
+                piece = visual.plain.rstrip(" ")
+                start = line.find(piece, pos) if piece else pos
+                if row == y:
+                    cells = 0
+                    for k, ch in enumerate(line[start:]):
+                        cells += cell_len(ch)
+                        if cells > x:
+                            if k >= len(piece):  # past the drawn text of this row
+                                return None
+                            i = bisect_right(self._starts, line_start + start + k) - 1
+                            return self.first_index + self._owners[i] if i >= 0 else None
+                    return None
+                pos = start + len(piece)
+                row += 1
+            line_start += len(line) + 1
+        return None
+
+    def _event_index(self, event) -> int | None:
+        offset = event.get_content_offset(self)
+        return self.index_at(offset.x, offset.y) if offset is not None else None
+
     def on_mouse_move(self, event: MouseMove) -> None:
-        index = event.style.meta.get("tok") if event.style else None
+        index = self._event_index(event)
         t = self.token_at(index) if index is not None else None
         self.tooltip = describe(t, self.gamma) if t else None
 
     def on_click(self, event: Click) -> None:
-        index = event.style.meta.get("tok") if event.style else None
+        index = self._event_index(event)
         if index is not None:
             self.post_message(self.Inspect(self, index))
 
