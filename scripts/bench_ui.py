@@ -7,7 +7,9 @@ options (greedy, so both must write the same tokens; the script checks that):
   app's worker makes) on models loaded once (their context is reset before every round), in a
   thread of its own like the app's worker, consuming the events; timed from the call to Done;
 * UI: `NudgeApp` under `app.run_test(headless=True, size=(120, 40))` with fresh models each round;
-  once the models are loaded the prompt is typed and Enter pressed; timed from the Enter press to
+  once the models are loaded it writes a short warm-up answer (as headless had one; the first answer
+  of freshly loaded models pays one-off costs), starts a new conversation with emptied contexts,
+  and then the prompt is typed and Enter pressed; timed from the Enter press to
   the app handling the `Finished` message, over the answer's tokens in its AnswerView. This covers
   everything the app does per answer: the worker's batching, the UI thread's message handling,
   the history writes, layout and rendering (Textual's headless driver still lays out and renders
@@ -208,6 +210,7 @@ def bench_app_class():
 
 
 async def _run_ui(settings, question: str, tmp: Path, index: int, timeout: float) -> Run:
+    from nudge_local.speculative import forget_measurements
     from tui.history import History
     from tui.widgets.answer import AnswerView
     from tui.widgets.token_view import TokenView
@@ -220,6 +223,21 @@ async def _run_ui(settings, question: str, tmp: Path, index: int, timeout: float
             if app.loading == "no models" or app._exception is not None or time.monotonic() > deadline:
                 raise SystemExit(f"The app did not load the models: {app.query_one('#error').render()}")
             await asyncio.sleep(0.05)
+        # A warm-up answer first (not timed), as the headless side had one: the first answer of
+        # freshly loaded models pays one-off costs (buffers, threads) that a chat pays once. Then
+        # a new conversation and contexts emptied, so the timed answer starts as headless does.
+        full = app.options.max_tokens
+        app.options.max_tokens = min(64, full)
+        await pilot.press(*question, "enter")
+        await asyncio.wait_for(app.finished_event.wait(), timeout)
+        app.options.max_tokens = full
+        app.action_new_conversation()
+        for m in app.session.models.values():
+            m.reset()
+            forget_measurements(m)
+        await pilot.pause()
+        app.batches.clear()
+        app.finished_event.clear()
         await pilot.press(*question)
         await pilot.pause()
         t0, cpu0 = time.perf_counter(), time.thread_time()
