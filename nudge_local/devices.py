@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from nudge_local.errors import NudgeError
-from nudge_local.gguf_check import read_header
+from nudge_local.gguf_check import model_header
 
 DEFAULT_CONTEXT = 4096  # enough for a chat of several turns
 HEADROOM = 512 * 2**20  # bytes left free for llama.cpp's compute buffers and the app
@@ -52,7 +52,7 @@ def gpu_layers(requested: int | None) -> int:
 
 def model_shape(path: Path) -> dict:
     """Training context and KV-cache bytes per token (F16 cache) from the GGUF header."""
-    kv, _ = read_header(path, keys=lambda k: not k.startswith("tokenizer."))
+    kv, _ = model_header(path)
     arch = kv.get("general.architecture", "")
 
     def get(key, default=0):

@@ -120,3 +120,21 @@ def test_metadata_and_template(tmp_path):
         assert m.metadata("general.architecture") == "llama"
         assert m.metadata("no.such.key") is None
         assert m.is_eog(m.eos) and not m.is_eog(m.tokenize(" the")[0])
+
+
+def test_a_gguf_header_is_walked_once_per_file_version(tmp_path, monkeypatch):
+    """Checking, planning the context and loading each read the header; the walk happens once,
+    and again only when the file changes."""
+    import nudge_local.gguf_check as gc
+    from nudge_local.devices import model_shape
+
+    path = write_model(tmp_path / "m.gguf", vocab("bpe0"), Table(default={5: 3.0}))
+    walks = []
+    real = gc.read_header
+    monkeypatch.setattr(gc, "read_header", lambda *a, **kw: walks.append(a[0]) or real(*a, **kw))
+    gc.check_gguf(path)
+    model_shape(path)
+    gc.check_gguf(path)
+    assert len(walks) == 1
+    write_model(path, vocab("bpe0"), Table(default={6: 3.0}), layers=2)  # a new version of the file
+    assert model_shape(path)["kv_bytes_per_token"] > 0 and len(walks) == 2
