@@ -23,8 +23,10 @@ class DraftSizer:
     (plain token mode) included. Where checking a batch is nearly free (a GPU, a layer-heavy base)
     drafts grow; where every row costs (a 2-core CPU) they stay short."""
 
-    def __init__(self, max_draft: int = 16, decay: float = 0.9, retry: int = 4, explore: int = 8) -> None:
-        self.max_draft, self.decay, self.retry, self.explore = max_draft, decay, retry, explore
+    def __init__(
+        self, max_draft: int = 16, decay: float = 0.9, retry: int = 4, explore: int = 8, margin: float = 0.05
+    ) -> None:
+        self.max_draft, self.decay, self.retry, self.explore, self.margin = max_draft, decay, retry, explore, margin
         self.rounds = 0
         self.passed, self.failed = 2.0, 1.0  # decayed counts, drafted tokens that passed and drafts cut short
         self.draft_s: float | None = None  # nudger seconds per drafted token
@@ -74,7 +76,9 @@ class DraftSizer:
         if self.draft_s is None:
             return 2  # a first draft measures the nudger's cost and a batch's
         a = min(self.acceptance, 0.999)
-        best, best_cost = 0, self.batch(1)
+        # A draft must promise a clear gain: the model leaves out each round's own overhead, and
+        # a marginal draft that fails costs more than it saves.
+        best, best_cost = 0, self.batch(1) * (1 - self.margin)
         for k in range(1, self.max_draft + 1):
             cost = (k * self.draft_s + self.batch(k + 1)) * (1 - a) / (1 - a ** (k + 1))
             if cost < best_cost:
