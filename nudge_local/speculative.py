@@ -32,6 +32,9 @@ class DraftSizer:
         self.draft_s: float | None = None  # nudger seconds per drafted token
         self.batch_s: dict[int, float] = {}  # base seconds to evaluate a batch of n tokens, by n
         self.plain = 0  # rounds in a row without a draft
+        # What rounds really cost, seconds per written token, with drafts and without: the model
+        # above assumes independent acceptance and no overhead per round; this checks it.
+        self.per_token: dict[bool, float | None] = {False: None, True: None}
 
     @staticmethod
     def _mean(old: float | None, new: float) -> float:
@@ -45,6 +48,11 @@ class DraftSizer:
         """The base evaluated `tokens` tokens in one call taking `seconds`."""
         if 0 < tokens <= self.max_draft + 1:
             self.batch_s[tokens] = self._mean(self.batch_s.get(tokens), seconds)
+
+    def finished(self, drafting: bool, tokens: int, seconds: float) -> None:
+        """A round wrote `tokens` tokens in `seconds` of the engine's own time."""
+        if tokens:
+            self.per_token[drafting] = self._mean(self.per_token[drafting], seconds / tokens)
 
     def judged(self, passed: int, drafted: int) -> None:
         if drafted:
@@ -84,8 +92,12 @@ class DraftSizer:
             if cost < best_cost:
                 best, best_cost = k, cost
         self.rounds += 1
+        plain, drafting = self.per_token[False], self.per_token[True]
+        slower = plain is not None and drafting is not None and drafting > plain
+        if slower:  # drafting was measured slower than plain rounds: plain, with a short try now and then
+            best = 0
         self.plain = self.plain + 1 if best == 0 else 0
-        if self.plain >= self.retry:  # without drafts the acceptance is not seen again: try a short one
+        if self.plain >= self.retry * (4 if slower else 1):  # without drafts nothing new is seen: try one
             self.plain = 0
             return 1
         if best and self.rounds % self.explore == 0:  # now and then one longer, so its cost is measured anew
@@ -106,6 +118,9 @@ class FixedDraft:
         pass
 
     def judged(self, passed: int, drafted: int) -> None:
+        pass
+
+    def finished(self, drafting: bool, tokens: int, seconds: float) -> None:
         pass
 
     def size(self) -> int:
@@ -150,10 +165,12 @@ def speculative_steps(
     counters = lambda: {"draft_proposed": proposed, "draft_accepted": accepted}  # noqa: E731
 
     while True:
+        round_start, paused, emitted_before = time.perf_counter(), 0.0, emitted
         ids_b = base_view.prompt_ids + answer.ids
         ids_n = nudger_view.prompt_ids + answer.ids
         # Draft greedily, never past either context (token mode would fail there, not earlier).
-        room = min(sizer.size(), base.n_ctx - len(ids_b), nudger.n_ctx - len(ids_n), max_tokens - emitted)
+        k = sizer.size()
+        room = min(k, base.n_ctx - len(ids_b), nudger.n_ctx - len(ids_n), max_tokens - emitted)
         d: list[int] = []
         rows_n = []
         t0 = time.perf_counter()
@@ -185,7 +202,9 @@ def speculative_steps(
                     piece = base.piece(t)
                     answer.add(t, piece)
                     emitted += 1
+                    t1 = time.perf_counter()
                     yield TokenEvent("", "base", t, base_p, base_p if t == best else prob(rows_b[i], t)), piece
+                    paused += time.perf_counter() - t1  # the consumer's time is not the round's cost
                     if i < len(d) and t == d[i]:
                         accepted += 1
                         i += 1
@@ -210,10 +229,13 @@ def speculative_steps(
             answer.add(t, piece)
             emitted += 1
             n_in_word += 1
+            t1 = time.perf_counter()
             yield TokenEvent("", "nudge", t, word_p, prob(ln, t)), piece
+            paused += time.perf_counter() - t1
             if i < len(d) and t == d[i]:
                 accepted += 1
                 i += 1
                 continue
             break
         sizer.judged(min(i, len(d)), len(d))
+        sizer.finished(k > 0, emitted - emitted_before, time.perf_counter() - round_start - paused)

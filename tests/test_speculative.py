@@ -166,3 +166,20 @@ def test_a_pair_keeps_its_measurements_across_answers(tmp_path):
         assert sizer.size() == 0 and not sizer.batch_s  # nothing measured yet: a plain step first
         run_engine(base, nudger, gamma=0.4, max_tokens=30)
         assert sizer_for(base, nudger) is sizer and 1 in sizer.batch_s and sizer.draft_s is not None
+
+
+def test_sizer_stays_plain_where_drafting_rounds_measure_slower():
+    """The cost model can be wrong (acceptance that comes in runs, overhead per round): rounds
+    that drafted and came out slower per token than plain rounds switch drafting off, with a
+    short try now and then."""
+    sizer = measured()
+    for _ in range(10):
+        sizer.judged(3, 4)
+    assert sizer.size() > 0  # the model alone says drafting pays
+    sizer.finished(False, 1, 0.020)
+    sizer.finished(True, 2, 0.050)  # but drafting rounds took 25 ms a token against 20
+    sizes = [sizer.size() for _ in range(4 * sizer.retry)]
+    assert sizes.count(0) == len(sizes) - 1 and sizes[-1] == 1
+    for _ in range(5):
+        sizer.finished(True, 3, 0.045)  # drafting now measured at 15 ms a token
+    assert sizer.size() > 0
