@@ -346,3 +346,35 @@ def test_the_mouse_finds_the_token_under_it_in_wrapped_text():
             assert {100 + i for i, t in enumerate(texts) if t.strip()} <= found  # every written token is found
 
     run(go())
+
+
+def test_a_block_closed_by_one_batch_takes_its_exact_height_when_the_next_batch_opens_a_block():
+    from textual.app import App
+
+    from nudge_local.events import TokenEvent
+    from tui.widgets.token_view import BLOCK, LIVE_STEP
+
+    class One(App):
+        def compose(self):
+            yield AnswerView("q", mode="nudged", gamma=0.4, brackets=False)
+
+    line = [TokenEvent(" w", "base", 1, 0.9, 0.9)] * 5 + [TokenEvent("\n", "base", 2, 0.9, 0.9)]
+    lines = -(-BLOCK // len(line))  # the block closes at the first line end at or past BLOCK tokens
+    assert lines % LIVE_STEP, "a height that a live block would round up"
+
+    async def run():
+        app = One()
+        async with app.run_test(size=(80, 60)) as pilot:
+            view = app.query_one(AnswerView)
+            await pilot.pause()
+            view.add(line * lines)  # this batch ends exactly where the block closes
+            await pilot.pause()
+            view.set_summary(len(view.tokens), view.nudged, 0.0)  # as the app does while tokens arrive
+            live = str(view._summary.render())
+            assert live.endswith("writing…") and "tok/s" not in live
+            view.add(line)  # the next batch opens a new block
+            await pilot.pause()
+            first = view.query(TokenView).first()
+            assert not first.live and first.size.height == lines
+
+    asyncio.run(run())

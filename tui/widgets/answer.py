@@ -12,10 +12,13 @@ from nudge_local.events import Stats, TokenEvent
 from tui.widgets.token_view import TokenView
 
 
-def summary(tokens: int, nudged: int, tps: float, stop: str | None, mode: str, cancelled: bool) -> str:
+def summary(
+    tokens: int, nudged: int, tps: float, stop: str | None, mode: str, cancelled: bool, done: bool = True
+) -> str:
     share = nudged / tokens if tokens else 0.0
-    end = "cancelled" if cancelled else (stop or "interrupted")
-    return f"{mode} · {tokens} tokens · {share:.0%} nudged · {tps:.1f} tok/s · {end}"
+    end = "cancelled" if cancelled else (stop or ("interrupted" if done else "writing…"))
+    speed = f" · {tps:.1f} tok/s" if done else ""  # the speed is known once the answer is
+    return f"{mode} · {tokens} tokens · {share:.0%} nudged{speed} · {end}"
 
 
 class AnswerView(Vertical):
@@ -39,7 +42,7 @@ class AnswerView(Vertical):
         self.stats: Stats | None = None
         self.prompts = None  # the engine's Prompts, for the inspector
         self._blocks: list[TokenView] = []
-        self._summary = Static("generating…", classes="summary")
+        self._summary = Static("writing…", classes="summary")
         self._summary_lines = 0
         self._markdown: Markdown | None = None
         self._pending: list[TokenEvent] = []
@@ -70,6 +73,8 @@ class AnswerView(Vertical):
         for t in tokens:
             if not self._blocks or self._blocks[-1].full:
                 grew = True
+                if self._blocks and self._blocks[-1] not in touched:
+                    touched.append(self._blocks[-1])  # closed by the last batch: drawn at its exact height
                 block = TokenView(first_index=len(self.tokens), gamma=self.gamma, brackets=self.brackets)
                 self._blocks.append(block)
                 self.mount(block, before=self._summary)
@@ -94,7 +99,7 @@ class AnswerView(Vertical):
             self.set_summary(len(self.tokens), self.nudged, 0.0)
 
     def set_summary(self, tokens: int, nudged: int, tps: float) -> None:
-        text = Content(summary(tokens, nudged, tps, self.stop_reason, self.mode, self.cancelled))
+        text = Content(summary(tokens, nudged, tps, self.stop_reason, self.mode, self.cancelled, self.done))
         width = self._summary.content_region.width
         lines = text.get_height(self._summary.styles, width) if width else 0
         # A layout reflows the whole screen: only when the line's height changes, not for each count.
