@@ -115,23 +115,12 @@ class DraftSizer:
         return best
 
 
-class FixedDraft:
+class FixedDraft(DraftSizer):
     """A draft of the same length every round (tests, and a user's explicit choice)."""
 
     def __init__(self, k: int) -> None:
+        super().__init__()
         self.k = k
-
-    def drafted(self, tokens: int, seconds: float) -> None:
-        pass
-
-    def checked(self, tokens: int, seconds: float) -> None:
-        pass
-
-    def judged(self, passed: int, drafted: int) -> None:
-        pass
-
-    def finished(self, drafting: bool, tokens: int, seconds: float) -> None:
-        pass
 
     def size(self) -> int:
         return self.k
@@ -184,7 +173,7 @@ def speculative_steps(
         room = min(k, base.n_ctx - len(ids_b), nudger.n_ctx - len(ids_n), max_tokens - emitted)
         d: list[int] = []
         rows_n = []
-        t0 = time.perf_counter()
+        spent_n = nudger.decode_seconds
         for _ in range(max(0, room)):
             ln = nudger.logits(ids_n + d)[:n]
             rows_n.append(ln)
@@ -193,7 +182,7 @@ def speculative_steps(
                 break
             d.append(t)
         if nudger.evaluated_tokens - ev_n <= len(rows_n) + CATCH_UP:
-            sizer.drafted(len(rows_n), time.perf_counter() - t0)
+            sizer.drafted(len(rows_n), nudger.decode_seconds - spent_n)
         proposed += len(d)
         rows_b = None  # the base checks the draft in one batch, once its rule is needed this round
 
@@ -203,9 +192,9 @@ def speculative_steps(
                 if emitted >= max_tokens:
                     return "length", counters()
                 if rows_b is None:
-                    before, t0 = base.evaluated_tokens, time.perf_counter()
+                    before, spent_b = base.evaluated_tokens, base.decode_seconds
                     rows_b = base.evaluate(ids_b + d, list(range(len(ids_b) - 1, len(ids_b) + len(d))))[:, :n]
-                    sizer.checked(base.evaluated_tokens - before, time.perf_counter() - t0)
+                    sizer.checked(base.evaluated_tokens - before, base.decode_seconds - spent_b)
                 best, base_p = top1(rows_b[i])
                 if base_p >= gamma:
                     t = choose(rows_b[i], best)
