@@ -18,9 +18,11 @@ from nudge_local.render import BracketWriter, clip, spans
 from nudge_local.sampling import Sampling
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse with errors as one sentence naming the command's help, exit code 2."""
+
     def error(self, message: str):  # one sentence, exit code 2, no usage block
-        print(f"nudge-local: error: {message}; see nudge-local {self.prog.split()[-1]} --help.", file=sys.stderr)
+        print(f"nudge-local: error: {message}; see {self.prog} --help.", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -43,10 +45,10 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="nudge-local", description="Nudging on a laptop: a base model guided by a small aligned model."
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", help="answer one prompt and print it with nudged words in [brackets]")
     run.add_argument("prompt", help="the question")
     run.add_argument("--pair", help="a catalog pair (default: the configured pair, else the catalog's default)")
@@ -79,7 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="the catalog: pairs, which files are present, where, sizes")
     sub.add_parser("doctor", help="llama.cpp build, backend, threads, configuration, cache location")
     sub.add_parser("config", help="the effective settings and where each came from")
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="every decoding mode side by side on generated pairs (or --base/--nudge files), with ratios; "
+        "`nudge-local bench --help` for its options",
+    )
+    parser.commands = sub.choices
     return parser
+
+
+def bench(argv: list[str]) -> int:
+    from scripts.bench import main as bench_main  # the benchmark writes models: loaded only when asked
+
+    try:
+        bench_main(argv)
+    except SystemExit as e:  # its own parser's --help or usage error
+        return e.code if isinstance(e.code, int) else 2
+    return 0
 
 
 def _settings(args) -> Settings:
@@ -257,8 +276,17 @@ def doctor(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv[:1] == ["bench"]:  # the benchmark script's own options, passed through whole
+        args = None
+    else:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named against the command given, not the top-level parser
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args is None:
+            return bench(argv[1:])
         commands = {"run": run, "chat": chat, "pull": pull, "models": models, "doctor": doctor, "config": config}
         return commands[args.command](args)
     except NudgeError as e:

@@ -104,12 +104,13 @@ class DraftSizer:
         self.rounds += 1
         plain, drafting = self.per_token(False), self.per_token(True)
         slower = plain is not None and drafting is not None and drafting > plain
-        if slower:  # drafting was measured slower than plain rounds: plain, with a short try now and then
+        modelled = best
+        if slower:  # drafting was measured slower than plain rounds: plain, with a try now and then
             best = 0
         self.plain = self.plain + 1 if best == 0 else 0
         if self.plain >= self.retry * (4 if slower else 1):  # without drafts nothing new is seen: try one
             self.plain = 0
-            return 1
+            return max(modelled, 1)  # the draft the model favours, so the try measures what would be used
         if best and self.rounds % self.explore == 0:  # now and then one longer, so its cost is measured anew
             return min(best + 1, self.max_draft)
         return best

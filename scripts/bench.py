@@ -3,6 +3,7 @@
     .venv/bin/python -m scripts.bench [--vocab ../shared/vocab/ggml-vocab-llama-bpe.gguf]
         [--agreement 0.5,0.7,0.9] [--max-tokens 128] [--rounds 3] [--modes base,speculative] [--json out.json]
     .venv/bin/python -m scripts.bench --base BASE.gguf --nudge NUDGER.gguf   # a real pair
+    nudge-local bench ...                                                       # the same
 
 Modes: base only, nudger only, token mode (nudged), speculative nudging (same output as token
 mode, drafts checked in one batch), paper mode with its completion calls answered
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nudge_local.cli import Parser
 from nudge_local.events import Done
 from nudge_local.generate import generate, render_prompts
 from nudge_local.model import Model
@@ -36,32 +38,43 @@ PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b"
 MODES = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
 
 
+CYCLE, CONFIDENT = 24, 20  # the greedy text's cycle, and the positions on it where the base is confident
+BASE_SHAPE, NUDGER_SHAPE = (1024, 16, 2816), (256, 6, 704)  # width, layers, FFN width
+
+
 def make_pair(
-    out: Path, vocab_path: str | None, agreement: float, seed: int = 0, quant: str = "F16"
+    out: Path,
+    vocab_path: str | None,
+    agreement: float,
+    seed: int = 0,
+    quant: str = "F16",
+    shapes: tuple[tuple[int, int, int], tuple[int, int, int]] = (BASE_SHAPE, NUDGER_SHAPE),
 ) -> tuple[Path, Path]:
     """A base of realistic shape (d=1024, 16 layers) and a nudger ~10x smaller in compute, over a
-    Markov table whose greedy text runs round one cycle of tokens. The base is confident (top-1
-    p ~ 0.87) at 80% of the cycle's positions and the nudger's top-1 is the base's at exactly
-    `agreement` of those; at the other 20% the base is unsure (top-1 p ~ 0.29, below gamma 0.4) and
-    the nudger writes the cycle's next token, so the text stays on the cycle and the agreement met
-    in generation is the one asked. Where the nudger disagrees its choice starts with a space, so a
-    nudged word never runs into it. Weights other than the table are zero: ggml multiplies zeros as
-    fast as anything else, so the compute is that of a real model of this shape while the output
-    stays the planted table."""
+    Markov table whose greedy text runs round one cycle of 24 tokens. The base is confident (top-1
+    p ~ 0.87) at 20 of them and the nudger's top-1 is the base's at `agreement` of those 20 (10, 14
+    and 18 for 50%, 70% and 90%: exact, not a draw); at the other 4 the base is unsure (top-1 p ~
+    0.29, below gamma 0.4) and the nudger writes the cycle's next token, so the text stays on the
+    cycle and every cycle meets the agreement asked. Where the nudger disagrees its choice starts
+    with a space, so a nudged word never runs into it. Weights other than the table are zero: ggml
+    multiplies zeros as fast as anything else, so the compute is that of a real model of this shape
+    while the output stays the planted table. `shapes` shrinks both models for tests."""
     vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)
     alpha = sorted({i for i in (vocab.find(p) for p in PIECES) if i is not None})
-    spaced = [t for t in alpha if vocab.piece(t)[:1] == b" "]
+    if len(alpha) < CYCLE:
+        raise ValueError(f"the vocabulary has {len(alpha)} of the benchmark's words as single tokens; it needs {CYCLE}")
     rng = np.random.default_rng(seed)
-    order = [int(x) for x in rng.permutation(alpha)]
+    order = [int(x) for x in rng.permutation(alpha)[:CYCLE]]
     succ = {t: order[(i + 1) % len(order)] for i, t in enumerate(order)}
-    picked = [int(x) for x in rng.permutation(alpha)]  # confident and agreeing rows lie anywhere on the cycle
-    confident = picked[: round(0.8 * len(picked))]
-    agreeing = set(confident[: round(agreement * len(confident))])
+    spaced = [t for t in order if vocab.piece(t)[:1] == b" "]
+    picked = [int(x) for x in rng.permutation(order)]  # confident and agreeing rows lie anywhere on the cycle
+    confident = picked[:CONFIDENT]
+    agreeing = set(confident[: round(agreement * CONFIDENT)])
     confident = set(confident)
     base_rows, nudger_rows = {}, {}
-    for t in alpha:
+    for t in order:
         top = succ[t]
-        others = [int(x) for x in rng.permutation(alpha) if x != top]
+        others = [int(x) for x in rng.permutation(order) if x != top]
         if t in confident:
             base_rows[t] = {top: 4.0, others[0]: 1.5, others[1]: 1.0}
         else:
@@ -71,12 +84,13 @@ def make_pair(
         else:
             other = next(int(x) for x in rng.permutation(spaced) if x != top)
             nudger_rows[t] = {other: 5.0, top: 1.0}
-    first = {order[0]: 4.0}  # after a prompt token outside the cycle the base starts the cycle
+    first = {order[0]: 4.0}  # after a token outside the cycle (the prompt's last) the base starts the cycle
     base_table = Table(rows=base_rows, default=first)
     nudger_table = Table(rows=nudger_rows, default={order[0]: 5.0})
-    base = write_model(out / "bench-base.gguf", vocab, base_table, width=1024, layers=16, ffn=2816, noise=0.0,
+    (bw, bl, bf), (nw, nl, nf) = shapes
+    base = write_model(out / "bench-base.gguf", vocab, base_table, width=bw, layers=bl, ffn=bf, noise=0.0,
                        seed=seed, quant=quant)  # fmt: skip
-    nudger = write_model(out / "bench-nudger.gguf", vocab, nudger_table, width=256, layers=6, ffn=704, noise=0.0,
+    nudger = write_model(out / "bench-nudger.gguf", vocab, nudger_table, width=nw, layers=nl, ffn=nf, noise=0.0,
                          chat_template=CHATML, seed=seed + 1, quant=quant)  # fmt: skip
     return base, nudger
 
@@ -188,8 +202,21 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
     return table
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _shape(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """WIDTH,LAYERS for the base; the nudger keeps the default pair's proportions (1/4 the width,
+    3/8 the layers), and both FFNs are 2.75x their width."""
+    try:
+        width, layers = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"WIDTH,LAYERS (like 1024,16) expected, not {text!r}") from None
+    if width < 32 or layers < 1:
+        raise argparse.ArgumentTypeError("a width of at least 32 and at least one layer are needed")
+    nw, nl = max(32, width // 4), max(1, layers * 3 // 8)
+    return (width, layers, width * 11 // 4), (nw, nl, nw * 11 // 4)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = Parser(prog="nudge-local bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--vocab", help="vocabulary GGUF for the generated pair (default: a small built-in BPE)")
     ap.add_argument("--base", help="a real base GGUF instead of the generated pair")
     ap.add_argument("--nudge", help="a real nudger GGUF instead of the generated pair")
@@ -201,8 +228,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"),
                     help="weights of the generated pair: F16, or quantized as laptops run them")  # fmt: skip
+    ap.add_argument("--shape", type=_shape, default=(BASE_SHAPE, NUDGER_SHAPE), metavar="WIDTH,LAYERS",
+                    help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
     ap.add_argument("--json", help="write the results here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     results = {}
     if args.base and args.nudge:
@@ -212,10 +241,14 @@ def main() -> None:
         for agreement in (float(a) for a in args.agreement.split(",")):
             print(f"\n== generated pair, agreement {agreement:.0%}")
             with tempfile.TemporaryDirectory() as tmp:
-                base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement, quant=args.quant)
+                base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement, quant=args.quant,
+                                                   shapes=args.shape)  # fmt: skip
                 results[f"agreement_{agreement}"] = bench_pair(base_path, nudger_path, modes, args)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        tmp = Path(args.json + ".part")  # written beside, then renamed: never a half-written file
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(args.json)
+        print(f"results written to {args.json}")
 
 
 if __name__ == "__main__":
