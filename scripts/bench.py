@@ -2,7 +2,8 @@
 
     .venv/bin/python -m scripts.bench [--vocab ../shared/vocab/ggml-vocab-llama-bpe.gguf]
         [--agreement 0.5,0.7,0.9] [--max-tokens 128] [--rounds 3] [--modes base,speculative] [--json out.json]
-    .venv/bin/python -m scripts.bench --base BASE.gguf --nudge NUDGER.gguf   # a real pair
+    .venv/bin/python -m scripts.bench --base BASE.gguf --nudge NUDGER.gguf   # a real pair (paths,
+    .venv/bin/python -m scripts.bench --pair smollm2-1.7b+360m               # hub files or a catalog pair)
     nudge-local bench ...                                                       # the same
 
 Modes: base only, nudger only, token mode (nudged), speculative nudging (same output as token
@@ -24,9 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from nudge_local.catalog import load_catalog, parse_ref
+from nudge_local.choose import local_path
 from nudge_local.cli import Parser
+from nudge_local.errors import NudgeError
 from nudge_local.events import Done
 from nudge_local.generate import generate, render_prompts
+from nudge_local.gguf_check import check_gguf
 from nudge_local.model import Model
 from nudge_local.paper_mode import api_style_complete, paper_steps
 from nudge_local.stream import stream
@@ -202,6 +207,21 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
     return table
 
 
+def real_pair(args) -> tuple[Path, Path] | None:
+    """The files of --pair or --base/--nudge, from disk or the Hugging Face cache (the benchmark
+    downloads nothing: `nudge-local pull` does); None for the generated pairs."""
+    if args.pair:
+        pair = load_catalog().pair(args.pair)
+        refs = (pair.base, pair.nudger)
+    elif args.base or args.nudge:
+        if not (args.base and args.nudge):
+            raise NudgeError("A real pair needs both --base and --nudge (or --pair ALIAS).")
+        refs = (parse_ref(args.base), parse_ref(args.nudge))
+    else:
+        return None
+    return check_gguf(local_path(refs[0]), role="base"), check_gguf(local_path(refs[1]), role="nudger")
+
+
 def _shape(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """WIDTH,LAYERS for the base; the nudger keeps the default pair's proportions (1/4 the width,
     3/8 the layers), and both FFNs are 2.75x their width."""
@@ -218,8 +238,9 @@ def _shape(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 def main(argv: list[str] | None = None) -> None:
     ap = Parser(prog="nudge-local bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--vocab", help="vocabulary GGUF for the generated pair (default: a small built-in BPE)")
-    ap.add_argument("--base", help="a real base GGUF instead of the generated pair")
-    ap.add_argument("--nudge", help="a real nudger GGUF instead of the generated pair")
+    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
+    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
+    ap.add_argument("--pair", help="a catalog pair instead of the generated pair (its files downloaded beforehand)")
     ap.add_argument("--agreement", default="0.5,0.7,0.9", help="comma-separated agreements to generate pairs for")
     ap.add_argument("--gamma", type=float, default=0.4)
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -234,9 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     results = {}
-    if args.base and args.nudge:
-        print(f"== {args.base} + {args.nudge}")
-        results["real"] = bench_pair(Path(args.base), Path(args.nudge), modes, args)
+    real = real_pair(args)
+    if real:
+        print(f"== {real[0]} + {real[1]}")
+        results["real"] = bench_pair(*real, modes, args)
     else:
         for agreement in (float(a) for a in args.agreement.split(",")):
             print(f"\n== generated pair, agreement {agreement:.0%}")

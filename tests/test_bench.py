@@ -56,3 +56,22 @@ def test_bench_options_are_checked_in_one_sentence(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("nudge-local: error: argument --shape:") and err.endswith("see nudge-local bench --help.")
     assert "\n" not in err
+
+
+def test_bench_on_given_files(tmp_path, capsys):
+    base_path, nudger_path = make_pair(tmp_path, None, 0.9, shapes=SMALL)
+    out = tmp_path / "real.json"
+    rc = main(["bench", "--base", str(base_path), "--nudge", str(nudger_path), "--modes", "base,speculative",
+               "--rounds", "1", "--max-tokens", "24", "--json", str(out)])  # fmt: skip
+    assert rc == 0
+    assert f"== {base_path} + {nudger_path}" in capsys.readouterr().out
+    table = json.loads(out.read_text())["real"]
+    assert set(table) == {"base", "speculative"} and table["speculative"]["tokens"] == 24
+
+
+def test_bench_refuses_half_a_pair(tmp_path, capsys):
+    base_path, _ = make_pair(tmp_path, None, 0.9, shapes=SMALL)
+    assert main(["bench", "--base", str(base_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "nudge-local: error: A real pair needs both --base and --nudge (or --pair ALIAS)."
+    )
