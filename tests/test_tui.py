@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from nudge_local.config import load_settings
 from nudge_local.generate import generate, render_prompts
-from nudge_local.model import Model, default_threads
+from nudge_local.model import Model
 from scripts.make_test_model import CHATML, Table, write_model
 from tests.pairs import vocab
 from tui.app import ACTIONS, NudgeApp
@@ -166,55 +165,6 @@ def test_escape_cancels_within_200ms_and_keeps_the_partial_answer(tmp_path, pair
             assert second is not view
 
     run(go())
-
-
-@pytest.mark.parametrize("every_core", [True, False])
-def test_worker_waits_for_each_batch_to_be_drawn_only_where_the_engine_takes_every_core(
-    tmp_path, pair, monkeypatch, every_core
-):
-    """With a thread on every core a frame drawn while llama.cpp computes stalls it, so the worker
-    posts a batch and waits for it to be drawn: posts and draws alternate even with a slow UI.
-    With a core to spare (or a GPU) it does not wait."""
-    import tui.app
-    from tui.app import Tokens
-
-    monkeypatch.setattr(tui.app, "HANDOFF", 5.0)  # never timed out here, however slow the machine
-    log: list[str] = []
-
-    class SlowApp(NudgeApp):
-        CSS_PATH = str(Path(tui.app.__file__).with_name(NudgeApp.CSS_PATH))  # relative to tui/, not here
-
-        def post_message(self, message) -> bool:
-            if isinstance(message, Tokens):
-                log.append("posted")
-            return super().post_message(message)
-
-        def on_tokens(self, m: Tokens) -> None:
-            log.append("drawing")
-            NudgeApp.on_tokens(self, m)
-            if log.count("drawing") <= 4:
-                time.sleep(0.1)  # a UI three frames slow, for the batches the test looks at
-            m.prevent_default()
-
-    threads = default_threads() if every_core else max(1, default_threads() - 1)
-    flags = {"base": str(pair["endless"]), "nudge": str(pair["nudger"]), "threads": threads, "max_tokens": 10**5}
-    app = SlowApp(load_settings(flags), history=History(tmp_path / "h.sqlite3"), export_dir=tmp_path)
-
-    async def go():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await until(pilot, lambda: app.ready)
-            assert app.session.takes_every_core == every_core or default_threads() == 1
-            await pilot.press(*"Go", "enter")
-            await until(pilot, lambda: log.count("drawing") >= 4)
-            app.action_cancel()  # at once, not behind the batches queued for the slow UI
-            await app.workers.wait_for_complete()
-
-    run(go())
-    pairs = ["".join(x[0] for x in log[i : i + 2]) for i in range(0, 8, 2)]
-    if every_core:
-        assert pairs == ["pd"] * 4  # each batch drawn before the next is posted
-    elif default_threads() > 1:
-        assert pairs != ["pd"] * 4  # the worker went on while the UI drew
 
 
 def test_compare_shows_three_columns_with_stats(tmp_path, pair):

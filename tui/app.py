@@ -30,11 +30,6 @@ from tui.widgets.prompt import PromptArea
 from tui.widgets.token_view import TokenView
 
 FRAME = 1 / 30  # token batches reach the screen at about 30 Hz
-# Where llama.cpp has a thread on every core, a frame drawn while it computes pre-empts one of them
-# and the others spin at the next barrier: the worker waits (at most this long) for each batch to be
-# drawn, so frames are drawn between llama.cpp calls instead. Measured on 2 cores: ~5% more tokens
-# per second with the UI running (scripts/bench_ui.py).
-HANDOFF = FRAME / 2
 GAMMA_STEP = 0.05
 
 # (id, key, action, description, help for the command palette)
@@ -106,7 +101,6 @@ class NudgeApp(App):
         self.ready = False
         self.loading = "starting"
         self.context_used = 0
-        self._drawn = threading.Event()  # set once a batch of tokens has been drawn
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -213,7 +207,6 @@ class NudgeApp(App):
 
     @work(thread=True, group="engine")
     def _generate(self, jobs: list[tuple[AnswerView, str]], prompts, options: Options, cancel: threading.Event):
-        handoff = self.session.takes_every_core
         for view, mode in jobs:
             batch: list[TokenEvent] = []
             done, error, last = None, None, time.monotonic()
@@ -230,11 +223,8 @@ class NudgeApp(App):
                             batch.append(ev)
                             now = time.monotonic()
                             if now - last >= FRAME:
-                                self._drawn.clear()
                                 self.post_message(Tokens(view, batch))
                                 batch, last = [], now
-                                if handoff:
-                                    self._drawn.wait(HANDOFF)
                     finally:
                         events.close()
                 except NudgeError as e:
@@ -246,7 +236,6 @@ class NudgeApp(App):
                 break
 
     def on_tokens(self, m: Tokens) -> None:
-        self.call_after_refresh(self._drawn.set)  # the worker goes on once this batch is on screen
         if m.view.done:
             return  # cancelled: what arrives later is not shown
         chat = self.query_one("#chat", VerticalScroll)

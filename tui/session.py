@@ -16,7 +16,7 @@ from nudge_local.config import Settings
 from nudge_local.devices import backend
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import Prompts, generate, render_prompts
-from nudge_local.model import Model, default_threads
+from nudge_local.model import Model
 from nudge_local.prompts import Turn
 from nudge_local.sampling import Sampling
 
@@ -69,14 +69,6 @@ class ChatSession:
     @property
     def backend(self) -> str:
         return backend()
-
-    @property
-    def takes_every_core(self) -> bool:
-        """True when llama.cpp computes on the CPU with a thread on every core (the default there):
-        then anything else the process does meanwhile pre-empts one of its threads, and the rest
-        wait for that one at the next barrier."""
-        on_cpu = self.backend == "CPU" or all(m.n_gpu_layers == 0 for m in self.models.values())
-        return bool(self.models) and on_cpu and min(m.n_threads for m in self.models.values()) >= default_threads()
 
     def load(self, progress: Callable[[str, float], None] = lambda role, f: None) -> None:
         """Resolve the pair (never downloading: the command line offers that before the app starts)
