@@ -9,15 +9,18 @@
 Modes: base only, nudger only, token mode (nudged), speculative nudging (same output as token
 mode, drafts checked in one batch), paper mode with its completion calls answered
 from the prefix cache (paper), and paper mode API-style, every completion call evaluated from
-scratch as the authors' client does (paper-api). Each mode runs `--rounds` times, interleaved, and
-the table gives median tokens per second, the ratio to base only, tokens evaluated and forward
-calls per generated token. Absolute times on shared machines are noise; the ratios are the result.
+scratch as the authors' client does (paper-api). Each mode runs once a round, in a shuffled
+order, for `--rounds` rounds; the table gives median tokens per second, the median over rounds of
+each round's ratio to that round's base-only run (and the range of those ratios), then over all
+rounds tokens evaluated, forward calls per generated token and the share of drafted tokens
+accepted. Absolute times on shared machines are noise; the ratios are the result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -135,6 +138,8 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
         "python_ms_per_token": 1000 * (seconds - in_llama) / max(1, len(tokens)),
         "python_share": (seconds - in_llama) / seconds if seconds else 0.0,
         "acceptance": s.draft_accepted / s.draft_proposed if s.draft_proposed else None,
+        "draft_proposed": s.draft_proposed,
+        "draft_accepted": s.draft_accepted,
     }
 
 
@@ -160,34 +165,44 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
         runs = {m: [] for m in modes}
         for m in modes:  # warm-up: the first pass pages the weights in from disk
             run_mode(m, base, nudger, prompts, argparse.Namespace(**{**vars(args), "max_tokens": 8}))
+        order = random.Random(0)
         for _ in range(args.rounds):
-            for m in modes:  # interleaved, so drift on a shared machine hits every mode alike
+            # Interleaved, so drift on a shared machine hits every mode alike; in a shuffled order,
+            # so no mode always runs right after another.
+            for m in order.sample(modes, len(modes)):
                 runs[m].append(run_mode(m, base, nudger, prompts, args))
         agreement = agreement_on_path(nudger, prompts, runs["nudged"][0]["events"]) if "nudged" in runs else None
-    ref = statistics.median(r["tps"] for r in runs["base"]) if "base" in runs else None
-    print(f"{'mode':11} {'tokens':>6} {'tok/s':>7} {'x base':>6} {'eval/tok':>8} {'base calls/tok':>14} "
-          f"{'accept':>6} {'py ms/tok':>9} {'py share':>8} {'nudged':>6}")  # fmt: skip
+    print(f"{'mode':11} {'tokens':>6} {'tok/s':>7} {'x base':>6} {'(rounds)':>11} {'eval/tok':>8} "
+          f"{'base calls/tok':>14} {'accept':>6} {'py ms/tok':>9} {'py share':>8} {'nudged':>6}")  # fmt: skip
     table = {}
     for m, rs in runs.items():
         tps = statistics.median(r["tps"] for r in rs)
+        # Each round's ratio to the same round's base-only run, then their median: the machine's
+        # speed drifts between rounds, and a ratio within one round cancels most of it.
+        ratios = [r["tps"] / b["tps"] for r, b in zip(rs, runs["base"], strict=True)] if "base" in runs else []
         r = rs[0]
+        written = sum(x["tokens"] for x in rs)
+        proposed = sum(x["draft_proposed"] for x in rs)
         row = {
             "tokens": r["tokens"],
             "tokens_per_second": tps,
-            "ratio_to_base": tps / ref if ref else None,
-            "evaluated_per_token": r["evaluated"] / max(1, r["tokens"]),
-            "forward_calls_per_token": r["forward_calls"] / max(1, r["tokens"]),
-            "base_forward_calls_per_token": r["base_calls"] / max(1, r["tokens"]),
-            "acceptance": r["acceptance"],
+            "tokens_per_second_rounds": [x["tps"] for x in rs],
+            "ratio_to_base": statistics.median(ratios) if ratios else None,
+            "ratio_to_base_rounds": ratios,
+            "evaluated_per_token": sum(x["evaluated"] for x in rs) / max(1, written),
+            "forward_calls_per_token": sum(x["forward_calls"] for x in rs) / max(1, written),
+            "base_forward_calls_per_token": sum(x["base_calls"] for x in rs) / max(1, written),
+            "acceptance": sum(x["draft_accepted"] for x in rs) / proposed if proposed else None,
             "python_ms_per_token": statistics.median(x["python_ms_per_token"] for x in rs),
             "python_share": statistics.median(x["python_share"] for x in rs),
             "nudge_ratio": r["nudge_ratio"],
             "seconds_median": statistics.median(x["seconds"] for x in rs),
         }
         table[m] = row
-        ratio = f"{row['ratio_to_base']:.2f}" if ref else "-"
+        ratio = f"{row['ratio_to_base']:.2f}" if ratios else "-"
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
         acc = f"{row['acceptance']:.0%}" if row["acceptance"] is not None else "-"
-        print(f"{m:11} {row['tokens']:6d} {tps:7.1f} {ratio:>6} {row['evaluated_per_token']:8.2f} "
+        print(f"{m:11} {row['tokens']:6d} {tps:7.1f} {ratio:>6} {spread:>11} {row['evaluated_per_token']:8.2f} "
               f"{row['base_forward_calls_per_token']:14.2f} {acc:>6} {row['python_ms_per_token']:9.2f} "
               f"{row['python_share']:8.1%} {row['nudge_ratio']:6.1%}")  # fmt: skip
     if agreement is not None:

@@ -30,7 +30,7 @@ def test_generated_pair_meets_the_agreement_asked(tmp_path, agreement):
 
 def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--shape", "64,2", "--agreement", "0.7", "--rounds", "1", "--max-tokens", "48",
+    rc = main(["bench", "--shape", "64,2", "--agreement", "0.7", "--rounds", "2", "--max-tokens", "48",
                "--json", str(out)])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
@@ -43,6 +43,8 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
         row = table[mode]
         assert row["tokens"] > 0 and row["tokens_per_second"] > 0 and row["ratio_to_base"] > 0
         assert 0 <= row["python_share"] < 1 and row["python_ms_per_token"] >= 0
+        assert len(row["ratio_to_base_rounds"]) == len(row["tokens_per_second_rounds"]) == 2
+        assert min(row["ratio_to_base_rounds"]) <= row["ratio_to_base"] <= max(row["ratio_to_base_rounds"])
     assert table["speculative"]["acceptance"] is not None  # drafts were proposed and counted
     assert 0 <= table["speculative"]["acceptance"] <= 1
     assert table["nudged"]["acceptance"] is None
