@@ -324,7 +324,12 @@ def run_case(args, settings, session, tmp: Path, max_tokens: int, counter: list[
             "tokens_per_second": [round(r.tps, 2) for r in rs],
         }
     ratio = summary["ui"]["median_tokens_per_second"] / max(1e-9, summary["headless"]["median_tokens_per_second"])
+    # Each round's UI run against the same round's headless run (they run back to back): the
+    # machine's speed drifts between rounds, and a ratio within one round cancels most of it.
+    paired = [u.tps / max(1e-9, h.tps) for u, h in zip(runs["ui"], runs["headless"], strict=True)]
     return {
+        "paired_ratio": round(statistics.median(paired), 3),
+        "paired_ratios": [round(x, 3) for x in paired],
         "max_tokens": max_tokens,
         "rounds": args.rounds,
         "identical": identical,
@@ -358,6 +363,8 @@ def print_case(case: dict) -> None:
     flag = "" if case["ratio"] >= 0.9 else "  (below the 0.9x target)"
     same = "identical" if case["identical"] else "DIFFERENT"
     print(f"ratio UI/headless: {case['ratio']:.3f}x{flag}; token sequences {same}")
+    p = case["paired_ratios"]
+    print(f"per round (UI / the same round's headless): median {case['paired_ratio']:.3f}x, {min(p):.3f}-{max(p):.3f}")
 
 
 # -- main --------------------------------------------------------------------------------------------
