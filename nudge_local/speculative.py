@@ -163,6 +163,10 @@ def speculative_steps(
     proposed = accepted = 0
     n = nudger_view.n_shared
     counters = lambda: {"draft_proposed": proposed, "draft_accepted": accepted}  # noqa: E731
+    # The first round reads the prompt (or the new turn): its calls cost what a prompt costs, not
+    # what a draft does, so the sizer learns nothing from it. (A prompt of 17 tokens read in one
+    # quantized batch once passed for a cheap 17-token check, and drafts of 9 followed.)
+    measured = False
 
     while True:
         round_start, paused, emitted_before = time.perf_counter(), 0.0, emitted
@@ -182,7 +186,7 @@ def speculative_steps(
             if nudger.is_eog(t):
                 break
             d.append(t)
-        if nudger.evaluated_tokens - ev_n <= len(rows_n) + CATCH_UP:
+        if measured and nudger.evaluated_tokens - ev_n <= len(rows_n) + CATCH_UP:
             sizer.drafted(len(rows_n), nudger.decode_seconds - spent_n)
         proposed += len(d)
         rows_b = None  # the base checks the draft in one batch, once its rule is needed this round
@@ -195,7 +199,8 @@ def speculative_steps(
                 if rows_b is None:
                     before, spent_b = base.evaluated_tokens, base.decode_seconds
                     rows_b = base.evaluate(ids_b + d, list(range(len(ids_b) - 1, len(ids_b) + len(d))))[:, :n]
-                    sizer.checked(base.evaluated_tokens - before, base.decode_seconds - spent_b)
+                    if measured:
+                        sizer.checked(base.evaluated_tokens - before, base.decode_seconds - spent_b)
                 best, base_p = top1(rows_b[i])
                 if base_p >= gamma:
                     t = choose(rows_b[i], best)
@@ -240,5 +245,7 @@ def speculative_steps(
                 continue
             break
         sizer.judged(min(i, len(d)), len(d))
-        if base.evaluated_tokens - ev_b <= k + CATCH_UP and nudger.evaluated_tokens - ev_n <= k + 2 * CATCH_UP:
+        caught_up = base.evaluated_tokens - ev_b <= k + CATCH_UP and nudger.evaluated_tokens - ev_n <= k + 2 * CATCH_UP
+        if measured and caught_up:
             sizer.finished(k > 0, emitted - emitted_before, time.perf_counter() - round_start - paused)
+        measured = True

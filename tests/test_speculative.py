@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nudge_local.generate import generate, render_prompts
 from nudge_local.sampling import Sampling
 from nudge_local.speculative import DraftSizer, sizer_for
 from scripts.make_test_model import CHATML, Table, write_model
@@ -186,3 +187,17 @@ def test_sizer_stays_plain_where_drafting_rounds_measure_slower():
     for _ in range(5):
         sizer.finished(True, 3, 0.045)  # drafting now measured at 15 ms a token
     assert sizer.size() > 0
+
+
+def test_the_prompt_read_teaches_the_sizer_nothing(tmp_path):
+    """The first round of an answer reads the prompt: a prompt read in one batch is no draft's
+    check, and taken for one it made a quantized pair draft 9 tokens."""
+    base_path, nudger_path = agreeing_pair(tmp_path, vocab("bpe0"), 303, 0.9)
+    with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
+        prompts = render_prompts(base, nudger, "Hi, so", base_format="{question}")
+        events = list(generate(prompts, base=base, nudger=nudger, gamma=0.4, max_tokens=1))
+        assert len(events) == 2 and 1 < base.evaluated_tokens <= DraftSizer().max_draft + 1  # a short prompt
+        sizer = sizer_for(base, nudger)
+        assert not sizer.batch_s and sizer.draft_s is None and sizer.per_token(False) is None
+        list(generate(prompts, base=base, nudger=nudger, gamma=0.4, max_tokens=30))
+        assert 1 in sizer.batch_s and sizer.draft_s is not None  # the later rounds are measured
