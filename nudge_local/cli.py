@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def bench(argv: list[str]) -> int:
-    from scripts.bench import main as bench_main  # the benchmark writes models: loaded only when asked
+    from nudge_local.bench import main as bench_main  # the benchmark writes models: loaded only when asked
 
     try:
         bench_main(argv)

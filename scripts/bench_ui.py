@@ -65,7 +65,7 @@ CONTEXT_MARGIN = 512  # room for the prompt (and a nudged word's re-tokenisation
 
 def make_pair(tmp: Path, vocab_path: str | None, seed: int, context_length: int) -> tuple[Path, Path]:
     """Write a base and a nudger GGUF realising random Markov tables without an end token."""
-    from scripts.make_test_model import CHATML, bpe_vocab, load_vocab, write_model
+    from nudge_local.synthetic import CHATML, bpe_vocab, load_vocab, write_model
     from tests.pairs import random_table
 
     vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)

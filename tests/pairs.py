@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.make_test_model import CHATML, Table, Vocab, bpe_vocab, load_vocab, write_model
+from nudge_local.synthetic import CHATML, Table, Vocab, bpe_vocab, load_vocab, write_model
 
 # Text pieces the random tables draw on: words, word pieces, newlines, punctuation, non-ASCII,
 # and the single bytes of "é" (C3 A9) and "日" (E6 97 A5) so characters split across tokens.

@@ -1,4 +1,4 @@
-"""The benchmark (`nudge-local bench`, scripts/bench.py) on small generated pairs: the planted
+"""The benchmark (`nudge-local bench`, nudge_local/bench.py) on small generated pairs: the planted
 agreement is the one met in generation, and one run of every mode gives the table and the JSON the
 closing notes quote."""
 
@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from nudge_local.bench import CONFIDENT, CYCLE, agreement_on_path, make_pair, run_mode
 from nudge_local.cli import main
 from nudge_local.generate import render_prompts
 from nudge_local.model import Model
-from scripts.bench import CONFIDENT, CYCLE, agreement_on_path, make_pair, run_mode
 
 SMALL = ((64, 2, 176), (32, 1, 88))
 

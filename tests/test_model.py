@@ -7,7 +7,7 @@ import pytest
 
 from nudge_local.errors import ContextFull
 from nudge_local.model import split_incomplete_utf8
-from scripts.make_test_model import CHATML, Table, write_model
+from nudge_local.synthetic import CHATML, Table, write_model
 from tests.conftest import load, needs_shared
 from tests.pairs import vocab
 

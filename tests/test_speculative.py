@@ -9,7 +9,7 @@ import pytest
 from nudge_local.generate import generate, render_prompts
 from nudge_local.sampling import Sampling
 from nudge_local.speculative import DraftSizer, sizer_for
-from scripts.make_test_model import CHATML, Table, write_model
+from nudge_local.synthetic import CHATML, Table, write_model
 from tests.conftest import load, needs_shared, run_engine
 from tests.pairs import alphabet, padded, random_table, vocab
 

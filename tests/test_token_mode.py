@@ -137,7 +137,7 @@ def test_padding_ids_are_never_produced(tmp_path):
     pv = padded("bpe0", extra=64)
     pad_id = len(v.tokens) + 10
     base_path, nudger_path = write_pair(tmp_path, v, pv, 30)
-    from scripts.make_test_model import CHATML, Table, write_model
+    from nudge_local.synthetic import CHATML, Table, write_model
 
     table = Table(default={pad_id: 9.0, v.find(b" the"): 1.0})
     write_model(nudger_path, pv, table, chat_template=CHATML)

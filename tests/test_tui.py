@@ -12,7 +12,7 @@ import pytest
 from nudge_local.config import load_settings
 from nudge_local.generate import generate, render_prompts
 from nudge_local.model import Model
-from scripts.make_test_model import CHATML, Table, write_model
+from nudge_local.synthetic import CHATML, Table, write_model
 from tests.pairs import vocab
 from tui.app import ACTIONS, NudgeApp
 from tui.history import History

@@ -1,0 +1,292 @@
+"""Side-by-side decoding benchmark: every mode on the same pair, in one process, with ratios.
+
+    .venv/bin/python -m scripts.bench [--vocab ../shared/vocab/ggml-vocab-llama-bpe.gguf]
+        [--agreement 0.5,0.7,0.9] [--max-tokens 128] [--rounds 3] [--modes base,speculative] [--json out.json]
+    .venv/bin/python -m scripts.bench --base BASE.gguf --nudge NUDGER.gguf   # a real pair (paths,
+    .venv/bin/python -m scripts.bench --pair smollm2-1.7b+360m               # hub files or a catalog pair)
+    nudge-local bench ...                                                       # the same
+
+Modes: base only, nudger only, token mode (nudged), speculative nudging (same output as token
+mode, drafts checked in one batch), paper mode with its completion calls answered
+from the prefix cache (paper), and paper mode API-style, every completion call evaluated from
+scratch as the authors' client does (paper-api). Each mode runs once a round, in a shuffled
+order, for `--rounds` rounds; the table gives median tokens per second, the median over rounds of
+each round's ratio to that round's base-only run (and the range of those ratios), then over all
+rounds tokens evaluated, forward calls per generated token and the share of drafted tokens
+accepted. Absolute times on shared machines are noise; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nudge_local.catalog import load_catalog, parse_ref
+from nudge_local.choose import local_path
+from nudge_local.cli import Parser
+from nudge_local.errors import NudgeError
+from nudge_local.events import Done
+from nudge_local.generate import generate, render_prompts
+from nudge_local.gguf_check import check_gguf
+from nudge_local.model import Model
+from nudge_local.paper_mode import api_style_complete, paper_steps
+from nudge_local.stream import stream
+from nudge_local.synthetic import CHATML, Table, bpe_vocab, load_vocab, write_model
+
+PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b" we", b" need", b" to", b" find",
+          b" answer", b" is", b" Sure", b" First", b" cost", b" total", b" by", b" step", b" 2", b" 3", b" and",
+          b" of", b" a", b" in", b" it", b" that", b" this"]  # fmt: skip
+MODES = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
+
+
+CYCLE, CONFIDENT = 24, 20  # the greedy text's cycle, and the positions on it where the base is confident
+BASE_SHAPE, NUDGER_SHAPE = (1024, 16, 2816), (256, 6, 704)  # width, layers, FFN width
+
+
+def make_pair(
+    out: Path,
+    vocab_path: str | None,
+    agreement: float,
+    seed: int = 0,
+    quant: str = "F16",
+    shapes: tuple[tuple[int, int, int], tuple[int, int, int]] = (BASE_SHAPE, NUDGER_SHAPE),
+) -> tuple[Path, Path]:
+    """A base of realistic shape (d=1024, 16 layers) and a nudger ~10x smaller in compute, over a
+    Markov table whose greedy text runs round one cycle of 24 tokens. The base is confident (top-1
+    p ~ 0.87) at 20 of them and the nudger's top-1 is the base's at `agreement` of those 20 (10, 14
+    and 18 for 50%, 70% and 90%: exact, not a draw); at the other 4 the base is unsure (top-1 p ~
+    0.29, below gamma 0.4) and the nudger writes the cycle's next token, so the text stays on the
+    cycle and every cycle meets the agreement asked. Where the nudger disagrees its choice starts
+    with a space, so a nudged word never runs into it. Weights other than the table are zero: ggml
+    multiplies zeros as fast as anything else, so the compute is that of a real model of this shape
+    while the output stays the planted table. `shapes` shrinks both models for tests."""
+    vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)
+    alpha = sorted({i for i in (vocab.find(p) for p in PIECES) if i is not None})
+    if len(alpha) < CYCLE:
+        raise ValueError(f"the vocabulary has {len(alpha)} of the benchmark's words as single tokens; it needs {CYCLE}")
+    rng = np.random.default_rng(seed)
+    order = [int(x) for x in rng.permutation(alpha)[:CYCLE]]
+    succ = {t: order[(i + 1) % len(order)] for i, t in enumerate(order)}
+    spaced = [t for t in order if vocab.piece(t)[:1] == b" "]
+    picked = [int(x) for x in rng.permutation(order)]  # confident and agreeing rows lie anywhere on the cycle
+    confident = picked[:CONFIDENT]
+    agreeing = set(confident[: round(agreement * CONFIDENT)])
+    confident = set(confident)
+    base_rows, nudger_rows = {}, {}
+    for t in order:
+        top = succ[t]
+        others = [int(x) for x in rng.permutation(order) if x != top]
+        if t in confident:
+            base_rows[t] = {top: 4.0, others[0]: 1.5, others[1]: 1.0}
+        else:
+            base_rows[t] = {top: 1.0, others[0]: 0.9, others[1]: 0.8, others[2]: 0.7}
+        if t in agreeing or t not in confident:
+            nudger_rows[t] = {top: 5.0, others[3]: 1.0}
+        else:
+            other = next(int(x) for x in rng.permutation(spaced) if x != top)
+            nudger_rows[t] = {other: 5.0, top: 1.0}
+    first = {order[0]: 4.0}  # after a token outside the cycle (the prompt's last) the base starts the cycle
+    base_table = Table(rows=base_rows, default=first)
+    nudger_table = Table(rows=nudger_rows, default={order[0]: 5.0})
+    (bw, bl, bf), (nw, nl, nf) = shapes
+    base = write_model(out / "bench-base.gguf", vocab, base_table, width=bw, layers=bl, ffn=bf, noise=0.0,
+                       seed=seed, quant=quant)  # fmt: skip
+    nudger = write_model(out / "bench-nudger.gguf", vocab, nudger_table, width=nw, layers=nl, ffn=nf, noise=0.0,
+                         chat_template=CHATML, seed=seed + 1, quant=quant)  # fmt: skip
+    return base, nudger
+
+
+def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
+    base.reset()
+    nudger.reset()
+    in_llama = base.decode_seconds + nudger.decode_seconds
+    t0 = time.perf_counter()
+    if mode == "paper-api":
+        steps = paper_steps(base, nudger, prompts.base, prompts.nudge, gamma=args.gamma, chunk=16,
+                            max_rounds=150, max_tokens=args.max_tokens, complete=api_style_complete)  # fmt: skip
+        events = stream(steps, {"base": base, "nudger": nudger}, {})
+    else:
+        engine_mode = "nudged" if mode == "speculative" else mode
+        events = generate(prompts, mode=engine_mode, base=base, nudger=nudger, gamma=args.gamma,
+                          max_tokens=args.max_tokens, speculative=mode == "speculative")  # fmt: skip
+    tokens, done = [], None
+    for ev in events:
+        if isinstance(ev, Done):
+            done = ev
+        else:
+            tokens.append(ev)
+    seconds = time.perf_counter() - t0
+    in_llama = base.decode_seconds + nudger.decode_seconds - in_llama
+    s = done.stats
+    return {
+        "tokens": len(tokens),
+        "events": [(e.source, e.token) for e in tokens],
+        "text": done.text,
+        "seconds": seconds,
+        "tps": len(tokens) / seconds if seconds else 0.0,
+        "evaluated": sum(s.evaluated_tokens.values()),
+        "forward_calls": sum(s.forward_calls.values()),
+        "base_calls": s.forward_calls.get("base", 0),
+        "nudge_ratio": s.nudge_ratio,
+        "python_ms_per_token": 1000 * (seconds - in_llama) / max(1, len(tokens)),
+        "python_share": (seconds - in_llama) / seconds if seconds else 0.0,
+        "acceptance": s.draft_accepted / s.draft_proposed if s.draft_proposed else None,
+        "draft_proposed": s.draft_proposed,
+        "draft_accepted": s.draft_accepted,
+    }
+
+
+def agreement_on_path(nudger: Model, prompts, events: list[tuple[str, int]]) -> float | None:
+    """The share of the base's own tokens (in token mode's answer) that the nudger's greedy choice
+    matches: the agreement the pair showed in generation, whatever was planted."""
+    ids = nudger.tokenize(prompts.nudge)
+    agree = confident = 0
+    for source, token in events:
+        if source == "base":
+            confident += 1
+            agree += int(nudger.logits(ids).argmax()) == token
+        ids = ids + [token]
+    return agree / confident if confident else None
+
+
+def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> dict:
+    with (
+        Model(base_path, role="base", n_threads=args.threads) as base,
+        Model(nudger_path, role="nudger", n_threads=args.threads) as nudger,
+    ):
+        prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
+        runs = {m: [] for m in modes}
+        for m in modes:  # warm-up: the first pass pages the weights in from disk
+            run_mode(m, base, nudger, prompts, argparse.Namespace(**{**vars(args), "max_tokens": 8}))
+        order = random.Random(0)
+        for _ in range(args.rounds):
+            # Interleaved, so drift on a shared machine hits every mode alike; in a shuffled order,
+            # so no mode always runs right after another.
+            for m in order.sample(modes, len(modes)):
+                runs[m].append(run_mode(m, base, nudger, prompts, args))
+        agreement = agreement_on_path(nudger, prompts, runs["nudged"][0]["events"]) if "nudged" in runs else None
+    print(f"{'mode':11} {'tokens':>6} {'tok/s':>7} {'x base':>6} {'(rounds)':>11} {'eval/tok':>8} "
+          f"{'base calls/tok':>14} {'accept':>6} {'py ms/tok':>9} {'py share':>8} {'nudged':>6}")  # fmt: skip
+    table = {}
+    for m, rs in runs.items():
+        tps = statistics.median(r["tps"] for r in rs)
+        # Each round's ratio to the same round's base-only run, then their median: the machine's
+        # speed drifts between rounds, and a ratio within one round cancels most of it.
+        ratios = [r["tps"] / b["tps"] for r, b in zip(rs, runs["base"], strict=True)] if "base" in runs else []
+        r = rs[0]
+        written = sum(x["tokens"] for x in rs)
+        proposed = sum(x["draft_proposed"] for x in rs)
+        row = {
+            "tokens": r["tokens"],
+            "tokens_per_second": tps,
+            "tokens_per_second_rounds": [x["tps"] for x in rs],
+            "ratio_to_base": statistics.median(ratios) if ratios else None,
+            "ratio_to_base_rounds": ratios,
+            "evaluated_per_token": sum(x["evaluated"] for x in rs) / max(1, written),
+            "forward_calls_per_token": sum(x["forward_calls"] for x in rs) / max(1, written),
+            "base_forward_calls_per_token": sum(x["base_calls"] for x in rs) / max(1, written),
+            "acceptance": sum(x["draft_accepted"] for x in rs) / proposed if proposed else None,
+            "python_ms_per_token": statistics.median(x["python_ms_per_token"] for x in rs),
+            "python_share": statistics.median(x["python_share"] for x in rs),
+            "nudge_ratio": r["nudge_ratio"],
+            "seconds_median": statistics.median(x["seconds"] for x in rs),
+        }
+        table[m] = row
+        ratio = f"{row['ratio_to_base']:.2f}" if ratios else "-"
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
+        acc = f"{row['acceptance']:.0%}" if row["acceptance"] is not None else "-"
+        print(f"{m:11} {row['tokens']:6d} {tps:7.1f} {ratio:>6} {spread:>11} {row['evaluated_per_token']:8.2f} "
+              f"{row['base_forward_calls_per_token']:14.2f} {acc:>6} {row['python_ms_per_token']:9.2f} "
+              f"{row['python_share']:8.1%} {row['nudge_ratio']:6.1%}")  # fmt: skip
+    if agreement is not None:
+        print(f"the nudger's choice is the base's at {agreement:.0%} of the base's tokens in token mode's answer")
+        table["agreement_on_path"] = agreement
+    if "nudged" in runs and "speculative" in runs:
+        same = runs["nudged"][0]["text"] == runs["speculative"][0]["text"]
+        print(f"speculative writes token mode's text: {same}")
+        table["speculative_same_text"] = same
+    if "paper" in table and "paper-api" in table:
+        same = runs["paper"][0]["text"] == runs["paper-api"][0]["text"]
+        t_c, t_a = table["paper"]["seconds_median"], table["paper-api"]["seconds_median"]
+        ev = table["paper-api"]["evaluated_per_token"] / max(1e-9, table["paper"]["evaluated_per_token"])
+        print(f"paper cached vs API-style: wall time {t_a / t_c:.1f}x faster, {ev:.1f}x fewer tokens evaluated, "
+              f"same text: {same}")  # fmt: skip
+        table["paper_speedup"] = {"wall_time": t_a / t_c, "evaluated": ev, "same_text": same}
+    return table
+
+
+def real_pair(args) -> tuple[Path, Path] | None:
+    """The files of --pair or --base/--nudge, from disk or the Hugging Face cache (the benchmark
+    downloads nothing: `nudge-local pull` does); None for the generated pairs."""
+    if args.pair:
+        pair = load_catalog().pair(args.pair)
+        refs = (pair.base, pair.nudger)
+    elif args.base or args.nudge:
+        if not (args.base and args.nudge):
+            raise NudgeError("A real pair needs both --base and --nudge (or --pair ALIAS).")
+        refs = (parse_ref(args.base), parse_ref(args.nudge))
+    else:
+        return None
+    return check_gguf(local_path(refs[0]), role="base"), check_gguf(local_path(refs[1]), role="nudger")
+
+
+def _shape(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """WIDTH,LAYERS for the base; the nudger keeps the default pair's proportions (1/4 the width,
+    3/8 the layers), and both FFNs are 2.75x their width."""
+    try:
+        width, layers = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"WIDTH,LAYERS (like 1024,16) expected, not {text!r}") from None
+    if width < 32 or layers < 1:
+        raise argparse.ArgumentTypeError("a width of at least 32 and at least one layer are needed")
+    nw, nl = max(32, width // 4), max(1, layers * 3 // 8)
+    return (width, layers, width * 11 // 4), (nw, nl, nw * 11 // 4)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = Parser(prog="nudge-local bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vocab", help="vocabulary GGUF for the generated pair (default: a small built-in BPE)")
+    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
+    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
+    ap.add_argument("--pair", help="a catalog pair instead of the generated pair (its files downloaded beforehand)")
+    ap.add_argument("--agreement", default="0.5,0.7,0.9", help="comma-separated agreements to generate pairs for")
+    ap.add_argument("--gamma", type=float, default=0.4)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"),
+                    help="weights of the generated pair: F16, or quantized as laptops run them")  # fmt: skip
+    ap.add_argument("--shape", type=_shape, default=(BASE_SHAPE, NUDGER_SHAPE), metavar="WIDTH,LAYERS",
+                    help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    results = {}
+    real = real_pair(args)
+    if real:
+        print(f"== {real[0]} + {real[1]}")
+        results["real"] = bench_pair(*real, modes, args)
+    else:
+        for agreement in (float(a) for a in args.agreement.split(",")):
+            print(f"\n== generated pair, agreement {agreement:.0%}")
+            with tempfile.TemporaryDirectory() as tmp:
+                base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement, quant=args.quant,
+                                                   shapes=args.shape)  # fmt: skip
+                results[f"agreement_{agreement}"] = bench_pair(base_path, nudger_path, modes, args)
+    if args.json:
+        tmp = Path(args.json + ".part")  # written beside, then renamed: never a half-written file
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(args.json)
+        print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
