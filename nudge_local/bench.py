@@ -34,7 +34,7 @@ from nudge_local.cli import Parser
 from nudge_local.errors import NudgeError
 from nudge_local.events import Done
 from nudge_local.generate import generate, render_prompts
-from nudge_local.gguf_check import check_gguf
+from nudge_local.gguf_check import check_gguf, read_header
 from nudge_local.model import Model
 from nudge_local.paper_mode import api_style_complete, paper_steps
 from nudge_local.stream import stream
@@ -250,41 +250,98 @@ def _shape(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     return (width, layers, width * 11 // 4), (nw, nl, nw * 11 // 4)
 
 
+def _vocab(text: str) -> str:
+    """A GGUF file with a tokenizer (a vocabulary-only file or a model)."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    try:
+        kv, _ = read_header(path, keys=lambda k: k == "tokenizer.ggml.tokens")
+    except Exception:  # noqa: BLE001 - whatever a damaged file raises, the user gets one sentence
+        kv = {}
+    if "tokenizer.ggml.tokens" not in kv:
+        raise argparse.ArgumentTypeError(f"{text} is not a GGUF file with a tokenizer")
+    return str(path)
+
+
+def _agreements(text: str) -> list[float]:
+    try:
+        values = [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0.0 <= a <= 1.0 for a in values):
+        raise argparse.ArgumentTypeError(f"comma-separated shares from 0 to 1 expected (like 0.5,0.7), not {text!r}")
+    return values
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m for m in text.split(",") if m]
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"modes are some of {','.join(MODES)}, not {text!r}")
+    return modes
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1 expected, not {text!r}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = Parser(prog="nudge-local bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vocab", help="vocabulary GGUF for the generated pair (default: a small built-in BPE)")
+    ap.add_argument(
+        "--vocab", type=_vocab, help="vocabulary GGUF for the generated pair (default: a small built-in BPE)"
+    )
     ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
     ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
     ap.add_argument("--pair", help="a catalog pair instead of the generated pair (its files downloaded beforehand)")
-    ap.add_argument("--agreement", default="0.5,0.7,0.9", help="comma-separated agreements to generate pairs for")
+    ap.add_argument(
+        "--agreement",
+        type=_agreements,
+        default=[0.5, 0.7, 0.9],
+        help="comma-separated agreements to generate pairs for",
+    )
     ap.add_argument("--gamma", type=float, default=0.4)
-    ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--max-tokens", type=_positive, default=128)
+    ap.add_argument("--rounds", type=_positive, default=3)
+    ap.add_argument("--modes", type=_modes, default=list(MODES), help=f"comma-separated, of {','.join(MODES)}")
+    ap.add_argument("--threads", type=_positive, default=None)
     ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"),
                     help="weights of the generated pair: F16, or quantized as laptops run them")  # fmt: skip
     ap.add_argument("--shape", type=_shape, default=(BASE_SHAPE, NUDGER_SHAPE), metavar="WIDTH,LAYERS",
                     help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
+    modes = args.modes
+    if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
+        raise NudgeError(f"The folder for --json {args.json} does not exist; create it or give another path.")
     results = {}
     real = real_pair(args)
     if real:
         print(f"== {real[0]} + {real[1]}")
         results["real"] = bench_pair(*real, modes, args)
     else:
-        for agreement in (float(a) for a in args.agreement.split(",")):
+        for agreement in args.agreement:
             print(f"\n== generated pair, agreement {agreement:.0%}")
             with tempfile.TemporaryDirectory() as tmp:
-                base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement, quant=args.quant,
-                                                   shapes=args.shape)  # fmt: skip
+                try:
+                    base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement, quant=args.quant,
+                                                       shapes=args.shape)  # fmt: skip
+                except ValueError as e:  # a vocabulary without the benchmark's words
+                    raise NudgeError(f"The vocabulary {args.vocab} cannot make the benchmark's pair: {e}.") from None
                 results[f"agreement_{agreement}"] = bench_pair(base_path, nudger_path, modes, args)
     if args.json:
         tmp = Path(args.json + ".part")  # written beside, then renamed: never a half-written file
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(args.json)
+        try:
+            tmp.write_text(json.dumps(results, indent=2))
+            tmp.replace(args.json)
+        except OSError as e:
+            raise NudgeError(f"The results cannot be written to {args.json} ({e.strerror}).") from None
         print(f"results written to {args.json}")
 
 
