@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
+
+# Named once, imported wherever they are used. A token's *source* is who wrote it; a model's *role*
+# is which of the two models it is (the nudger writes the tokens whose source is "nudge").
+Source = Literal["base", "nudge"]
+Role = Literal["base", "nudger"]
+Mode = Literal["nudged", "base", "nudger", "paper"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+CHAT_MODES: tuple[Mode, ...] = ("nudged", "base", "nudger")  # the chat's live modes; paper is for reproduction
+ROLE_OF: dict[Source, Role] = {"base": "base", "nudge": "nudger"}
+StopReason = Literal["eos", "length", "stop_string", "nudging_model_stop", "repeated_nudging_words", "round"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +31,7 @@ class TokenEvent:
     """
 
     text: str
-    source: str
+    source: Source
     token: int
     base_p: float | None
     p: float
