@@ -1,9 +1,9 @@
 """Side-by-side decoding benchmark: every mode on the same pair, in one process, with ratios.
 
-    .venv/bin/python -m scripts.bench [--vocab ../shared/vocab/ggml-vocab-llama-bpe.gguf]
+    .venv/bin/python scripts/bench.py [--vocab ../shared/vocab/ggml-vocab-llama-bpe.gguf]
         [--agreement 0.5,0.7,0.9] [--max-tokens 128] [--rounds 3] [--modes base,speculative] [--json out.json]
-    .venv/bin/python -m scripts.bench --base BASE.gguf --nudge NUDGER.gguf   # a real pair (paths,
-    .venv/bin/python -m scripts.bench --pair smollm2-1.7b+360m               # hub files or a catalog pair)
+    .venv/bin/python scripts/bench.py --base BASE.gguf --nudge NUDGER.gguf   # a real pair (paths,
+    .venv/bin/python scripts/bench.py --pair smollm2-1.7b+360m               # hub files or a catalog pair)
     nudge-local bench ...                                                       # the same
 
 Modes: base only, nudger only, token mode (nudged), speculative nudging (same output as token

@@ -188,7 +188,7 @@ def chat(args) -> int:
         fetch(missing([choice.base, choice.nudger]), yes=args.yes, what=f"{choice.pair.alias}: " if choice.pair else "")
     except NudgeError as e:
         print(f"nudge-local: {e}", file=sys.stderr)  # the app shows it again, in place of the models
-    from tui.app import NudgeApp  # the engine imports no UI code; only this command loads it
+    from nudge_local.tui.app import NudgeApp  # the engine imports no UI code; only this command loads it
 
     NudgeApp(s).run()
     return 0

@@ -10,7 +10,7 @@ The tokenizer is copied from a vocabulary GGUF (`load_vocab`) or built here (`bp
 byte-level BPE), so the test suite does not need ../shared. Size knobs (width, layers, FFN width and
 small random weights) let benchmarks use the same generator.
 
-    python -m scripts.make_test_model out.gguf [--vocab ../shared/vocab/ggml-vocab-qwen2.gguf]
+    python scripts/make_test_model.py out.gguf [--vocab ../shared/vocab/ggml-vocab-qwen2.gguf]
 """
 
 from __future__ import annotations
@@ -206,6 +206,42 @@ class Table:
 
     rows: dict[int, dict[int, float]] = field(default_factory=dict)
     default: dict[int, float] = field(default_factory=dict)
+
+
+# Text pieces the random tables draw on: words, word pieces, newlines, punctuation, non-ASCII,
+# and the single bytes of "é" (C3 A9) and "日" (E6 97 A5) so characters split across tokens.
+# fmt: off
+PIECES = [
+    b" the", b" Step", b" St", b"ep", b" 1", b" 2", b":", b".", b",", b"!", b"\n", b"\n\n", b" so", b"lution",
+    b" we", b" need", b" to", b" find", b"ing", b" answer", b" is", b" caf", "é".encode(), " über".encode(),
+    b"Hello", b" world", b" Sure", b" First", b" cost", b" 4", b"er", b"ed", b" ", b"  ",
+    b"\xc3", b"\xa9", b"\xe6", b"\x97", b"\xa5", " 日本".encode(), "語".encode(),
+]
+# fmt: on
+
+
+def alphabet(v: Vocab) -> list[int]:
+    """The ids of PIECES that the vocabulary has as tokens."""
+    ids = [v.find(p) for p in PIECES]
+    return sorted({i for i in ids if i is not None})
+
+
+def random_table(
+    v: Vocab, rng: np.random.Generator, *, eos_weight: float = 0.08, extra: list[int] = ()
+) -> Table:
+    """A Markov table over the vocabulary's alphabet: each row confident or spread at random, with
+    the end-of-generation token now and then."""
+    alpha = alphabet(v) + list(extra)
+
+    def row() -> dict[int, float]:
+        chosen = rng.choice(alpha, size=min(len(alpha), int(rng.integers(2, 7))), replace=False)
+        spread = rng.choice([0.3, 1.0, 2.5, 5.0])
+        r = {int(t): float(rng.normal(0, spread)) for t in chosen}
+        if rng.random() < eos_weight * 4:
+            r[v.eos] = float(rng.normal(-1.0, 1.5))
+        return r
+
+    return Table(rows={t: row() for t in alpha}, default=row())
 
 
 def _kv_type(v) -> tuple[GGUFValueType, GGUFValueType | None]:

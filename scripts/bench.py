@@ -1,4 +1,4 @@
-"""`python -m scripts.bench`, the same as `nudge-local bench`: the benchmark lives in nudge_local.bench."""
+"""`python scripts/bench.py`, the same as `nudge-local bench`: the benchmark lives in nudge_local.bench."""
 
 from nudge_local.bench import main
 

@@ -22,13 +22,13 @@ handler. Absolute times on a shared machine are noise; the ratio is the figure.
 
 By default it writes a pair into a temporary folder: a base of width 512, 8 layers, FFN 1408 and
 weight noise 0.02, and a nudger of width 256, 2 layers, FFN 704, noise 0.02, both realising random
-Markov tables (tests/pairs.py) without the end-of-generation token, so every answer runs to the
+Markov tables (nudge_local.synthetic.random_table) without the end-of-generation token, so every answer runs to the
 token limit; the base is unsure at some positions, so the nudger writes some words.
 
-    .venv/bin/python -m scripts.bench_ui                      # 3 rounds of 1000 tokens
-    .venv/bin/python -m scripts.bench_ui --long 5000          # also a 5000-token case (slow)
-    .venv/bin/python -m scripts.bench_ui --vocab ../shared/vocab/ggml-vocab-qwen2.gguf --json out.json
-    .venv/bin/python -m scripts.bench_ui --base base.gguf --nudge nudger.gguf --threads 2
+    .venv/bin/python scripts/bench_ui.py                      # 3 rounds of 1000 tokens
+    .venv/bin/python scripts/bench_ui.py --long 5000          # also a 5000-token case (slow)
+    .venv/bin/python scripts/bench_ui.py --vocab ../shared/vocab/ggml-vocab-qwen2.gguf --json out.json
+    .venv/bin/python scripts/bench_ui.py --base base.gguf --nudge nudger.gguf --threads 2
 
 Your configuration file and history are not touched: NUDGE_LOCAL_CONFIG points at a missing file in
 the temporary folder and every app round gets a history file of its own there.
@@ -65,8 +65,7 @@ CONTEXT_MARGIN = 512  # room for the prompt (and a nudged word's re-tokenisation
 
 def make_pair(tmp: Path, vocab_path: str | None, seed: int, context_length: int) -> tuple[Path, Path]:
     """Write a base and a nudger GGUF realising random Markov tables without an end token."""
-    from nudge_local.synthetic import CHATML, bpe_vocab, load_vocab, write_model
-    from tests.pairs import random_table
+    from nudge_local.synthetic import CHATML, bpe_vocab, load_vocab, random_table, write_model
 
     vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)
     rng = np.random.default_rng(seed)
@@ -174,11 +173,11 @@ def bench_app_class():
     """NudgeApp plus timing: when each Tokens/Finished message was posted by the worker and handled
     by the UI thread, and how long the app's own handlers took. Textual calls a subclass's handler
     first; these call NudgeApp's and prevent_default() so it does not run twice."""
-    import tui.app
-    from tui.app import Finished, NudgeApp, Tokens
+    import nudge_local.tui.app as app_module
+    from nudge_local.tui.app import Finished, NudgeApp, Tokens
 
     class BenchApp(NudgeApp):
-        CSS_PATH = str(Path(tui.app.__file__).with_name(NudgeApp.CSS_PATH))  # relative to tui/, not here
+        CSS_PATH = str(Path(app_module.__file__).with_name(NudgeApp.CSS_PATH))  # relative to tui/, not here
 
         def __init__(self, *a, **kw) -> None:
             super().__init__(*a, **kw)
@@ -211,9 +210,9 @@ def bench_app_class():
 
 async def _run_ui(settings, question: str, tmp: Path, index: int, timeout: float) -> Run:
     from nudge_local.speculative import forget_measurements
-    from tui.history import History
-    from tui.widgets.answer import AnswerView
-    from tui.widgets.token_view import TokenView
+    from nudge_local.tui.history import History
+    from nudge_local.tui.widgets.answer import AnswerView
+    from nudge_local.tui.widgets.token_view import TokenView
 
     app = bench_app_class()(settings, history=History(tmp / f"history-{index}.sqlite3"), export_dir=tmp)
     async with app.run_test(headless=True, size=SIZE) as pilot:
@@ -290,7 +289,7 @@ def run_ui(settings, question: str, tmp: Path, index: int, timeout: float) -> Ru
 
 
 def run_case(args, settings, session, tmp: Path, max_tokens: int, counter: list[int]) -> dict:
-    from tui.session import Options
+    from nudge_local.tui.session import Options
 
     options = Options.from_settings(settings)
     assert options.max_tokens == max_tokens
@@ -396,7 +395,7 @@ def main() -> None:
 
         from nudge_local.config import load_settings
         from nudge_local.model import default_threads
-        from tui.session import ChatSession
+        from nudge_local.tui.session import ChatSession
 
         lengths = [args.max_tokens] + ([args.long] if args.long else [])
         need = max(lengths) + CONTEXT_MARGIN
@@ -421,7 +420,7 @@ def main() -> None:
             file=sys.stderr,
         )
         # Warm-up (not counted): page the weights in and let the allocator settle.
-        from tui.session import Options
+        from nudge_local.tui.session import Options
 
         run_headless(session, Options.from_settings(settings_for(min(64, args.max_tokens))), args.question)
 

@@ -1,4 +1,4 @@
-"""`python -m scripts.make_test_model`: the generator lives in nudge_local.synthetic."""
+"""`python scripts/make_test_model.py`: the generator lives in nudge_local.synthetic."""
 
 from nudge_local.synthetic import main
 

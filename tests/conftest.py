@@ -8,7 +8,7 @@ import pytest
 from nudge_local.events import Done
 from nudge_local.generate import generate, render_prompts
 from nudge_local.model import Model
-from tests.pairs import vocab_dir
+from pairs import vocab_dir
 
 # Tests never read the developer's own settings: no config file, no NUDGE_LOCAL_* overrides.
 for _var in [v for v in os.environ if v.startswith("NUDGE_LOCAL_") and v != "NUDGE_LOCAL_VOCAB_DIR"]:

@@ -17,7 +17,7 @@ from nudge_local.catalog import HubFile, load_catalog, parse_ref
 from nudge_local.devices import plan_context
 from nudge_local.errors import NudgeError
 from nudge_local.synthetic import CHATML, Table, write_model
-from tests.pairs import vocab
+from pairs import vocab
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import load, needs_shared, run_engine
 from nudge_local.sampling import Sampling
 from nudge_local.views import same_vocabulary
-from tests.conftest import load, needs_shared, run_engine
-from tests.pairs import vocab, write_pair
-from tests.reference import reference_token_mode
+from pairs import vocab, write_pair
+from reference import reference_token_mode
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import tui.history as history
+import nudge_local.tui.history as history
 from nudge_local.errors import NudgeError
 from nudge_local.events import Stats, TokenEvent
 from nudge_local.render import spans
-from tui.history import SCHEMA_VERSION, ConversationInfo, History, Message
+from nudge_local.tui.history import SCHEMA_VERSION, ConversationInfo, History, Message
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"pair": "tiny", "base": "org/base-GGUF:base.Q4_K_M.gguf", "nudger": "org/chat-GGUF:chat.Q4_K_M.gguf"}
@@ -151,7 +151,7 @@ CRASH_CHILD = f"""
 import os, signal, sys, threading
 from pathlib import Path
 from nudge_local.events import TokenEvent
-from tui.history import History
+from nudge_local.tui.history import History
 
 token_at = {TOKEN_AT}
 h = History(Path(sys.argv[1]))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import load, needs_shared
 from nudge_local.errors import ContextFull
 from nudge_local.model import split_incomplete_utf8
 from nudge_local.synthetic import CHATML, Table, write_model
-from tests.conftest import load, needs_shared
-from tests.pairs import vocab
+from pairs import vocab
 
 
 def _model(tmp_path, name, **kw):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import load, needs_shared
 from nudge_local.events import Done
 from nudge_local.generate import generate, render_prompts
 from nudge_local.paper_mode import trim_repeated_suffix
-from tests.conftest import load, needs_shared
-from tests.pairs import vocab, write_pair
-from tests.reference_paper import reference_paper
+from pairs import vocab, write_pair
+from reference_paper import reference_paper
 
 PAIRS = [
     *[("bpe0", "bpe0", s) for s in range(60, 68)],

@@ -8,7 +8,7 @@ import pytest
 
 from nudge_local.errors import NudgeError
 from nudge_local.prompts import Turn, base_prompt, chat_messages, render_chat_template
-from tests.pairs import vocab_dir
+from pairs import vocab_dir
 
 
 def test_base_prompt_default_and_history():

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import load, needs_shared, run_engine
 from nudge_local.generate import generate, render_prompts
 from nudge_local.sampling import Sampling
 from nudge_local.speculative import DraftSizer, sizer_for
-from nudge_local.synthetic import CHATML, Table, write_model
-from tests.conftest import load, needs_shared, run_engine
-from tests.pairs import alphabet, padded, random_table, vocab
+from nudge_local.synthetic import CHATML, Table, alphabet, random_table, write_model
+from pairs import padded, vocab
 
 
 def agreeing_pair(tmp, v, seed, agreement, nudger_vocab=None):

@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import load, needs_shared, run_engine
 from nudge_local.views import same_vocabulary
-from tests.conftest import load, needs_shared, run_engine
-from tests.pairs import padded, vocab, write_pair
-from tests.reference import reference_token_mode
+from pairs import padded, vocab, write_pair
+from reference import reference_token_mode
 
 # (base vocabulary, nudger vocabulary, seed): same and cross vocabularies, self-built and real.
 PAIRS = [

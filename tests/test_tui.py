@@ -13,13 +13,13 @@ from nudge_local.config import load_settings
 from nudge_local.generate import generate, render_prompts
 from nudge_local.model import Model
 from nudge_local.synthetic import CHATML, Table, write_model
-from tests.pairs import vocab
-from tui.app import ACTIONS, NudgeApp
-from tui.history import History
-from tui.screens.compare import CompareScreen
-from tui.screens.inspector import InspectorScreen
-from tui.widgets.answer import AnswerView
-from tui.widgets.token_view import TokenView
+from nudge_local.tui.app import ACTIONS, NudgeApp
+from nudge_local.tui.history import History
+from nudge_local.tui.screens.compare import CompareScreen
+from nudge_local.tui.screens.inspector import InspectorScreen
+from nudge_local.tui.widgets.answer import AnswerView
+from nudge_local.tui.widgets.token_view import TokenView
+from pairs import vocab
 
 V = vocab("bpe0")
 THE, DOT, SURE, COMMA, OK = (V.find(b) for b in (b" the", b".", b" Sure", b",", b" ok"))
@@ -276,7 +276,7 @@ def test_answer_blocks_draw_every_token_and_hold_their_height_while_live():
     from textual.app import App
 
     from nudge_local.events import TokenEvent
-    from tui.widgets.token_view import BLOCK, LIVE_STEP
+    from nudge_local.tui.widgets.token_view import BLOCK, LIVE_STEP
 
     class One(App):
         def compose(self):
@@ -352,7 +352,7 @@ def test_a_block_closed_by_one_batch_takes_its_exact_height_when_the_next_batch_
     from textual.app import App
 
     from nudge_local.events import TokenEvent
-    from tui.widgets.token_view import BLOCK, LIVE_STEP
+    from nudge_local.tui.widgets.token_view import BLOCK, LIVE_STEP
 
     class One(App):
         def compose(self):

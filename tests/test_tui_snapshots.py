@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from nudge_local.events import Stats
-from tests.test_tui import make_app, pair, until  # noqa: F401 - `pair` is a fixture
-from tui.screens.compare import CompareScreen
-from tui.screens.inspector import InspectorScreen
-from tui.widgets.answer import AnswerView
-from tui.widgets.prompt import PromptArea
-from tui.widgets.token_view import TokenView
+from nudge_local.tui.screens.compare import CompareScreen
+from nudge_local.tui.screens.inspector import InspectorScreen
+from nudge_local.tui.widgets.answer import AnswerView
+from nudge_local.tui.widgets.prompt import PromptArea
+from nudge_local.tui.widgets.token_view import TokenView
+from test_tui import make_app, pair, until  # noqa: F401 - `pair` is a fixture
 
 SIZE = (110, 26)
 

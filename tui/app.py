@@ -17,17 +17,17 @@ from textual.widgets import Footer, Static
 
 from nudge_local.config import Settings
 from nudge_local.errors import NudgeError
-from nudge_local.events import Done, TokenEvent
+from nudge_local.events import CHAT_MODES, Done, TokenEvent
 from nudge_local.prompts import Turn
-from tui.history import History
-from tui.screens.compare import COLUMNS, CompareScreen
-from tui.screens.history import HistoryScreen
-from tui.screens.inspector import InspectorScreen
-from tui.screens.settings import SettingsScreen
-from tui.session import MODES, ChatSession, Options
-from tui.widgets.answer import AnswerView
-from tui.widgets.prompt import PromptArea
-from tui.widgets.token_view import TokenView
+from nudge_local.tui.history import History
+from nudge_local.tui.screens.compare import COLUMNS, CompareScreen
+from nudge_local.tui.screens.history import HistoryScreen
+from nudge_local.tui.screens.inspector import InspectorScreen
+from nudge_local.tui.screens.settings import SettingsScreen
+from nudge_local.tui.session import ChatSession, Options
+from nudge_local.tui.widgets.answer import AnswerView
+from nudge_local.tui.widgets.prompt import PromptArea
+from nudge_local.tui.widgets.token_view import TokenView
 
 FRAME = 1 / 30  # token batches reach the screen at about 30 Hz
 GAMMA_STEP = 0.05
@@ -308,7 +308,7 @@ class NudgeApp(App):
         self.notify(f"gamma {g:.2f} (next answer)", timeout=1.5)
 
     def action_cycle_mode(self) -> None:
-        self.options.mode = MODES[(MODES.index(self.options.mode) + 1) % len(MODES)]
+        self.options.mode = CHAT_MODES[(CHAT_MODES.index(self.options.mode) + 1) % len(CHAT_MODES)]
         self.update_status()
 
     def action_settings(self) -> None:

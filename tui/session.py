@@ -20,8 +20,6 @@ from nudge_local.model import Model
 from nudge_local.prompts import Turn
 from nudge_local.sampling import Sampling
 
-MODES = ("nudged", "base", "nudger")
-
 
 @dataclass
 class Options:

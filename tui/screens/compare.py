@@ -8,7 +8,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from tui.widgets.answer import AnswerView
+from nudge_local.tui.widgets.answer import AnswerView
 
 COLUMNS = ("base", "nudger", "nudged")
 

@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from nudge_local.events import TokenEvent
-from tui.widgets.token_view import describe
+from nudge_local.tui.widgets.token_view import describe
 
 
 class InspectorScreen(ModalScreen[None]):

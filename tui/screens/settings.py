@@ -10,7 +10,8 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from nudge_local.config import FIELDS
 from nudge_local.errors import NudgeError
-from tui.session import MODES, Options
+from nudge_local.events import CHAT_MODES
+from nudge_local.tui.session import Options
 
 
 class SettingsScreen(ModalScreen[Options | None]):
@@ -32,7 +33,7 @@ class SettingsScreen(ModalScreen[Options | None]):
         with Vertical():
             yield Static("Settings (apply to the next answer)", classes="title")
             yield Label("Mode")
-            yield Select([(m, m) for m in MODES], value=o.mode, allow_blank=False, id="mode")
+            yield Select([(m, m) for m in CHAT_MODES], value=o.mode, allow_blank=False, id="mode")
             for name, value in (("gamma", o.gamma), ("temperature", o.temperature), ("max_tokens", o.max_tokens)):
                 yield Label(name.replace("_", " ").capitalize())
                 yield Input(str(value), id=name)

@@ -9,7 +9,7 @@ from textual.content import Content
 from textual.widgets import Markdown, Static
 
 from nudge_local.events import Stats, TokenEvent
-from tui.widgets.token_view import TokenView
+from nudge_local.tui.widgets.token_view import TokenView
 
 
 def summary(

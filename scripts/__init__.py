@@ -1,1 +1,0 @@
-"""Scripts: the test-model generator (importable by tests) and, later, benchmarks."""
