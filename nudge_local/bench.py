@@ -33,17 +33,19 @@ from nudge_local.choose import local_path
 from nudge_local.cli import Parser
 from nudge_local.errors import NudgeError
 from nudge_local.events import Done
-from nudge_local.generate import generate, render_prompts
+from nudge_local.generate import generate
 from nudge_local.gguf_check import check_gguf, read_header
 from nudge_local.model import Model
-from nudge_local.paper_mode import api_style_complete, paper_steps
+from nudge_local.paper_mode import api_style_complete, paper_steps, trim_repeated_suffix
+from nudge_local.prompts import render_prompts
 from nudge_local.stream import stream
 from nudge_local.synthetic import CHATML, Table, bpe_vocab, load_vocab, write_model
 
 PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b" we", b" need", b" to", b" find",
           b" answer", b" is", b" Sure", b" First", b" cost", b" total", b" by", b" step", b" 2", b" 3", b" and",
           b" of", b" a", b" in", b" it", b" that", b" this"]  # fmt: skip
-MODES = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
+# The systems compared: the engine's modes, plus speculative and the authors' API-style paper mode.
+SYSTEMS = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
 
 
 CYCLE, CONFIDENT = 24, 20  # the greedy text's cycle, and the positions on it where the base is confident
@@ -111,7 +113,7 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
     if mode == "paper-api":
         steps = paper_steps(base, nudger, prompts.base, prompts.nudge, gamma=args.gamma, chunk=16,
                             max_rounds=150, max_tokens=args.max_tokens, complete=api_style_complete)  # fmt: skip
-        events = stream(steps, {"base": base, "nudger": nudger}, {})
+        events = stream(steps, {"base": base, "nudger": nudger}, {}, trim=trim_repeated_suffix)
     else:
         engine_mode = "nudged" if mode == "speculative" else mode
         events = generate(prompts, mode=engine_mode, base=base, nudger=nudger, gamma=args.gamma,
@@ -208,6 +210,12 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
     if agreement is not None:
         print(f"the nudger's choice is the base's at {agreement:.0%} of the base's tokens in token mode's answer")
         table["agreement_on_path"] = agreement
+    compare_texts(runs, table)
+    return table
+
+
+def compare_texts(runs: dict[str, list[dict]], table: dict) -> None:
+    """Systems that must write the same text: speculative and token mode; paper cached and API-style."""
     if "nudged" in runs and "speculative" in runs:
         same = runs["nudged"][0]["text"] == runs["speculative"][0]["text"]
         print(f"speculative writes token mode's text: {same}")
@@ -219,7 +227,6 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
         print(f"paper cached vs API-style: wall time {t_a / t_c:.1f}x faster, {ev:.1f}x fewer tokens evaluated, "
               f"same text: {same}")  # fmt: skip
         table["paper_speedup"] = {"wall_time": t_a / t_c, "evaluated": ev, "same_text": same}
-    return table
 
 
 def real_pair(args) -> tuple[Path, Path] | None:
@@ -276,9 +283,9 @@ def _agreements(text: str) -> list[float]:
 
 def _modes(text: str) -> list[str]:
     modes = [m for m in text.split(",") if m]
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in SYSTEMS]
     if not modes or unknown:
-        raise argparse.ArgumentTypeError(f"modes are some of {','.join(MODES)}, not {text!r}")
+        raise argparse.ArgumentTypeError(f"modes are some of {','.join(SYSTEMS)}, not {text!r}")
     return modes
 
 
@@ -309,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gamma", type=float, default=0.4)
     ap.add_argument("--max-tokens", type=_positive, default=128)
     ap.add_argument("--rounds", type=_positive, default=3)
-    ap.add_argument("--modes", type=_modes, default=list(MODES), help=f"comma-separated, of {','.join(MODES)}")
+    ap.add_argument("--modes", type=_modes, default=list(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
     ap.add_argument("--threads", type=_positive, default=None)
     ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"),
                     help="weights of the generated pair: F16, or quantized as laptops run them")  # fmt: skip

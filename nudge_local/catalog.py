@@ -6,7 +6,6 @@ catalog alias. Hub files live in the standard Hugging Face cache; there is no ca
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from nudge_local.errors import NudgeError
+from nudge_local.paths import catalog_path
 
 _HUB_REF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+):(?P<file>[^:]+\.gguf)(?:@(?P<rev>[\w.-]+))?$")
 PAIR_KEYS = ("description", "base", "nudger", "license", "gamma", "base_format", "vocabulary", "notes")
@@ -63,15 +63,6 @@ def parse_ref(text: str) -> HubFile | Path:
     if m and not Path(text).expanduser().exists():
         return HubFile(m["repo"], m["file"], m["rev"])
     return Path(text).expanduser()
-
-
-def catalog_path() -> Path:
-    env = os.environ.get("NUDGE_LOCAL_CATALOG")
-    if env:
-        return Path(env).expanduser()
-    from importlib.resources import files
-
-    return Path(str(files("nudge_local.models") / "catalog.yaml"))
 
 
 def _file(alias: str, role: str, raw, path: Path) -> HubFile:

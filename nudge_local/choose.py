@@ -12,7 +12,8 @@ from nudge_local.config import Settings
 from nudge_local.devices import gpu_layers, plan_context
 from nudge_local.errors import NudgeError
 from nudge_local.gguf_check import check_gguf
-from nudge_local.hub import cache_dir, cached_path, download, human_size, not_cached_error, offline, remote_size
+from nudge_local.hub import cached_path, download, human_size, not_cached_error, offline, remote_size
+from nudge_local.paths import cache_dir
 from nudge_local.model import Model
 
 
@@ -51,9 +52,12 @@ def missing(files: list[Path | HubFile | None]) -> list[HubFile]:
     return [f for f in files if isinstance(f, HubFile) and cached_path(f) is None]
 
 
-def fetch(files: list[HubFile], *, yes: bool, what: str = "", out=None) -> None:
-    """Say what will be downloaded and how large, ask (unless `yes`), then download into the
-    Hugging Face cache. Offline, or with no one to ask, it is one sentence instead."""
+def fetch(
+    files: list[HubFile], *, yes: bool, what: str = "", out=None, confirm: Callable[[str], bool] | None = None
+) -> None:
+    """Say what will be downloaded and how large, ask `confirm` (unless `yes`), then download into
+    the Hugging Face cache. Offline, or with no one to ask (`confirm` None), it is one sentence
+    instead. The library never reads the terminal itself: the command line passes `confirm`."""
     if not files:
         return
     out = out or sys.stderr
@@ -64,10 +68,9 @@ def fetch(files: list[HubFile], *, yes: bool, what: str = "", out=None) -> None:
     lines = [f"  {f.ref}  ({human_size(n)})" for f, n in zip(files, sizes, strict=True)]
     print(f"{what}nudge-local will download {human_size(total)} into {cache_dir()}:", *lines, sep="\n", file=out)
     if not yes:
-        if not sys.stdin or not sys.stdin.isatty():
+        if confirm is None:
             raise NudgeError("Downloads need confirmation: add --yes, or fetch them first with `nudge-local pull`.")
-        answer = input("Download now? [y/N] ").strip().lower()
-        if answer not in ("y", "yes"):
+        if not confirm("Download now? [y/N] "):
             raise NudgeError("Nothing was downloaded; `nudge-local pull` fetches the files when you want them.")
     for f in files:
         download(f)

@@ -6,15 +6,17 @@ import argparse
 import json
 import sys
 
-from nudge_local.catalog import HubFile, catalog_path, load_catalog, parse_ref
+from nudge_local.catalog import HubFile, load_catalog, parse_ref
 from nudge_local.choose import choose_models, fetch, load_models, local_path, missing, read_chat_template
-from nudge_local.config import FIELDS, Settings, config_path, load_settings
-from nudge_local.devices import available_memory, backend, rebuild_hint
+from nudge_local.config import FIELDS, Settings, load_settings
+from nudge_local.devices import available_memory, backend, default_threads, rebuild_hint
 from nudge_local.errors import NudgeError
-from nudge_local.events import Done, TokenEvent
-from nudge_local.generate import MODES, generate, render_prompts
-from nudge_local.hub import cache_dir, cached_path, human_size, offline
-from nudge_local.render import BracketWriter, clip, spans
+from nudge_local.events import MODES, Done, TokenEvent
+from nudge_local.generate import generate
+from nudge_local.hub import cached_path, human_size, offline
+from nudge_local.paths import cache_dir, catalog_path, config_path
+from nudge_local.prompts import render_prompts
+from nudge_local.render import BracketWriter, spans
 from nudge_local.sampling import Sampling
 
 
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--base", help="base model: a GGUF path or org/repo:file.gguf (pretrained only)")
     run.add_argument("--nudge", help="nudger model: a GGUF path or org/repo:file.gguf (instruction-tuned)")
     run.add_argument("--yes", action="store_true", help="download missing model files without asking")
-    run.add_argument("--mode", choices=MODES, default="nudged", help="nudged (default), base only, nudger only")
+    run.add_argument("--mode", choices=MODES, default="nudged",
+                     help="nudged (default), base only, nudger only, paper (the authors' algorithm)")  # fmt: skip
     run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     run.add_argument(
         "--speculative",
@@ -106,9 +109,21 @@ def _settings(args) -> Settings:
     return load_settings(flags)
 
 
+def _ask(question: str) -> bool:
+    """A yes/no question on the terminal."""
+    return input(question).strip().lower() in ("y", "yes")
+
+
+def _fetch_missing(choice, yes: bool) -> None:
+    """Download what the chosen pair lacks, asking first where there is a terminal to ask on."""
+    confirm = _ask if sys.stdin and sys.stdin.isatty() else None
+    what = f"{choice.pair.alias}: " if choice.pair else ""
+    fetch(missing([choice.base, choice.nudger]), yes=yes, what=what, confirm=confirm)
+
+
 def _load(args, s: Settings):
     choice = choose_models(s, args.mode)
-    fetch(missing([choice.base, choice.nudger]), yes=args.yes, what=f"{choice.pair.alias}: " if choice.pair else "")
+    _fetch_missing(choice, args.yes)
     chat_template = read_chat_template(s)
     return load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s), chat_template
 
@@ -138,54 +153,44 @@ def run(args) -> int:
             max_rounds=args.max_rounds,
             speculative=args.speculative,
         )
-        tokens: list[TokenEvent] = []
-        writer = None if args.json else BracketWriter(sys.stdout)
-        done = None
-        for ev in events:
-            if isinstance(ev, Done):
-                done = ev
-            else:
-                tokens.append(ev)
-                if writer:
-                    writer.write(ev)
-        if args.mode == "paper":  # its output is trimmed at both ends after generation
-            raw = "".join(t.text for t in tokens)
-            start = len(raw) - len(raw.lstrip())
-            tokens = clip(tokens, start, start + len(done.text))
-        if writer:
-            writer.close()
-            print(f"[{args.mode}] stop: {done.stop_reason}; {done.stats.line()}", file=sys.stderr)
+        if args.json:
+            *tokens, done = events
+            _print_json(tokens, done, prompts, args.mode, s.gamma)
         else:
-            json.dump(
-                {
-                    "text": done.text,
-                    "spans": spans(tokens),
-                    "tokens": [
-                        {"text": t.text, "source": t.source, "token": t.token, "base_p": t.base_p, "p": t.p}
-                        for t in tokens
-                    ],
-                    "stop_reason": done.stop_reason,
-                    "mode": args.mode,
-                    "gamma": s.gamma,
-                    "prompts": {"base": prompts.base, "nudge": prompts.nudge},
-                    "stats": done.stats.as_dict(),
-                    **done.extra,
-                },
-                sys.stdout,
-                ensure_ascii=False,
-            )
-            sys.stdout.write("\n")
+            writer = BracketWriter(sys.stdout)
+            for ev in events:
+                if isinstance(ev, Done):
+                    writer.close()
+                    print(f"[{args.mode}] stop: {ev.stop_reason}; {ev.stats.line()}", file=sys.stderr)
+                else:
+                    writer.write(ev)
         return 0
     finally:
         for m in models.values():
             m.close()
 
 
+def _print_json(tokens: list[TokenEvent], done: Done, prompts, mode: str, gamma: float) -> None:
+    doc = {
+        "text": done.text,
+        "spans": spans(tokens),
+        "tokens": [t.as_dict() for t in tokens],
+        "stop_reason": done.stop_reason,
+        "mode": mode,
+        "gamma": gamma,
+        "prompts": {"base": prompts.base, "nudge": prompts.nudge},
+        "stats": done.stats.as_dict(),
+        **done.result.figures(),
+    }
+    json.dump(doc, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
 def chat(args) -> int:
     s = _settings(args)
     choice = choose_models(s, "nudged")
     try:
-        fetch(missing([choice.base, choice.nudger]), yes=args.yes, what=f"{choice.pair.alias}: " if choice.pair else "")
+        _fetch_missing(choice, args.yes)
     except NudgeError as e:
         print(f"nudge-local: {e}", file=sys.stderr)  # the app shows it again, in place of the models
     from nudge_local.tui.app import NudgeApp  # the engine imports no UI code; only this command loads it
@@ -253,7 +258,6 @@ def doctor(args) -> int:
     import llama_cpp
 
     from nudge_local import __version__
-    from nudge_local.model import default_threads
 
     s = load_settings()
     b = backend()

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from nudge_local.errors import NudgeError
+from nudge_local.paths import config_path
 from nudge_local.prompts import DEFAULT_BASE_FORMAT, check_base_format
 
 
@@ -93,15 +94,6 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "keymap": (_keymap, {}, "chat key bindings by id, e.g. {compare: f4}"),
 }
 TEXT_FIELDS = {"pair", "base", "nudge", "base_format", "system", "chat_template"}
-
-
-def config_path() -> Path:
-    env = os.environ.get("NUDGE_LOCAL_CONFIG")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("nudge-local", appauthor=False)) / "config.yaml"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -13,11 +14,26 @@ DEFAULT_CONTEXT = 4096  # enough for a chat of several turns
 HEADROOM = 512 * 2**20  # bytes left free for llama.cpp's compute buffers and the app
 
 
+def default_threads() -> int:
+    """Every core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS has no sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def gpu_offload_supported() -> bool:
+    import llama_cpp as ll
+
+    from nudge_local.model import init_backend
+
+    init_backend()
+    return bool(ll.llama_supports_gpu_offload())
+
+
 def backend() -> str:
     """ "CUDA", "Metal", "Vulkan", ... when this llama.cpp build can offload to a GPU, else "CPU"."""
     import llama_cpp as ll
-
-    from nudge_local.model import gpu_offload_supported
 
     if not gpu_offload_supported():
         return "CPU"
@@ -45,8 +61,6 @@ def gpu_layers(requested: int | None) -> int:
     """All layers (-1) where the build can offload, none otherwise, unless a number was asked for."""
     if requested is not None:
         return requested
-    from nudge_local.model import gpu_offload_supported
-
     return -1 if gpu_offload_supported() else 0
 
 

@@ -1,4 +1,8 @@
-"""What a decoding mode yields: one TokenEvent per token, then one Done."""
+"""The engine's protocol: what a decoding mode yields and returns, and what the stream gives consumers.
+
+A mode is a generator of `(TokenEvent, bytes)` pairs (the event without text, and the token's raw
+bytes) that returns one `Result`. The stream (stream.py) turns that into TokenEvents with text and
+one final `Done`. See docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -36,14 +40,48 @@ class TokenEvent:
     base_p: float | None
     p: float
 
+    def as_dict(self) -> dict:
+        """The one serialized form of a token (`run --json`, the chat's export)."""
+        return {"text": self.text, "source": self.source, "token": self.token, "base_p": self.base_p, "p": self.p}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a mode returns when it stops: why, plus the figures of its own that subclasses add."""
+
+    stop_reason: StopReason
+
+    def figures(self) -> dict:
+        """Mode-specific figures for `run --json` (beyond the Stats every mode has)."""
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class DraftResult(Result):
+    """Speculative nudging: drafted tokens, and how many of them token mode's rule then wrote."""
+
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PaperResult(Result):
+    """Paper mode: rounds run, and the nudging words committed, in order."""
+
+    rounds: int = 0
+    nudging_words: tuple[str, ...] = ()
+
+    def figures(self) -> dict:
+        return {"rounds": self.rounds, "nudging_words": list(self.nudging_words)}
+
 
 @dataclass(slots=True)
 class Stats:
     tokens: int = 0
     nudge_tokens: int = 0
-    prompt_tokens: dict[str, int] = field(default_factory=dict)
-    evaluated_tokens: dict[str, int] = field(default_factory=dict)
-    forward_calls: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: dict[Role, int] = field(default_factory=dict)  # by model role
+    evaluated_tokens: dict[Role, int] = field(default_factory=dict)
+    forward_calls: dict[Role, int] = field(default_factory=dict)
     seconds: float = 0.0
     draft_proposed: int = 0  # speculative nudging: tokens the nudger drafted
     draft_accepted: int = 0  # ... and that token mode's rule then wrote
@@ -61,7 +99,7 @@ class Stats:
         d["nudge_ratio"] = round(self.nudge_ratio, 4)
         d["tokens_per_second"] = round(self.tokens_per_second, 2)
         d["seconds"] = round(self.seconds, 4)
-        for role in ("base", "nudger"):
+        for role in get_args(Role):
             d[f"{role}_evaluated_tokens"] = self.evaluated_tokens.get(role, 0)
             d[f"{role}_forward_calls"] = self.forward_calls.get(role, 0)
         return d
@@ -78,9 +116,13 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The last event: why generation stopped, the full text, and the run's statistics."""
+    """The last event: the full text (always the TokenEvents' texts joined), the run's statistics,
+    and the mode's result."""
 
-    stop_reason: str  # "eos", "length", "stop_string"; paper mode: see paper_mode.py
     text: str
     stats: Stats
-    extra: dict = field(default_factory=dict)  # mode-specific results (paper: rounds, nudging_words)
+    result: Result
+
+    @property
+    def stop_reason(self) -> StopReason:
+        return self.result.stop_reason

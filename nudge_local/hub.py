@@ -14,12 +14,6 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def cache_dir() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
 def cached_path(f: HubFile) -> Path | None:
     """The file's path in the Hugging Face cache, or None when it is not there."""
     from huggingface_hub import try_to_load_from_cache

@@ -1,27 +1,24 @@
 """One loaded GGUF model: tokens, pieces, a prefix-cached KV context and logits rows.
 
-Built on llama-cpp-python's low-level API (BRIEF section 2): the high-level `Llama` keeps no logits
-without `logits_all`, truncates long pieces and silences logs by redirecting file descriptors.
+Built on llama-cpp-python's low-level API: the high-level `Llama` keeps no logits without
+`logits_all` (or keeps all of them: n_ctx x n_vocab floats), truncates pieces longer than 32 bytes
+and silences logs by redirecting file descriptors.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as ll
 import numpy as np
 
+from nudge_local.devices import default_threads, gpu_layers
 from nudge_local.errors import ContextFull, NudgeError
 from nudge_local.gguf_check import check_gguf
-from nudge_local.sampling import top1
-
-WHITESPACE = b" \t\n"
 
 
 @ll.llama_log_callback
@@ -32,24 +29,14 @@ def _quiet_log(level, text, user_data):  # noqa: ARG001 - llama.cpp's log goes n
 _backend_ready = False
 
 
-def _init_backend() -> None:
+def init_backend() -> None:
+    """Once per process: llama.cpp's log silenced (never by redirecting file descriptors, which
+    blanks a terminal UI) and its backend initialised."""
     global _backend_ready
     if not _backend_ready:
         ll.llama_log_set(_quiet_log, ctypes.c_void_p(0))  # _quiet_log stays referenced at module level
         ll.llama_backend_init()
         _backend_ready = True
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS has no sched_getaffinity
-        return max(1, os.cpu_count() or 1)
-
-
-def gpu_offload_supported() -> bool:
-    _init_backend()
-    return bool(ll.llama_supports_gpu_offload())
 
 
 def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
@@ -72,23 +59,6 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-@dataclass(frozen=True, slots=True)
-class CompletionToken:
-    token: int
-    text: str  # the characters this token completes (UTF-8 safe within one completion)
-    p: float  # top-1 probability at this position (the token is the argmax)
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    tokens: list[CompletionToken]
-    finish: str  # "stop" (end of generation) or "length"
-
-    @property
-    def text(self) -> str:
-        return "".join(t.text for t in self.tokens)
-
-
 class Model:
     """A GGUF model loaded into one llama.cpp context (sequence 0), used from one thread."""
 
@@ -105,45 +75,16 @@ class Model:
     ) -> None:
         self.role = role
         self.path = check_gguf(path, role=role)
-        _init_backend()
+        init_backend()
         self._model = self._ctx = self._batch = None
-        mparams = ll.llama_model_default_params()
-        if n_gpu_layers is None:
-            n_gpu_layers = -1 if ll.llama_supports_gpu_offload() else 0
-        mparams.n_gpu_layers = n_gpu_layers
-        if progress is not None:
-
-            @ll.llama_progress_callback
-            def on_progress(fraction, user_data):  # noqa: ARG001
-                progress(float(fraction))
-                return True
-
-            mparams.progress_callback = on_progress  # referenced by this frame until loading returns
-        self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
-        if not self._model:
-            raise NudgeError(f"llama.cpp could not load the {role} file {self.path}; it may be damaged.")
+        self.n_gpu_layers = gpu_layers(n_gpu_layers)
+        self.n_threads = n_threads or default_threads()
+        self._load_weights(progress)
         try:
-            self._vocab = ll.llama_model_get_vocab(self._model)
-            cparams = ll.llama_context_default_params()
-            cparams.n_ctx = n_ctx
-            cparams.n_batch = cparams.n_ubatch = min(n_batch, n_ctx)
-            cparams.n_seq_max = 1
-            threads = n_threads or default_threads()
-            cparams.n_threads = cparams.n_threads_batch = threads
-            self._ctx = ll.llama_init_from_model(self._model, cparams)
-            if not self._ctx:
-                raise NudgeError(
-                    f"llama.cpp could not create a {n_ctx}-token context for the {role} model; "
-                    f"lower the context size or free memory."
-                )
-            self.n_ctx = ll.llama_n_ctx(self._ctx)
-            self.n_batch = ll.llama_n_batch(self._ctx)
-            self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+            self._make_context(n_ctx, n_batch)
         except BaseException:
             self.close()
             raise
-        self.n_threads = threads
-        self.n_gpu_layers = n_gpu_layers
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.vocab_type = ll.llama_vocab_type(self._vocab)
         self.bos = ll.llama_vocab_bos(self._vocab)
@@ -158,6 +99,39 @@ class Model:
         self.evaluated_tokens = 0
         self.forward_calls = 0
         self.decode_seconds = 0.0
+
+    def _load_weights(self, progress: Callable[[float], None] | None) -> None:
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = self.n_gpu_layers
+        if progress is not None:
+
+            @ll.llama_progress_callback
+            def on_progress(fraction, user_data):  # noqa: ARG001
+                progress(float(fraction))
+                return True
+
+            mparams.progress_callback = on_progress  # referenced by this frame until loading returns
+        self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise NudgeError(f"llama.cpp could not load the {self.role} file {self.path}; it may be damaged.")
+
+    def _make_context(self, n_ctx: int, n_batch: int) -> None:
+        """One sequence, n_ctx tokens, and a batch of n_batch tokens to fill for llama_decode."""
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = cparams.n_ubatch = min(n_batch, n_ctx)
+        cparams.n_seq_max = 1
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
+        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise NudgeError(
+                f"llama.cpp could not create a {n_ctx}-token context for the {self.role} model; "
+                f"lower the context size or free memory."
+            )
+        self.n_ctx = ll.llama_n_ctx(self._ctx)
+        self.n_batch = ll.llama_n_batch(self._ctx)
+        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -188,9 +162,10 @@ class Model:
     # -- tokens -------------------------------------------------------------------------------
 
     def tokenize(self, text: str | bytes) -> list[int]:
-        """tok() of BRIEF 1.1: special-token text parsed, BOS added where the vocabulary asks for
-        it and the text does not already start with it. Bytes that end inside a UTF-8 character
-        become this vocabulary's byte tokens (tokenizers would turn them into U+FFFD)."""
+        """tok() (docs/method.md#token-space-and-text-space): special-token text parsed, BOS added
+        where the vocabulary asks for it and the text does not already start with it. Bytes that end
+        inside a UTF-8 character become this vocabulary's byte tokens (tokenizers would turn them
+        into U+FFFD)."""
         data = text.encode("utf-8") if isinstance(text, str) else text
         head, tail = split_incomplete_utf8(data)
         if tail:
@@ -238,24 +213,6 @@ class Model:
 
     def is_eog(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self._vocab, token))
-
-    # -- completion ---------------------------------------------------------------------------
-
-    def complete(self, text: str, max_tokens: int) -> Completion:
-        """What a completions server returns for `text` (BRIEF 1.2): up to `max_tokens` greedy tokens,
-        each with its text and top-1 probability, ending early at end of generation (not reported,
-        finish "stop"). Only tokens the context does not already hold are evaluated."""
-        seq = self.tokenize(text)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        out: list[CompletionToken] = []
-        for _ in range(max_tokens):
-            logits = self.logits(seq)
-            t, p = top1(logits)
-            if self.is_eog(t):
-                return Completion(out, "stop")
-            out.append(CompletionToken(t, decoder.decode(self.piece(t)), p))
-            seq.append(t)  # `seq` is ours; the context keeps its own list
-        return Completion(out, "length")
 
     # -- evaluation ---------------------------------------------------------------------------
 

@@ -1,14 +1,63 @@
-"""Paper mode (BRIEF 1.2): the authors' published nudging algorithm, reproduced exactly, with every
-"completion call" answered from a prefix-cached llama.cpp context instead of re-sent text."""
+"""Paper mode (docs/method.md#paper-mode): the authors' published nudging algorithm, reproduced
+exactly, with every completion call answered from a prefix-cached llama.cpp context instead of
+re-sent text.
+
+A round reads top to bottom: the nudger drafts (`complete`), `choose_nudging_words` probes the
+base at word boundaries, `Output.commit` checks for repeats, and `continue_with_base` lets the base
+write until it is unsure. The final trim (`trim_repeated_suffix`) is applied by the stream."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import codecs
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from nudge_local.events import TokenEvent
-from nudge_local.model import Completion, CompletionToken, Model
+from nudge_local.events import PaperResult, Source, StopReason, TokenEvent
+from nudge_local.model import Model
+from nudge_local.sampling import top1
+from nudge_local.stream import Steps
 
-Steps = Generator[tuple[TokenEvent, bytes], None, tuple[str, dict]]
+
+@dataclass(frozen=True, slots=True)
+class CompletionToken:
+    token: int
+    text: str  # the characters this token completes (UTF-8 safe within one completion)
+    p: float  # top-1 probability at this position (the token is the argmax)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    tokens: list[CompletionToken]
+    finish: str  # "stop" (end of generation) or "length"
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
+
+
+def complete(model: Model, text: str, max_tokens: int) -> Completion:
+    """What a completions server returns for `text`: up to `max_tokens` greedy tokens, each with
+    its text and top-1 probability, ending early at end of generation (not reported, finish
+    "stop"). Only tokens the context does not already hold are evaluated."""
+    seq = model.tokenize(text)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    out: list[CompletionToken] = []
+    for _ in range(max_tokens):
+        t, p = top1(model.logits(seq))
+        if model.is_eog(t):
+            return Completion(out, "stop")
+        out.append(CompletionToken(t, decoder.decode(model.piece(t)), p))
+        seq.append(t)  # `seq` is ours; the context keeps its own list
+    return Completion(out, "length")
+
+
+def api_style_complete(model: Model, text: str, n: int) -> Completion:
+    """A completion call as the authors' API client makes it: the whole text evaluated again."""
+    model.reset()
+    return complete(model, text, n)
+
+
+Complete = Callable[[Model, str, int], Completion]
 
 
 def trim_repeated_suffix(text: str) -> str:
@@ -28,23 +77,98 @@ def trim_repeated_suffix(text: str) -> str:
         text = text[:-found]
 
 
-def api_style_complete(model: Model, text: str, n: int) -> Completion:
-    """A completion call as the authors' API client makes it: the whole text evaluated again."""
-    model.reset()
-    return model.complete(text, n)
-
-
-def _events(tokens: list[CompletionToken], source: str, limit: int | None = None) -> list[TokenEvent]:
-    """Events for the tokens whose text makes up the first `limit` characters (all when None); a
-    token cut by the limit keeps its id and the part of its text that was taken."""
-    out, used = [], 0
+def _events(tokens: list[CompletionToken], source: Source, limit: int | None = None) -> Steps:
+    """The tokens whose text makes up the first `limit` characters (all when None), as the mode's
+    (event, bytes) pairs; a token cut by the limit keeps its id and the part of its text taken."""
+    used = 0
     for t in tokens:
-        text = t.text if limit is None else t.text[: max(0, limit - used)]
         if limit is not None and used >= limit:
             break
-        out.append(TokenEvent(text, source, t.token, t.p if source == "base" else None, t.p))
+        text = t.text if limit is None else t.text[: limit - used]
+        yield TokenEvent("", source, t.token, t.p if source == "base" else None, t.p), text.encode("utf-8")
         used += len(t.text)
-    return out
+
+
+def split_words(draft: str) -> tuple[str, list[str]]:
+    """The draft's leading spaces, and the rest split on the ASCII space only (newlines stay inside)."""
+    lead = draft[: len(draft) - len(draft.lstrip(" "))]
+    return lead, draft[len(lead) :].split(" ")
+
+
+def choose_nudging_words(
+    call: Callable[[Model, str], Completion], base: Model, context: str, words: list[str], gamma: float
+) -> tuple[int, Completion | None]:
+    """How many of the draft's words to commit, and the base's probe at the accepted boundary (None
+    when none was accepted). `context` is the base's text up to the draft's first word. The boundary
+    before word k is accepted when the base's first token there starts " " + words[k], or the base
+    is sure of it (top-1 >= gamma)."""
+    for k in range(1, len(words)):
+        if not words[k]:
+            continue  # two spaces: no boundary to probe
+        probe = call(base, context + " ".join(words[:k]))
+        first = probe.tokens[0] if probe.tokens else None
+        if first is None or (" " + words[k]).startswith(first.text) or first.p >= gamma:
+            return k, probe
+    return (len(words) - 1 if len(words) > 1 else 1), None
+
+
+def _confident(tokens: list[CompletionToken], gamma: float) -> list[CompletionToken]:
+    """The tokens up to, not including, the first whose top-1 probability is below gamma."""
+    for i, t in enumerate(tokens):
+        if t.p < gamma:
+            return tokens[:i]
+    return tokens
+
+
+def continue_with_base(
+    call: Callable[[Model, str], Completion],
+    base: Model,
+    base_prompt: str,
+    output: str,
+    probe: Completion,
+    gamma: float,
+    over_budget: Callable[[str], bool],
+) -> list[CompletionToken]:
+    """The base writes on from the accepted probe until it is unsure, repeats itself, ends, or the
+    budget is spent; returns the tokens it wrote this round."""
+    taken = [probe.tokens[0]]  # the probe's first token is taken without any check
+    text = probe.tokens[0].text
+    chunk, from_probe, finish = probe.tokens[1:], True, probe.finish
+    while True:
+        if "".join(t.text for t in chunk) in text:
+            break
+        keep = _confident(chunk, gamma)
+        kept = "".join(t.text for t in keep)
+        if len(kept.split(" ")) > 5 and kept in output + text:
+            break
+        text += kept
+        taken += keep
+        if len(keep) < len(chunk) or (not from_probe and finish == "stop") or over_budget(output + text):
+            break
+        nxt = call(base, base_prompt + output + text)
+        chunk, from_probe, finish = nxt.tokens, False, nxt.finish
+    return taken
+
+
+@dataclass
+class Output:
+    """The answer so far, the nudging words committed, and the repeat counter."""
+
+    text: str = ""
+    nudging_words: list[str] = field(default_factory=list)
+    last_chosen: str = ""
+    repeats: int = 0
+
+    def repeated(self, chosen: str) -> bool:
+        """The same nudging words a third time in a row after their first: the answer stops."""
+        if chosen == self.last_chosen:
+            self.repeats += 1
+            return self.repeats >= 3
+        self.last_chosen, self.repeats = chosen, 0
+        return False
+
+    def result(self, reason: StopReason, rounds: int) -> PaperResult:
+        return PaperResult(reason, rounds, tuple(self.nudging_words))
 
 
 def paper_steps(
@@ -57,85 +181,39 @@ def paper_steps(
     chunk: int = 16,
     max_rounds: int = 150,
     max_tokens: int = 0,
-    complete=None,
+    complete: Complete = complete,
 ) -> Steps:
-    """Yields the committed text as events (nudging words: source "nudge"; base continuation:
-    "base"), returns (stop reason, {"text", "rounds", "nudging_words"}) with the final trimmed text."""
-    # `complete(model, text, n)` answers a completion call; the default reuses the prefix cache,
-    # benchmarks pass api_style_complete to measure the authors' re-send-everything cost.
-    complete = complete or (lambda model, text, n: model.complete(text, n))
-    output = ""
-    nudging_words: list[str] = []
-    last_chosen, repeats = "", 0
+    """Yields the committed text as events (nudging words: source "nudge"; the base's continuation:
+    "base"). `complete` answers a completion call; benchmarks pass api_style_complete to measure
+    the authors' re-send-everything cost. `max_tokens` is a budget in base tokens (0: none)."""
+    out = Output()
 
-    def over_budget(text: str) -> bool:  # the length budget, in the base model's tokens
+    def call(model: Model, text: str) -> Completion:
+        return complete(model, text, chunk)
+
+    def over_budget(text: str) -> bool:
         return max_tokens > 0 and len(base.tokenize(text)) - (base.tokenize("") != []) >= max_tokens
 
-    def done(reason: str, rounds: int):
-        return reason, {"text": trim_repeated_suffix(output), "rounds": rounds, "nudging_words": nudging_words}
-
-    def emit(evs):
-        for ev in evs:
-            yield ev, ev.text.encode("utf-8")
-
     for rnd in range(1, max_rounds + 1):
-        draft: Completion = complete(nudger, nudger_prompt + output, chunk)
+        draft = call(nudger, nudger_prompt + out.text)
         if draft.finish == "stop":
-            output += draft.text
+            out.text += draft.text
             if draft.text:
-                nudging_words.append(draft.text)
-            yield from emit(_events(draft.tokens, "nudge"))
-            return done("nudging_model_stop", rnd)
-
-        text = draft.text
-        lead = text[: len(text) - len(text.lstrip(" "))]
-        words = text[len(lead) :].split(" ")
-        k, probe = len(words) - 1 if len(words) > 1 else 1, None
-        for j in range(1, len(words)):
-            if not words[j]:
-                continue  # two spaces: no boundary to probe
-            p = complete(base, base_prompt + output + lead + " ".join(words[:j]), chunk)
-            first = p.tokens[0] if p.tokens else None
-            if first is None or (" " + words[j]).startswith(first.text) or first.p >= gamma:
-                k, probe = j, p
-                break
-
+                out.nudging_words.append(draft.text)
+            yield from _events(draft.tokens, "nudge")
+            return out.result("nudging_model_stop", rnd)
+        lead, words = split_words(draft.text)
+        k, probe = choose_nudging_words(call, base, base_prompt + out.text + lead, words, gamma)
         chosen = lead + " ".join(words[:k])
-        if chosen == last_chosen:
-            repeats += 1
-            if repeats >= 3:
-                return done("repeated_nudging_words", rnd)
-        else:
-            last_chosen, repeats = chosen, 0
-        output += chosen
-        nudging_words.append(chosen)
-        yield from emit(_events(draft.tokens, "nudge", len(chosen)))
-
+        if out.repeated(chosen):
+            return out.result("repeated_nudging_words", rnd)
+        out.text += chosen
+        out.nudging_words.append(chosen)
+        yield from _events(draft.tokens, "nudge", len(chosen))
         if probe is not None and probe.text:
-            taken = [probe.tokens[0]]  # the first token is taken without any check
-            round_text = probe.tokens[0].text
-            chunk_tokens, from_probe, finish = probe.tokens[1:], True, probe.finish
-            while True:
-                chunk_text = "".join(t.text for t in chunk_tokens)
-                if chunk_text in round_text:
-                    break
-                keep = []
-                for t in chunk_tokens:
-                    if t.p < gamma:
-                        break
-                    keep.append(t)
-                low = len(keep) < len(chunk_tokens)
-                kept = "".join(t.text for t in keep)
-                if len(kept.split(" ")) > 5 and kept in output + round_text:
-                    break
-                round_text += kept
-                taken += keep
-                if low or (not from_probe and finish == "stop") or over_budget(output + round_text):
-                    break
-                nxt = complete(base, base_prompt + output + round_text, chunk)
-                chunk_tokens, from_probe, finish = nxt.tokens, False, nxt.finish
-            output += round_text
-            yield from emit(_events(taken, "base"))
-        if over_budget(output):
-            return done("length", rnd)
-    return done("round", max_rounds)
+            taken = continue_with_base(call, base, base_prompt, out.text, probe, gamma, over_budget)
+            out.text += "".join(t.text for t in taken)
+            yield from _events(taken, "base")
+        if over_budget(out.text):
+            return out.result("length", rnd)
+    return out.result("round", max_rounds)

@@ -1,13 +1,26 @@
-"""Prompts: plain text for the base, the chat template for the nudger (BRIEF 1.1, issue 2.4)."""
+"""Prompts: plain text for the base, the chat template for the nudger (docs/method.md#prompts)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nudge_local.errors import NudgeError
 
+if TYPE_CHECKING:
+    from nudge_local.model import Model
+
 DEFAULT_BASE_FORMAT = "{system}\nQuestion: {question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The rendered prompt texts: the base's plain text and the nudger's chat template (None for a
+    model the mode does not use)."""
+
+    base: str | None
+    nudge: str | None
 
 
 @dataclass(frozen=True)
@@ -78,3 +91,36 @@ def render_chat_template(template: str, messages: list[dict], *, bos_token: str,
         raise NudgeError(
             f"The nudger's chat template cannot be rendered ({e}); give another with --chat-template."
         ) from None
+
+
+def nudger_prompt(
+    nudger: Model, question: str, *, history: Sequence[Turn] = (), system: str = "", chat_template: str | None = None
+) -> str:
+    template = chat_template or nudger.chat_template
+    if not template:
+        raise NudgeError(
+            f"The nudger {nudger.path.name} has no chat template in its GGUF; give one with --chat-template FILE."
+        )
+    bos = nudger.piece(nudger.bos).decode("utf-8", "replace") if nudger.bos >= 0 else ""
+    eos = nudger.piece(nudger.eos).decode("utf-8", "replace") if nudger.eos >= 0 else ""
+    messages = chat_messages(question, history=history, system=system)
+    return render_chat_template(template, messages, bos_token=bos, eos_token=eos)
+
+
+def render_prompts(
+    base: Model | None,
+    nudger: Model | None,
+    question: str,
+    *,
+    history: Sequence[Turn] = (),
+    system: str = "",
+    base_format: str = DEFAULT_BASE_FORMAT,
+    chat_template: str | None = None,
+) -> Prompts:
+    """Both prompts for one question of a conversation; a model given as None gets none."""
+    return Prompts(
+        base=base_prompt(question, history=history, system=system, fmt=base_format) if base else None,
+        nudge=nudger_prompt(nudger, question, history=history, system=system, chat_template=chat_template)
+        if nudger
+        else None,
+    )

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from dataclasses import replace
 
 from nudge_local.events import TokenEvent
-
-WHITESPACE = " \t\n\r"
+from nudge_local.words import WHITESPACE
 
 
 def spans(tokens: Iterable[TokenEvent]) -> list[dict]:
@@ -55,18 +53,6 @@ class BracketWriter:
         if newline:
             self.out.write("\n")
         self.out.flush()
-
-
-def clip(tokens: list[TokenEvent], start: int, end: int) -> list[TokenEvent]:
-    """The tokens covering characters [start, end) of their joined text, edge tokens cut to fit
-    (paper mode trims its output's ends after generation)."""
-    out, pos = [], 0
-    for t in tokens:
-        a, b = max(start, pos), min(end, pos + len(t.text))
-        if a < b or (not t.text and start <= pos < end):
-            out.append(replace(t, text=t.text[a - pos : b - pos]))
-        pos += len(t.text)
-    return out
 
 
 def bracketed(tokens: Iterable[TokenEvent]) -> str:

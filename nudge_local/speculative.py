@@ -1,19 +1,28 @@
-"""Speculative nudging (BRIEF 1.3): for a pair with one vocabulary, the nudger drafts a few tokens
-greedily, the base checks the whole draft in one batch, and token mode's rule decides position by
-position over those rows. The output is token mode's, token for token, wherever llama.cpp's logits
-do not depend on the batch a position was evaluated in (exact on the generated test models; with
-real weights its kernels round differently per batch size, which can flip near-ties)."""
+"""Speculative nudging (docs/method.md#speculative-nudging): for a pair with one vocabulary, the
+nudger drafts a few tokens greedily, the base checks the whole draft in one batch, and token mode's
+rule decides position by position over those rows. The output is token mode's, token for token,
+wherever llama.cpp's logits do not depend on the batch a position was evaluated in (exact on the
+generated test models; with real weights its kernels round differently per batch size, which can
+flip near-ties: docs/method.md#batch-shape-rounding).
+
+One round, the way gpt-fast splits decoding: `draft` (the nudger), `check` (the base, one batch),
+`apply_rule` (token mode's rule over those rows); `speculative_steps` is the short outer loop."""
 
 from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Generator
+from dataclasses import dataclass, field
 
-from nudge_local.events import TokenEvent
+import numpy as np
+
+from nudge_local.events import DraftResult, StopReason, TokenEvent
 from nudge_local.model import Model
 from nudge_local.sampling import Chooser, prob, top1
-from nudge_local.token_mode import Steps, ends_word, has_text_in
-from nudge_local.views import Answer
+from nudge_local.stream import Steps
+from nudge_local.views import Answer, TokenSpaceView
+from nudge_local.words import ends_word, has_text
 
 CATCH_UP = 8  # a round whose models read more than this beyond the draft read a prompt: not timed
 
@@ -140,112 +149,161 @@ def forget_measurements(base: Model) -> None:
     _sizers.pop(base, None)
 
 
+@dataclass
+class Word:
+    """The nudged word being written; it can run on across rounds."""
+
+    gate_p: float  # the base's top-1 probability that handed the word over
+    n: int = 0  # tokens written so far
+    has_text: bool = False  # ... and whether they hold a non-whitespace byte
+
+
+@dataclass
+class Rule:
+    """Token mode's settings, and its progress over the whole answer."""
+
+    gamma: float
+    max_tokens: int
+    word_cap: int
+    choose: Chooser
+    emitted: int = 0
+    word: Word | None = None
+    proposed: int = 0  # drafted tokens
+    accepted: int = 0  # ... that token mode's rule then wrote
+    paused: float = 0.0  # seconds spent by the consumer between events, not the engine's cost
+
+
+@dataclass
+class Round:
+    """One round: what each model reads, the nudger's draft and the logits rows computed for it."""
+
+    ids_b: list[int]
+    ids_n: list[int]
+    draft: list[int] = field(default_factory=list)
+    rows_n: list[np.ndarray] = field(default_factory=list)  # the nudger's logits after draft[:i]
+    rows_b: np.ndarray | None = None  # the base's logits after draft[:i], computed once needed
+
+
+def draft(nudger: Model, rnd: Round, room: int, n_shared: int) -> None:
+    """The nudger drafts up to `room` tokens greedily, stopping before its end of turn."""
+    for _ in range(max(0, room)):
+        row = nudger.logits(rnd.ids_n + rnd.draft)[:n_shared]
+        rnd.rows_n.append(row)
+        t = int(row.argmax())
+        if nudger.is_eog(t):
+            break
+        rnd.draft.append(t)
+
+
+def check(base: Model, rnd: Round, n_shared: int) -> tuple[int, float]:
+    """The base evaluates the whole draft in one batch: a logits row after every drafted prefix.
+    Returns (tokens evaluated, seconds) for the sizer."""
+    before, spent = base.evaluated_tokens, base.decode_seconds
+    n = len(rnd.ids_b)
+    rnd.rows_b = base.evaluate(rnd.ids_b + rnd.draft, list(range(n - 1, n + len(rnd.draft))))[:, :n_shared]
+    return base.evaluated_tokens - before, base.decode_seconds - spent
+
+
+def _emit(rule: Rule, answer: Answer, t: int, piece: bytes, event: TokenEvent) -> Steps:
+    answer.add(t, piece)
+    rule.emitted += 1
+    t1 = time.perf_counter()
+    yield event, piece
+    rule.paused += time.perf_counter() - t1
+
+
+def apply_rule(
+    base: Model, nudger: Model, rnd: Round, rule: Rule, answer: Answer, n_shared: int, on_check
+) -> Generator[tuple[TokenEvent, bytes], None, StopReason | None]:
+    """Token mode's rule at each position of the draft, in token mode's order and on the same
+    logits. Returns a stop reason, or None when the round ends: a written token left the draft,
+    or the draft ran out."""
+    d, i = rnd.draft, 0
+    while i <= len(d):
+        if rule.word is None:
+            if rule.emitted >= rule.max_tokens:
+                return "length"
+            if rnd.rows_b is None:
+                on_check(*check(base, rnd, n_shared))
+            best, base_p = top1(rnd.rows_b[i])
+            if base_p < rule.gamma:
+                rule.word = Word(base_p)
+                continue
+            t = rule.choose(rnd.rows_b[i], best)
+            if base.is_eog(t):
+                return "eos"
+            p = base_p if t == best else prob(rnd.rows_b[i], t)
+            yield from _emit(rule, answer, t, base.piece(t), TokenEvent("", "base", t, base_p, p))
+        else:
+            word = rule.word
+            if word.n >= rule.word_cap or rule.emitted >= rule.max_tokens:
+                rule.word = None
+                continue
+            row = rnd.rows_n[i] if i < len(rnd.rows_n) else nudger.logits(rnd.ids_n + d[:i])[:n_shared]
+            t = rule.choose(row)
+            if nudger.is_eog(t):
+                if word.n == 0:
+                    return "eos"
+                rule.word = None
+                continue
+            piece = nudger.piece(t)
+            if ends_word(piece, word.n, word.has_text):
+                rule.word = None
+                continue
+            word.has_text = word.has_text or has_text(piece)
+            word.n += 1
+            yield from _emit(rule, answer, t, piece, TokenEvent("", "nudge", t, word.gate_p, prob(row, t)))
+        if i == len(d) or t != d[i]:
+            return None  # off the draft: the next round starts from here
+        rule.accepted += 1
+        i += 1
+    return None
+
+
 def speculative_steps(
     base: Model,
     nudger: Model,
-    base_view,
-    nudger_view,
+    base_view: TokenSpaceView,
+    nudger_view: TokenSpaceView,
     answer: Answer,
     *,
     gamma: float,
     max_tokens: int,
     word_cap: int,
     choose: Chooser,
-    draft: int | None = None,
+    draft_len: int | None = None,
 ) -> Steps:
     """Token mode with drafts: every decision is token mode's, made in token mode's order on the
     same logits (drafts are greedy and draw nothing from the sampler), so the output is token
-    mode's for any seed. `draft` fixes the draft length; None sizes each draft from measured costs
-    (DraftSizer). Returns (stop reason, draft counters)."""
-    sizer = sizer_for(base, nudger) if draft is None else FixedDraft(draft)
-    emitted = 0
-    in_word, n_in_word, has_text, word_p = False, 0, False, 0.0
-    proposed = accepted = 0
+    mode's for any seed. `draft_len` fixes the draft length; None sizes each draft from measured
+    costs (DraftSizer)."""
+    sizer = sizer_for(base, nudger) if draft_len is None else FixedDraft(draft_len)
+    rule = Rule(gamma, max_tokens, word_cap, choose)
     n = nudger_view.n_shared
-    counters = lambda: {"draft_proposed": proposed, "draft_accepted": accepted}  # noqa: E731
     # The first round reads the prompt (or the new turn): its calls cost what a prompt costs, not
     # what a draft does, so the sizer learns nothing from it. (A prompt of 17 tokens read in one
     # quantized batch once passed for a cheap 17-token check, and drafts of 9 followed.)
     measured = False
-
     while True:
-        round_start, paused, emitted_before = time.perf_counter(), 0.0, emitted
+        started, paused, emitted = time.perf_counter(), rule.paused, rule.emitted
         ev_b, ev_n = base.evaluated_tokens, nudger.evaluated_tokens
-        ids_b = base_view.prompt_ids + answer.ids
-        ids_n = nudger_view.prompt_ids + answer.ids
-        # Draft greedily, never past either context (token mode would fail there, not earlier).
+        rnd = Round(base_view.prompt_ids + answer.ids, nudger_view.prompt_ids + answer.ids)
         k = sizer.size()
-        room = min(k, base.n_ctx - len(ids_b), nudger.n_ctx - len(ids_n), max_tokens - emitted)
-        d: list[int] = []
-        rows_n = []
+        # Never past either context (token mode would fail there, not earlier).
+        room = min(k, base.n_ctx - len(rnd.ids_b), nudger.n_ctx - len(rnd.ids_n), max_tokens - rule.emitted)
         spent_n = nudger.decode_seconds
-        for _ in range(max(0, room)):
-            ln = nudger.logits(ids_n + d)[:n]
-            rows_n.append(ln)
-            t = int(ln.argmax())
-            if nudger.is_eog(t):
-                break
-            d.append(t)
-        if measured and nudger.evaluated_tokens - ev_n <= len(rows_n) + CATCH_UP:
-            sizer.drafted(len(rows_n), nudger.decode_seconds - spent_n)
-        proposed += len(d)
-        rows_b = None  # the base checks the draft in one batch, once its rule is needed this round
-
-        i = 0
-        while i <= len(d):
-            if not in_word:
-                if emitted >= max_tokens:
-                    return "length", counters()
-                if rows_b is None:
-                    before, spent_b = base.evaluated_tokens, base.decode_seconds
-                    rows_b = base.evaluate(ids_b + d, list(range(len(ids_b) - 1, len(ids_b) + len(d))))[:, :n]
-                    if measured:
-                        sizer.checked(base.evaluated_tokens - before, base.decode_seconds - spent_b)
-                best, base_p = top1(rows_b[i])
-                if base_p >= gamma:
-                    t = choose(rows_b[i], best)
-                    if base.is_eog(t):
-                        return "eos", counters()
-                    piece = base.piece(t)
-                    answer.add(t, piece)
-                    emitted += 1
-                    t1 = time.perf_counter()
-                    yield TokenEvent("", "base", t, base_p, base_p if t == best else prob(rows_b[i], t)), piece
-                    paused += time.perf_counter() - t1  # the consumer's time is not the round's cost
-                    if i < len(d) and t == d[i]:
-                        accepted += 1
-                        i += 1
-                        continue
-                    break  # off the draft: the next round starts from here
-                in_word, n_in_word, has_text, word_p = True, 0, False, base_p
-            if n_in_word >= word_cap or emitted >= max_tokens:
-                in_word = False
-                continue
-            ln = rows_n[i] if i < len(rows_n) else nudger.logits(ids_n + d[:i])[:n]
-            t = choose(ln)
-            if nudger.is_eog(t):
-                if n_in_word == 0:
-                    return "eos", counters()
-                in_word = False
-                continue
-            piece = nudger.piece(t)
-            if ends_word(piece, n_in_word, has_text):
-                in_word = False
-                continue
-            has_text = has_text or has_text_in(piece)
-            answer.add(t, piece)
-            emitted += 1
-            n_in_word += 1
-            t1 = time.perf_counter()
-            yield TokenEvent("", "nudge", t, word_p, prob(ln, t)), piece
-            paused += time.perf_counter() - t1
-            if i < len(d) and t == d[i]:
-                accepted += 1
-                i += 1
-                continue
-            break
-        sizer.judged(min(i, len(d)), len(d))
+        draft(nudger, rnd, room, n)
+        if measured and nudger.evaluated_tokens - ev_n <= len(rnd.rows_n) + CATCH_UP:
+            sizer.drafted(len(rnd.rows_n), nudger.decode_seconds - spent_n)
+        rule.proposed += len(rnd.draft)
+        accepted = rule.accepted
+        on_check = sizer.checked if measured else (lambda tokens, seconds: None)
+        stop = yield from apply_rule(base, nudger, rnd, rule, answer, n, on_check)
+        if stop is not None:
+            return DraftResult(stop, rule.proposed, rule.accepted)
+        sizer.judged(rule.accepted - accepted, len(rnd.draft))
         caught_up = base.evaluated_tokens - ev_b <= k + CATCH_UP and nudger.evaluated_tokens - ev_n <= k + 2 * CATCH_UP
         if measured and caught_up:
-            sizer.finished(k > 0, emitted - emitted_before, time.perf_counter() - round_start - paused)
+            seconds = time.perf_counter() - started - (rule.paused - paused)
+            sizer.finished(k > 0, rule.emitted - emitted, seconds)
         measured = True

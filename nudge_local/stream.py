@@ -1,15 +1,54 @@
-"""Turns a mode's steps into the public event stream: UTF-8 safe text, stop strings, then Done."""
+"""Turns a mode's steps into the public event stream (docs/architecture.md#the-stream).
+
+A pipeline of small generators, each returning the mode's Result: `with_text` (UTF-8 safe text),
+`until_stop` (stop strings), `trimmed` (paper mode's final trim), then `stream` counts and ends with
+Done. Whatever the mode, the events' texts add up to `Done.text`: no consumer clips."""
 
 from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 from nudge_local.errors import ContextFull
-from nudge_local.events import Done, Stats, TokenEvent
+from nudge_local.events import Done, DraftResult, Result, Role, Stats, TokenEvent
 from nudge_local.model import Model
+
+Steps = Generator[tuple[TokenEvent, bytes], None, Result]  # what a decoding mode is
+Events = Generator[TokenEvent, None, Result]
+
+
+def _next(events: Iterator) -> tuple[object, Result | None]:
+    """The next item, or (None, the generator's return value) once it has finished."""
+    try:
+        return next(events), None
+    except StopIteration as stop:
+        return None, stop.value
+
+
+def with_text(steps: Steps) -> Events:
+    """Each event with the characters its bytes complete (a character split across tokens appears
+    whole on the token that completes it, "" on the ones before; an incomplete one at the very end is
+    dropped). A context that fills mid-answer ends it with "length"; one the prompt alone overfills
+    is the user's error."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    produced = False
+    try:
+        while True:
+            try:
+                item, result = _next(steps)
+            except ContextFull:
+                if not produced:
+                    raise
+                return Result("length")
+            if result is not None:
+                return result
+            event, piece = item
+            produced = True
+            yield replace(event, text=decoder.decode(piece))
+    finally:
+        steps.close()
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -23,90 +62,113 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return keep
 
 
-def stream(
-    steps,
-    models: dict[str, Model],
-    prompt_tokens: dict[str, int],
-    *,
-    stop_strings: Sequence[str] = (),
-) -> Iterator[TokenEvent | Done]:
-    """Run `steps` (a generator of (event, piece bytes) returning its stop reason) to the end.
+def _release(pending: list[TokenEvent], n_chars: int) -> int:
+    """How many of the pending events fit whole in their first `n_chars` characters."""
+    n = 0
+    for e in pending:
+        if len(e.text) > n_chars:
+            break
+        n_chars -= len(e.text)
+        n += 1
+    return n
 
-    Each TokenEvent carries the text its bytes complete; text that could begin a stop string is
-    held back until it cannot, and a completed stop string ends generation with the text cut
-    before it. Incomplete UTF-8 at the very end is dropped: it is no character."""
-    stops = [s for s in stop_strings if s]
-    start = {r: (m.evaluated_tokens, m.forward_calls) for r, m in models.items()}
-    t0 = time.perf_counter()
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    stats = Stats(prompt_tokens=dict(prompt_tokens))
-    shown = ""  # text of the events already yielded
-    pending: list[TokenEvent] = []  # events held back for a possible stop string
-    reason = None
 
-    def release(evs):
-        nonlocal shown
-        for ev in evs:
-            stats.tokens += 1
-            stats.nudge_tokens += ev.source == "nudge"
-            shown += ev.text
-            yield ev
-
+def until_stop(events: Events, stops: Sequence[str]) -> Events:
+    """Text that could begin a stop string is held back until it cannot; a completed stop string
+    ends generation ("stop_string") with the text cut before it."""
+    shown = ""  # text of the events already passed on
+    pending: list[TokenEvent] = []
+    longest = max(map(len, stops))
     try:
         while True:
-            try:
-                event, piece = next(steps)
-            except StopIteration as stop:
-                reason = stop.value
-                break
-            except ContextFull:
-                if not (stats.tokens or pending):
-                    raise  # the prompt alone does not fit: the user must shorten it
-                reason = "length"  # the answer filled the context
-                break
-            pending.append(replace(event, text=decoder.decode(piece)))
-            if not stops:
-                yield from release(pending)
-                pending.clear()
-                continue
+            event, result = _next(events)
+            if result is not None:
+                yield from pending
+                return result
+            pending.append(event)
             tail = "".join(e.text for e in pending)
             full = shown + tail
-            window = max(0, len(shown) - max(map(len, stops)))
-            hits = [i for i in (full.find(s, window) for s in stops) if i >= 0]
+            hits = [i for i in (full.find(s, max(0, len(shown) - longest)) for s in stops) if i >= 0]
             if hits:
-                cut = min(hits) - len(shown)  # characters of `tail` before the stop string
-                kept = []
-                for e in pending:
-                    if cut <= 0:
-                        break
-                    kept.append(replace(e, text=e.text[:cut]))
-                    cut -= len(e.text)
-                pending.clear()
-                yield from release(kept)
-                reason = "stop_string"
-                break
-            hold = _held_back(full, stops)
-            n_free, free_chars = 0, len(tail) - hold
-            for e in pending:
-                if len(e.text) > free_chars:
-                    break
-                free_chars -= len(e.text)
-                n_free += 1
-            yield from release(pending[:n_free])
-            del pending[:n_free]
-        yield from release(pending)
-        pending.clear()
+                yield from clip(pending, 0, min(hits) - len(shown))
+                return Result("stop_string")
+            n = _release(pending, len(tail) - _held_back(full, stops))
+            for e in pending[:n]:
+                shown += e.text
+                yield e
+            del pending[:n]
     finally:
-        steps.close()
+        events.close()
+
+
+def clip(tokens: list[TokenEvent], start: int, end: int) -> list[TokenEvent]:
+    """The tokens covering characters [start, end) of their joined text, edge tokens cut to fit."""
+    out, pos = [], 0
+    for t in tokens:
+        a, b = max(start, pos), min(end, pos + len(t.text))
+        if a < b or (not t.text and start <= pos < end):
+            out.append(replace(t, text=t.text[a - pos : b - pos]))
+        pos += len(t.text)
+    return out
+
+
+def trimmed(events: Events, trim: Callable[[str], str]) -> Events:
+    """Paper mode trims its whole output after generation (both ends stripped, repeated suffixes
+    dropped), which can reach back to any earlier token: its events are held to the end and passed
+    on cut to the trimmed text."""
+    held: list[TokenEvent] = []
+    try:
+        while True:
+            event, result = _next(events)
+            if result is not None:
+                break
+            held.append(event)
+    finally:
+        events.close()
+    raw = "".join(e.text for e in held)
+    text = trim(raw)
+    start = len(raw) - len(raw.lstrip())
+    assert raw[start : start + len(text)] == text, "a trim may only strip the ends and drop suffixes"
+    yield from clip(held, start, start + len(text))
+    return result
+
+
+def stream(
+    steps: Steps,
+    models: Mapping[Role, Model],
+    prompt_tokens: Mapping[Role, int],
+    *,
+    stop_strings: Sequence[str] = (),
+    trim: Callable[[str], str] | None = None,
+) -> Iterator[TokenEvent | Done]:
+    """Run a mode's `steps` to the end: one TokenEvent with text per token, then Done with the
+    joined text, Stats (counts, each model's evaluated tokens and forward calls, time) and the
+    mode's Result. Closing this iterator stops the mode."""
+    start = {r: (m.evaluated_tokens, m.forward_calls) for r, m in models.items()}
+    t0 = time.perf_counter()
+    stats = Stats(prompt_tokens=dict(prompt_tokens))
+    events = with_text(steps)
+    stops = [s for s in stop_strings if s]
+    if stops:
+        events = until_stop(events, stops)
+    if trim is not None:
+        events = trimmed(events, trim)
+    parts: list[str] = []
+    try:
+        while True:
+            event, result = _next(events)
+            if result is not None:
+                break
+            stats.tokens += 1
+            stats.nudge_tokens += event.source == "nudge"
+            parts.append(event.text)
+            yield event
+    finally:
+        events.close()
         stats.seconds = time.perf_counter() - t0
         for r, m in models.items():
             stats.evaluated_tokens[r] = m.evaluated_tokens - start[r][0]
             stats.forward_calls[r] = m.forward_calls - start[r][1]
-    extra = {}
-    if isinstance(reason, tuple):  # (reason, extra): a mode with results of its own
-        reason, extra = reason
-        extra = dict(extra)
-        for key in ("draft_proposed", "draft_accepted"):
-            if key in extra:
-                setattr(stats, key, extra.pop(key))
-    yield Done(reason, extra.pop("text", shown), stats, extra)
+    if isinstance(result, DraftResult):
+        stats.draft_proposed, stats.draft_accepted = result.draft_proposed, result.draft_accepted
+    yield Done("".join(parts), stats, result)

@@ -2,7 +2,7 @@
 
 With one-hot embeddings, zero attention and FFN weights and RMS norms of weight 1, the hidden state
 after the final norm is sqrt(d) times the one-hot vector of the current token's *state*, so the
-logits are sqrt(d) times one column of the output matrix (BRIEF section 2). Each token listed in the
+logits are sqrt(d) times one column of the output matrix. Each token listed in the
 table gets a state of its own; every other token shares state 0, the `default` row. Matrices are
 F16 (F32 matrices crash this ggml build).
 
@@ -260,6 +260,75 @@ def _kv_type(v) -> tuple[GGUFValueType, GGUFValueType | None]:
     return scalar(v), None
 
 
+HEAD_DIM = 32
+QUANT_TYPES = {"F16": (None, None), "Q8_0": ("Q8_0", "Q8_0"), "Q4_0": ("Q4_0", "Q8_0")}  # layers, output
+FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q4_0": 2}
+
+
+def _planted(vocab: Vocab, table: Table, width: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding (one-hot per state) and output matrices that realise `table`."""
+    n_vocab = len(vocab.tokens)
+    states = {tok: s + 1 for s, tok in enumerate(sorted(table.rows))}
+    d = max(width or 0, len(states) + 1)
+    d = (d + HEAD_DIM - 1) // HEAD_DIM * HEAD_DIM
+    emb = np.zeros((n_vocab, d), dtype=np.float16)
+    emb[:, 0] = 1
+    out = np.full((n_vocab, d), FLOOR / math.sqrt(d), dtype=np.float32)
+    for row, s in [(table.default, 0), *((table.rows[t], s) for t, s in states.items())]:
+        for nxt, logit in row.items():
+            out[nxt, s] = logit / math.sqrt(d)
+    for tok, s in states.items():
+        emb[tok, 0], emb[tok, s] = 0, 1
+    return emb, out
+
+
+def _add_metadata(w: GGUFWriter, vocab: Vocab, *, name: str, context_length: int, d: int, layers: int, ffn: int,
+                  quant: str, chat_template: str | None) -> None:  # fmt: skip
+    w.add_name(name)
+    w.add_context_length(context_length)
+    w.add_embedding_length(d)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(d // HEAD_DIM)
+    w.add_head_count_kv(d // HEAD_DIM)
+    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_vocab_size(len(vocab.tokens))
+    w.add_file_type(FILE_TYPES[quant])
+    for key, value in vocab.kv.items():
+        if key != "tokenizer.chat_template":
+            vtype, sub = _kv_type(value)
+            w.add_key_value(key, value, vtype, sub)
+    if chat_template:
+        w.add_chat_template(chat_template)
+
+
+def _add_matrix(w: GGUFWriter, name: str, m: np.ndarray, qtype) -> None:
+    if qtype is None:
+        w.add_tensor(name, m.astype(np.float16))
+    else:
+        w.add_tensor(name, quants.quantize(m.astype(np.float32), qtype), raw_dtype=qtype)
+
+
+def _add_layers(w: GGUFWriter, d: int, layers: int, ffn: int, noise: float, qtype, rng) -> None:
+    """Attention and feed-forward blocks: zero, or small random weights (`noise`) for realistic cost."""
+
+    def matrix(name: str, rows: int, cols: int) -> None:
+        m = rng.standard_normal((rows, cols)) * noise if noise else np.zeros((rows, cols), dtype=np.float32)
+        _add_matrix(w, name, m, qtype)
+
+    ones = np.ones(d, dtype=np.float32)
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", ones)
+        for part in ("q", "k", "v", "output"):
+            matrix(f"blk.{i}.attn_{part}.weight", d, d)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
+        matrix(f"blk.{i}.ffn_gate.weight", ffn, d)
+        matrix(f"blk.{i}.ffn_up.weight", ffn, d)
+        matrix(f"blk.{i}.ffn_down.weight", d, ffn)
+    w.add_tensor("output_norm.weight", ones)
+
+
 def write_model(
     path: str | os.PathLike,
     vocab: Vocab,
@@ -278,68 +347,18 @@ def write_model(
     """Write a llama-architecture GGUF realising `table` (exactly when noise == 0 and quant is F16).
     quant "Q4_0" stores the layers' matrices as laptops run them (4-bit) and the output matrix as
     Q8_0, as quantized releases keep it at higher precision; "Q8_0" stores both as Q8_0."""
-    n_vocab = len(vocab.tokens)
-    states = {tok: s + 1 for s, tok in enumerate(sorted(table.rows))}
-    head_dim = 32
-    d = max(width or 0, len(states) + 1)
-    d = (d + head_dim - 1) // head_dim * head_dim
-    rng = np.random.default_rng(seed)
-
-    emb = np.zeros((n_vocab, d), dtype=np.float16)
-    emb[:, 0] = 1
-    out = np.full((n_vocab, d), FLOOR / math.sqrt(d), dtype=np.float32)
-    for row, s in [(table.default, 0), *((table.rows[t], s) for t, s in states.items())]:
-        for nxt, logit in row.items():
-            out[nxt, s] = logit / math.sqrt(d)
-    for tok, s in states.items():
-        emb[tok, 0], emb[tok, s] = 0, 1
-
+    if quant not in QUANT_TYPES:
+        raise ValueError(f"quant is one of {', '.join(QUANT_TYPES)}, not {quant!r}")
+    layer_q, output_q = (None if q is None else GGMLQuantizationType[q] for q in QUANT_TYPES[quant])
+    emb, out = _planted(vocab, table, width)
+    d = emb.shape[1]
     tmp = Path(str(path) + ".part")  # written beside, then renamed: never a half-written model
     w = GGUFWriter(str(tmp), "llama")
-    w.add_name(name)
-    w.add_context_length(context_length)
-    w.add_embedding_length(d)
-    w.add_block_count(layers)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(d // head_dim)
-    w.add_head_count_kv(d // head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_vocab_size(n_vocab)
-    qtypes = {"F16": (None, None), "Q8_0": ("Q8_0", "Q8_0"), "Q4_0": ("Q4_0", "Q8_0")}
-    if quant not in qtypes:
-        raise ValueError(f"quant is one of {', '.join(qtypes)}, not {quant!r}")
-    layer_q, output_q = (None if q is None else GGMLQuantizationType[q] for q in qtypes[quant])
-    w.add_file_type({"F16": 1, "Q8_0": 7, "Q4_0": 2}[quant])
-    for key, value in vocab.kv.items():
-        if key != "tokenizer.chat_template":
-            vtype, sub = _kv_type(value)
-            w.add_key_value(key, value, vtype, sub)
-    if chat_template:
-        w.add_chat_template(chat_template)
-
-    def add_matrix(name: str, m: np.ndarray, qtype) -> None:
-        if qtype is None:
-            w.add_tensor(name, m.astype(np.float16))
-        else:
-            w.add_tensor(name, quants.quantize(m.astype(np.float32), qtype), raw_dtype=qtype)
-
-    def matrix(name: str, rows: int, cols: int) -> None:
-        m = rng.standard_normal((rows, cols)) * noise if noise else np.zeros((rows, cols), dtype=np.float32)
-        add_matrix(name, m, layer_q)
-
-    ones = np.ones(d, dtype=np.float32)
+    _add_metadata(w, vocab, name=name, context_length=context_length, d=d, layers=layers, ffn=ffn, quant=quant,
+                  chat_template=chat_template)  # fmt: skip
     w.add_tensor("token_embd.weight", emb)
-    for i in range(layers):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", ones)
-        for part in ("q", "k", "v", "output"):
-            matrix(f"blk.{i}.attn_{part}.weight", d, d)
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
-        matrix(f"blk.{i}.ffn_gate.weight", ffn, d)
-        matrix(f"blk.{i}.ffn_up.weight", ffn, d)
-        matrix(f"blk.{i}.ffn_down.weight", d, ffn)
-    w.add_tensor("output_norm.weight", ones)
-    add_matrix("output.weight", out, output_q)
+    _add_layers(w, d, layers, ffn, noise, layer_q, np.random.default_rng(seed))
+    _add_matrix(w, "output.weight", out, output_q)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

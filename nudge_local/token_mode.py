@@ -1,32 +1,43 @@
-"""Token mode (BRIEF 1.1), and the base-only and nudger-only baselines, as generators of
-TokenEvents that return their stop reason ("eos" or "length")."""
+"""Token mode (docs/method.md#token-mode), and the base-only and nudger-only baselines: modes that
+yield (event without text, piece bytes) per token and return their Result ("eos" or "length")."""
 
 from __future__ import annotations
 
 from collections.abc import Generator
 
-from nudge_local.events import TokenEvent
-from nudge_local.model import WHITESPACE, Model
+from nudge_local.events import Result, Source, TokenEvent
+from nudge_local.model import Model
 from nudge_local.sampling import Chooser, prob, top1
-from nudge_local.views import Answer
-
-Steps = Generator[tuple[TokenEvent, bytes], None, str]
-
-
-def ends_word(piece: bytes, n_in_word: int, has_text: bool) -> bool:
-    """The nudger's word ends before a token that starts with whitespace, once it has some text."""
-    return bool(n_in_word and has_text and piece[:1] and piece[0] in WHITESPACE)
+from nudge_local.stream import Steps
+from nudge_local.views import Answer, View
+from nudge_local.words import ends_word, has_text
 
 
-def has_text_in(piece: bytes) -> bool:
-    return any(b not in WHITESPACE for b in piece)
+def nudged_word(
+    nudger: Model, view: View, answer: Answer, *, gate_p: float, cap: int, choose: Chooser
+) -> Generator[tuple[TokenEvent, bytes], None, int | None]:
+    """The nudger writes one word of at most `cap` tokens; returns how many it wrote, or None when
+    its very first token ends its turn (the answer ends there)."""
+    word_has_text = False
+    for n in range(cap):
+        logits = view.logits()
+        t = choose(logits)
+        if nudger.is_eog(t):
+            return None if n == 0 else n
+        piece = nudger.piece(t)
+        if ends_word(piece, n, word_has_text):
+            return n
+        word_has_text = word_has_text or has_text(piece)
+        answer.add(t, piece)
+        yield TokenEvent("", "nudge", t, gate_p, prob(logits, t)), piece
+    return cap
 
 
 def nudged_steps(
     base: Model,
     nudger: Model,
-    base_view,
-    nudger_view,
+    base_view: View,
+    nudger_view: View,
     answer: Answer,
     *,
     gamma: float,
@@ -34,52 +45,41 @@ def nudged_steps(
     word_cap: int,
     choose: Chooser,
 ) -> Steps:
-    """The base writes while its top-1 probability is >= gamma; otherwise the nudger writes one word.
-    Yields (event without text, piece bytes); the stream turns pieces into UTF-8 safe text."""
+    """The base writes while its top-1 probability is >= gamma; otherwise the nudger writes one word."""
     emitted = 0
     while True:
         if emitted >= max_tokens:
-            return "length"
+            return Result("length")
         logits = base_view.logits()
         best, base_p = top1(logits)
-        if base_p >= gamma:
-            t = choose(logits, best)
-            if base.is_eog(t):
-                return "eos"
-            piece = base.piece(t)
-            answer.add(t, piece)
-            emitted += 1
-            yield TokenEvent("", "base", t, base_p, base_p if t == best else prob(logits, t)), piece
+        if base_p < gamma:
+            cap = min(word_cap, max_tokens - emitted)
+            n = yield from nudged_word(nudger, nudger_view, answer, gate_p=base_p, cap=cap, choose=choose)
+            if n is None:
+                return Result("eos")
+            emitted += n
             continue
-        has_text = False  # the word so far contains a non-whitespace byte
-        for n_in_word in range(word_cap):
-            if emitted >= max_tokens:
-                break
-            logits = nudger_view.logits()
-            t = choose(logits)
-            if nudger.is_eog(t):
-                if n_in_word == 0:
-                    return "eos"
-                break
-            piece = nudger.piece(t)
-            if ends_word(piece, n_in_word, has_text):
-                break
-            has_text = has_text or has_text_in(piece)
-            answer.add(t, piece)
-            emitted += 1
-            yield TokenEvent("", "nudge", t, base_p, prob(logits, t)), piece
+        t = choose(logits, best)
+        if base.is_eog(t):
+            return Result("eos")
+        piece = base.piece(t)
+        answer.add(t, piece)
+        emitted += 1
+        yield TokenEvent("", "base", t, base_p, base_p if t == best else prob(logits, t)), piece
 
 
-def single_steps(model: Model, view, answer: Answer, *, source: str, max_tokens: int, choose: Chooser) -> Steps:
+def single_steps(
+    model: Model, view: View, answer: Answer, *, source: Source, max_tokens: int, choose: Chooser
+) -> Steps:
     """One model writes every token: the base-only (source "base") and nudger-only ("nudge") baselines."""
     for _ in range(max_tokens):
         logits = view.logits()
         best, p_best = top1(logits)
         t = choose(logits, best)
         if model.is_eog(t):
-            return "eos"
+            return Result("eos")
         piece = model.piece(t)
         answer.add(t, piece)
         p = p_best if t == best else prob(logits, t)
         yield TokenEvent("", source, t, p_best if source == "base" else None, p), piece
-    return "length"
+    return Result("length")

@@ -1,6 +1,9 @@
-"""What each model sees of the answer (BRIEF 1.1): the same token ids, or its own tokens of the text."""
+"""What each model sees of the answer (docs/method.md#token-space-and-text-space): the same token
+ids, or its own tokens of the text. Decoding modes read logits only through a View."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 
@@ -17,6 +20,17 @@ class Answer:
     def add(self, token: int, piece: bytes) -> None:
         self.ids.append(token)
         self.data += piece
+
+
+class View(Protocol):
+    """One model's view of the shared answer: how long its prompt is, and its next-token logits."""
+
+    model: Model
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    def logits(self) -> np.ndarray: ...
 
 
 class TokenSpaceView:
@@ -42,14 +56,18 @@ class TextSpaceView:
     def __init__(self, model: Model, prompt: str, answer: Answer) -> None:
         self.model, self.answer = model, answer
         self.prompt = prompt.encode("utf-8")
-        self.prompt_tokens = len(model.tokenize(self.prompt))
+        self._prompt_tokens = len(model.tokenize(self.prompt))
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._prompt_tokens
 
     def logits(self) -> np.ndarray:
         return self.model.logits(self.model.tokenize(self.prompt + self.answer.data))
 
 
 def same_vocabulary(a: Model, b: Model) -> bool:
-    """llama.cpp's draft-model test (BRIEF 1.4): same tokenizer type, sizes within 128 padding ids,
+    """llama.cpp's draft-model test: same tokenizer type, sizes within 128 padding ids,
     the same token texts for every shared id."""
     key = (b.path, b.n_vocab)
     if key not in a.vocab_matches:  # compared once per pair: 128k texts take ~0.1 s
@@ -62,7 +80,9 @@ def same_vocabulary(a: Model, b: Model) -> bool:
     return a.vocab_matches[key]
 
 
-def make_views(base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, *, text_space: bool | None = None):
+def make_views(
+    base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, *, text_space: bool | None = None
+) -> tuple[Answer, View, View]:
     """Both models' views of one shared Answer; token space when the vocabularies match unless
     `text_space` forces a choice."""
     answer = Answer()

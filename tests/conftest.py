@@ -6,7 +6,8 @@ import tempfile
 import pytest
 
 from nudge_local.events import Done
-from nudge_local.generate import generate, render_prompts
+from nudge_local.generate import generate
+from nudge_local.prompts import render_prompts
 from nudge_local.model import Model
 from pairs import vocab_dir
 

@@ -1,4 +1,4 @@
-"""A naive token mode (BRIEF 1.1) that evaluates every context from scratch, for comparison."""
+"""A naive token mode (docs/method.md#token-mode) that evaluates every context from scratch, for comparison."""
 
 from __future__ import annotations
 

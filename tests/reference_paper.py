@@ -1,15 +1,29 @@
-"""The authors' nudging algorithm (BRIEF 1.2) written out plainly, every completion call evaluated
+"""The authors' nudging algorithm (docs/method.md#paper-mode) written out plainly, every completion call evaluated
 from scratch, as an API-style client would: the yardstick for paper mode."""
 
 from __future__ import annotations
+
+import codecs
+
+import numpy as np
 
 from nudge_local.model import Model
 
 
 def api_complete(model: Model, text: str, n: int):
+    """A completion call written out on its own: greedy tokens with their text and top-1 probability."""
     model.reset()  # a completions API re-reads the whole text on every call
-    c = model.complete(text, n)
-    return [(t.text, t.p) for t in c.tokens], c.finish
+    ids = model.tokenize(text)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    out = []
+    for _ in range(n):
+        logits = model.logits(ids).astype(np.float64)
+        t = int(np.argmax(logits))
+        if model.is_eog(t):
+            return out, "stop"
+        out.append((decoder.decode(model.piece(t)), float(1.0 / np.exp(logits - logits[t]).sum())))
+        ids = ids + [t]
+    return out, "length"
 
 
 def reference_paper(base, nudger, pb, pn, *, gamma, chunk=16, max_rounds=150, max_tokens=0):

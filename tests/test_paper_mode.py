@@ -6,7 +6,8 @@ import pytest
 
 from conftest import load, needs_shared
 from nudge_local.events import Done
-from nudge_local.generate import generate, render_prompts
+from nudge_local.generate import generate
+from nudge_local.prompts import render_prompts
 from nudge_local.paper_mode import trim_repeated_suffix
 from pairs import vocab, write_pair
 from reference_paper import reference_paper
@@ -46,10 +47,9 @@ def test_paper_mode_matches_the_api_style_reference(tmp_path, b, n, seed):
                 base, nudger, prompts.base, prompts.nudge, gamma=gamma, chunk=chunk, max_rounds=rounds,
                 max_tokens=budget,
             )  # fmt: skip
-            assert (done.text, done.extra["nudging_words"], done.stop_reason) == (text, words, reason)
-            assert done.extra["rounds"] == n_rounds
-            raw = "".join(e.text for e in events)
-            assert raw.strip().startswith(done.text)  # the events carry the untrimmed output
+            assert (done.text, list(done.result.nudging_words), done.stop_reason) == (text, words, reason)
+            assert done.result.rounds == n_rounds
+            assert "".join(e.text for e in events) == done.text  # the stream applies the final trim
             REASONS.add(reason)
 
 
@@ -71,7 +71,7 @@ def test_150_rounds_evaluate_ten_times_fewer_tokens(tmp_path):
             before = base.evaluated_tokens + nudger.evaluated_tokens
             text, words, reason, _ = reference_paper(base, nudger, prompts.base, prompts.nudge, gamma=0.5)
             naive = base.evaluated_tokens + nudger.evaluated_tokens - before
-            assert (text, words, reason) == (done.text, done.extra["nudging_words"], "round")
+            assert (text, words, reason) == (done.text, list(done.result.nudging_words), "round")
             assert naive >= 10 * cached, (naive, cached)
             return
     pytest.fail("no seed ran 150 rounds")

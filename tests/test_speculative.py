@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import load, needs_shared, run_engine
-from nudge_local.generate import generate, render_prompts
+from nudge_local.generate import generate
+from nudge_local.prompts import render_prompts
 from nudge_local.sampling import Sampling
 from nudge_local.speculative import DraftSizer, sizer_for
 from nudge_local.synthetic import CHATML, Table, alphabet, random_table, write_model

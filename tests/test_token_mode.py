@@ -1,4 +1,4 @@
-"""Token mode against a naive reference that re-evaluates every context from scratch (BRIEF 1.1)."""
+"""Token mode against a naive reference that re-evaluates every context from scratch (docs/method.md#token-mode)."""
 
 from __future__ import annotations
 

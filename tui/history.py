@@ -11,7 +11,6 @@ History, which serialises them with a lock.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -24,17 +23,8 @@ from typing import Any
 
 from nudge_local.errors import NudgeError
 from nudge_local.events import Stats, TokenEvent
+from nudge_local.paths import data_dir
 from nudge_local.render import bracketed, spans
-
-
-def data_dir() -> Path:
-    """Where nudge-local keeps its data; NUDGE_LOCAL_DATA_DIR overrides it (tests, portable installs)."""
-    env = os.environ.get("NUDGE_LOCAL_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("nudge-local", appauthor=False))
 
 
 def default_path() -> Path:
@@ -446,10 +436,7 @@ class History:
                     "stats": m.stats,
                     "text": m.text,
                     "spans": spans(m.tokens),
-                    "tokens": [
-                        {"text": t.text, "source": t.source, "token": t.token, "base_p": t.base_p, "p": t.p}
-                        for t in m.tokens
-                    ],
+                    "tokens": [t.as_dict() for t in m.tokens],
                 }
                 for m in msgs
             ],

@@ -15,9 +15,9 @@ from nudge_local.choose import Choice, choose_models, load_models, local_path, r
 from nudge_local.config import Settings
 from nudge_local.devices import backend
 from nudge_local.events import Done, TokenEvent
-from nudge_local.generate import Prompts, generate, render_prompts
+from nudge_local.generate import generate
 from nudge_local.model import Model
-from nudge_local.prompts import Turn
+from nudge_local.prompts import Prompts, Turn, render_prompts
 from nudge_local.sampling import Sampling
 
 
