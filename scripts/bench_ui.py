@@ -394,7 +394,7 @@ def main() -> None:
         os.environ["NUDGE_LOCAL_DATA_DIR"] = str(tmp / "data")
 
         from nudge_local.config import load_settings
-        from nudge_local.model import default_threads
+        from nudge_local.devices import default_threads
         from nudge_local.tui.session import ChatSession
 
         lengths = [args.max_tokens] + ([args.long] if args.long else [])
