@@ -13,8 +13,8 @@ from nudge_local.devices import gpu_layers, plan_context
 from nudge_local.errors import NudgeError
 from nudge_local.gguf_check import check_gguf
 from nudge_local.hub import cached_path, download, human_size, not_cached_error, offline, remote_size
-from nudge_local.paths import cache_dir
 from nudge_local.model import Model
+from nudge_local.paths import cache_dir
 
 
 @dataclass

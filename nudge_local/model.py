@@ -238,48 +238,60 @@ class Model:
         keep = common_prefix(self._tokens, tokens)
         if rows:
             keep = min(keep, rows[0])
-        self._cut(keep)
+        keep = self._cut(keep)
         self._last = None
         out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
-        r = 0
-        b = self._batch
+        wanted, r = set(rows), 0
         for start in range(keep, n, self.n_batch):
             chunk = tokens[start : start + self.n_batch]
-            b.n_tokens = len(chunk)
-            wanted = []
-            for i, t in enumerate(chunk):
-                b.token[i] = t
-                b.pos[i] = start + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
-                flag = r + len(wanted) < len(rows) and rows[r + len(wanted)] == start + i
-                b.logits[i] = flag
-                if flag:
-                    wanted.append(i)
-            t0 = time.perf_counter()
-            rc = ll.llama_decode(self._ctx, b)
-            self.forward_calls += 1
-            if rc != 0:
-                self.reset()
-                raise NudgeError(
-                    f"llama.cpp failed to evaluate {len(chunk)} tokens of the {self.role} model "
-                    f"(code {rc}); the context may be too small or memory short."
-                )
-            self.evaluated_tokens += len(chunk)
-            self._tokens.extend(chunk)
-            for i in wanted:
-                ptr = ll.llama_get_logits_ith(self._ctx, i)
-                out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+            flagged = self._fill(chunk, start, wanted)
+            self._decode(chunk)
+            for i in flagged:
+                out[r] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,))
                 r += 1
-            self.decode_seconds += time.perf_counter() - t0  # time inside llama.cpp, for overhead figures
         return out
 
-    def _cut(self, keep: int) -> None:
+    def _fill(self, chunk: list[int], start: int, wanted: set[int]) -> list[int]:
+        """Put `chunk` into the batch at positions start, start + 1, ..., asking for logits at the
+        positions in `wanted`; returns the batch indices that carry logits."""
+        b = self._batch
+        b.n_tokens = len(chunk)
+        flagged = []
+        for i, t in enumerate(chunk):
+            b.token[i] = t
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = (start + i) in wanted
+            if b.logits[i]:
+                flagged.append(i)
+        return flagged
+
+    def _decode(self, chunk: list[int]) -> None:
+        """Evaluate the filled batch; the context then holds `chunk` after what it held."""
+        t0 = time.perf_counter()
+        rc = ll.llama_decode(self._ctx, self._batch)
+        self.forward_calls += 1
+        self.decode_seconds += time.perf_counter() - t0  # time inside llama.cpp, for overhead figures
+        if rc != 0:
+            self.reset()
+            raise NudgeError(
+                f"llama.cpp failed to evaluate {len(chunk)} tokens of the {self.role} model "
+                f"(code {rc}); the context may be too small or memory short."
+            )
+        self.evaluated_tokens += len(chunk)
+        self._tokens.extend(chunk)
+
+    def _cut(self, keep: int) -> int:
+        """Drop the cache past its first `keep` positions; returns how many it really kept. Recurrent
+        and hybrid models refuse a partial removal: their cache is cleared, and evaluation must
+        start again from position 0."""
         if keep < len(self._tokens):
             if not ll.llama_memory_seq_rm(self._mem, 0, keep, -1):
-                ll.llama_memory_clear(self._mem, True)  # recurrent models refuse partial removal
+                ll.llama_memory_clear(self._mem, True)
                 keep = 0
             del self._tokens[keep:]
+        return keep
 
     def reset(self) -> None:
         """Forget everything the context holds."""

@@ -265,11 +265,12 @@ QUANT_TYPES = {"F16": (None, None), "Q8_0": ("Q8_0", "Q8_0"), "Q4_0": ("Q4_0", "
 FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q4_0": 2}
 
 
-def _planted(vocab: Vocab, table: Table, width: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The embedding (one-hot per state) and output matrices that realise `table`."""
+def _planted(vocab: Vocab, table: Table, width: int | None, free: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding (one-hot per state) and output matrices that realise `table`; `free` more
+    dimensions that the output matrix does not read (context lives there)."""
     n_vocab = len(vocab.tokens)
     states = {tok: s + 1 for s, tok in enumerate(sorted(table.rows))}
-    d = max(width or 0, len(states) + 1)
+    d = max(width or 0, len(states) + 1 + free)
     d = (d + HEAD_DIM - 1) // HEAD_DIM * HEAD_DIM
     emb = np.zeros((n_vocab, d), dtype=np.float16)
     emb[:, 0] = 1
@@ -310,22 +311,28 @@ def _add_matrix(w: GGUFWriter, name: str, m: np.ndarray, qtype) -> None:
         w.add_tensor(name, quants.quantize(m.astype(np.float32), qtype), raw_dtype=qtype)
 
 
-def _add_layers(w: GGUFWriter, d: int, layers: int, ffn: int, noise: float, qtype, rng) -> None:
-    """Attention and feed-forward blocks: zero, or small random weights (`noise`) for realistic cost."""
+def _add_layers(w: GGUFWriter, d: int, layers: int, ffn: int, noise: float, context: float, n_states: int,
+                qtype, rng) -> None:  # fmt: skip
+    """Attention and feed-forward blocks: zero, small random weights (`noise`) for realistic cost,
+    or (`context`) random weights whose outputs write only to the dimensions past the states."""
+    scale = noise or context
 
-    def matrix(name: str, rows: int, cols: int) -> None:
-        m = rng.standard_normal((rows, cols)) * noise if noise else np.zeros((rows, cols), dtype=np.float32)
+    def matrix(name: str, rows: int, cols: int, writes_residual: bool = False) -> None:
+        m = rng.standard_normal((rows, cols)) * scale if scale else np.zeros((rows, cols), dtype=np.float32)
+        if context and writes_residual:
+            m[:n_states] = 0  # the state dimensions stay one-hot: the planted argmax holds
         _add_matrix(w, name, m, qtype)
 
     ones = np.ones(d, dtype=np.float32)
     for i in range(layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", ones)
-        for part in ("q", "k", "v", "output"):
+        for part in ("q", "k", "v"):
             matrix(f"blk.{i}.attn_{part}.weight", d, d)
+        matrix(f"blk.{i}.attn_output.weight", d, d, writes_residual=True)
         w.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
         matrix(f"blk.{i}.ffn_gate.weight", ffn, d)
         matrix(f"blk.{i}.ffn_up.weight", ffn, d)
-        matrix(f"blk.{i}.ffn_down.weight", d, ffn)
+        matrix(f"blk.{i}.ffn_down.weight", d, ffn, writes_residual=True)
     w.add_tensor("output_norm.weight", ones)
 
 
@@ -339,25 +346,30 @@ def write_model(
     layers: int = 1,
     ffn: int = 32,
     noise: float = 0.0,
+    context: float = 0.0,
     context_length: int = 4096,
     seed: int = 0,
     name: str = "nudge-local test model",
     quant: str = "F16",
 ) -> Path:
     """Write a llama-architecture GGUF realising `table` (exactly when noise == 0 and quant is F16).
-    quant "Q4_0" stores the layers' matrices as laptops run them (4-bit) and the output matrix as
-    Q8_0, as quantized releases keep it at higher precision; "Q8_0" stores both as Q8_0."""
+    `context` > 0 adds seeded random attention and feed-forward weights (standard deviation
+    `context`) that write only to dimensions the output matrix does not read: through the final
+    RMS norm they scale each row's logits by a factor that depends on every earlier token and its
+    position, so the top-1 probabilities (and the gate) depend on context while the planted argmax
+    holds. quant "Q4_0" stores the layers' matrices as laptops run them (4-bit) and the output
+    matrix as Q8_0, as quantized releases keep it at higher precision; "Q8_0" stores both as Q8_0."""
     if quant not in QUANT_TYPES:
         raise ValueError(f"quant is one of {', '.join(QUANT_TYPES)}, not {quant!r}")
     layer_q, output_q = (None if q is None else GGMLQuantizationType[q] for q in QUANT_TYPES[quant])
-    emb, out = _planted(vocab, table, width)
-    d = emb.shape[1]
+    emb, out = _planted(vocab, table, width, free=16 if context else 0)
+    d, n_states = emb.shape[1], len(table.rows) + 1
     tmp = Path(str(path) + ".part")  # written beside, then renamed: never a half-written model
     w = GGUFWriter(str(tmp), "llama")
     _add_metadata(w, vocab, name=name, context_length=context_length, d=d, layers=layers, ffn=ffn, quant=quant,
                   chat_template=chat_template)  # fmt: skip
     w.add_tensor("token_embd.weight", emb)
-    _add_layers(w, d, layers, ffn, noise, layer_q, np.random.default_rng(seed))
+    _add_layers(w, d, layers, ffn, noise, context, n_states, layer_q, np.random.default_rng(seed))
     _add_matrix(w, "output.weight", out, output_q)
     w.write_header_to_file()
     w.write_kv_data_to_file()
