@@ -7,16 +7,16 @@ import pytest
 
 from nudge_local.events import Done
 from nudge_local.generate import generate
-from nudge_local.prompts import render_prompts
 from nudge_local.model import Model
-from pairs import vocab_dir
+from nudge_local.prompts import render_prompts
+from pairs import vocab_dir, why_no_vocab
 
 # Tests never read the developer's own settings: no config file, no NUDGE_LOCAL_* overrides.
 for _var in [v for v in os.environ if v.startswith("NUDGE_LOCAL_") and v != "NUDGE_LOCAL_VOCAB_DIR"]:
     del os.environ[_var]
 os.environ["NUDGE_LOCAL_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="nudge-local-test-"), "config.yaml")
 
-needs_shared = pytest.mark.skipif(vocab_dir() is None, reason="../shared/vocab not found (NUDGE_LOCAL_VOCAB_DIR)")
+needs_shared = pytest.mark.skipif(vocab_dir() is None, reason=why_no_vocab())
 
 
 def load(path, role="model", n_ctx=512) -> Model:

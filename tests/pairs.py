@@ -12,12 +12,18 @@ from nudge_local.synthetic import CHATML, Vocab, bpe_vocab, load_vocab, random_t
 
 
 def vocab_dir() -> Path | None:
-    """../shared/vocab, found through NUDGE_LOCAL_VOCAB_DIR (set by .ci/run) or beside the checkout."""
+    """../shared/vocab, found through NUDGE_LOCAL_VOCAB_DIR (set by .ci/run) or beside the checkout;
+    None where that folder does not exist, so the tests that need it skip (why_no_vocab says why)."""
+    env = os.environ.get("NUDGE_LOCAL_VOCAB_DIR")
+    d = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "vocab"
+    return d if d.is_dir() else None
+
+
+def why_no_vocab() -> str:
     env = os.environ.get("NUDGE_LOCAL_VOCAB_DIR")
     if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[2] / "shared" / "vocab"
-    return here if here.is_dir() else None
+        return f"NUDGE_LOCAL_VOCAB_DIR={env} is not a folder (point it at ../shared/vocab)"
+    return "../shared/vocab not found: set NUDGE_LOCAL_VOCAB_DIR to it"
 
 
 @functools.cache
@@ -27,7 +33,7 @@ def vocab(name: str) -> Vocab:
         return bpe_vocab(int(name[3:]))
     d = vocab_dir()
     if d is None:
-        raise FileNotFoundError("set NUDGE_LOCAL_VOCAB_DIR to ../shared/vocab")
+        raise FileNotFoundError(why_no_vocab())
     return load_vocab(d / f"ggml-vocab-{name}.gguf")
 
 

@@ -78,7 +78,8 @@ def test_prefix_cache_evaluates_only_what_differs(tmp_path):
         b = m.tokenize(" the first step")
         la = m.logits(a).copy()
         assert (m.evaluated_tokens, m.forward_calls) == (len(a), 1)
-        assert m.logits(a) is not None and m.evaluated_tokens == len(a)  # cached: nothing evaluated
+        np.testing.assert_array_equal(m.logits(a), la)  # cached: the same row, nothing evaluated
+        assert m.evaluated_tokens == len(a)
         lab = m.logits(a + b).copy()
         assert m.evaluated_tokens == len(a) + len(b)
         c = m.tokenize(" so")

@@ -7,8 +7,8 @@ import pytest
 from conftest import load, needs_shared
 from nudge_local.events import Done
 from nudge_local.generate import generate
-from nudge_local.prompts import render_prompts
 from nudge_local.paper_mode import trim_repeated_suffix
+from nudge_local.prompts import render_prompts
 from pairs import vocab, write_pair
 from reference_paper import reference_paper
 
@@ -21,7 +21,6 @@ PAIRS = [
     ("qwen2", "llama-spm", 79),
 ]
 SETTINGS = [(0.3, 16, 40, 0), (0.6, 4, 40, 0), (0.5, 8, 150, 120)]  # gamma, chunk L, max rounds, budget
-REASONS = set()
 
 
 def _paper(base, nudger, gamma, chunk, rounds, budget):
@@ -50,13 +49,19 @@ def test_paper_mode_matches_the_api_style_reference(tmp_path, b, n, seed):
             assert (done.text, list(done.result.nudging_words), done.stop_reason) == (text, words, reason)
             assert done.result.rounds == n_rounds
             assert "".join(e.text for e in events) == done.text  # the stream applies the final trim
-            REASONS.add(reason)
 
 
-def test_the_random_pairs_reach_every_ending():
-    if not REASONS:
-        pytest.fail("run together with the parametrized comparison above")
-    assert {"nudging_model_stop", "repeated_nudging_words", "round", "length"} <= REASONS, REASONS
+def test_the_random_pairs_reach_every_ending(tmp_path):
+    """The self-built pairs above (no ../shared needed) end in each of the four ways, so the
+    comparison with the reference covers every ending."""
+    reasons = set()
+    for b, n, seed in PAIRS:
+        if {b, n} - {"bpe0", "bpe1"}:
+            continue
+        base_path, nudger_path = write_pair(tmp_path, vocab(b), vocab(n), seed)
+        with load(base_path, "base", n_ctx=4096) as base, load(nudger_path, "nudger", n_ctx=4096) as nudger:
+            reasons |= {_paper(base, nudger, *setting)[2].stop_reason for setting in SETTINGS}
+    assert reasons == {"nudging_model_stop", "repeated_nudging_words", "round", "length"}
 
 
 def test_150_rounds_evaluate_ten_times_fewer_tokens(tmp_path):
@@ -82,6 +87,8 @@ def test_trim_reproduces_the_binary_search():
     assert trim_repeated_suffix("  x" + rep + rep + "\n") == "x" + rep
     assert trim_repeated_suffix("short short") == "short short"  # repeats under 30 characters stay
     # the search is not monotonic: a 31-char repeat is found only if the bisection lands on it
-    s = "Q" + "0123456789" * 3 + "x" + "0123456789" * 3 + "x"
-    lo_only = trim_repeated_suffix(s)
-    assert lo_only in (s, s[:-31])
+    rep31 = "0123456789" * 3 + "x"
+    s = "Q" + rep31 + rep31  # 63 characters: the first midpoint is 31, a repeat
+    assert trim_repeated_suffix(s) == "Q" + rep31
+    s = "PP" + rep31 + rep31  # 64: the first midpoint, 32, is no repeat; the search goes below 30
+    assert s[:-31].endswith(s[-31:]) and trim_repeated_suffix(s) == s

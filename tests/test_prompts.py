@@ -34,7 +34,7 @@ def _templates():
     return sorted(folder.glob("*.jinja"))
 
 
-@pytest.mark.skipif(not _templates(), reason="../shared/chat_templates not found")
+@pytest.mark.skipif(not _templates(), reason="../shared/chat_templates not found (found beside NUDGE_LOCAL_VOCAB_DIR)")
 @pytest.mark.parametrize("path", _templates(), ids=lambda p: p.stem)
 def test_real_chat_templates_render_with_history_and_system(path):
     template = path.read_text()

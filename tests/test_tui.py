@@ -10,13 +10,15 @@ import time
 import pytest
 
 from nudge_local.config import load_settings
-from nudge_local.generate import generate, render_prompts
+from nudge_local.generate import generate
 from nudge_local.model import Model
+from nudge_local.prompts import render_prompts
 from nudge_local.synthetic import CHATML, Table, write_model
 from nudge_local.tui.app import ACTIONS, NudgeApp
 from nudge_local.tui.history import History
 from nudge_local.tui.screens.compare import CompareScreen
 from nudge_local.tui.screens.inspector import InspectorScreen
+from nudge_local.tui.session import ChatSession
 from nudge_local.tui.widgets.answer import AnswerView
 from nudge_local.tui.widgets.token_view import TokenView
 from pairs import vocab
@@ -134,11 +136,15 @@ def test_gamma_change_takes_effect_on_the_next_answer(tmp_path, pair):
         async with app.run_test(size=(100, 30)) as pilot:
             first = await ask(app, pilot)
             assert any(t.source == "nudge" for t in first.tokens)
+            written, shown = list(first.tokens), first.query_one(TokenView).build().plain
             await pilot.press("alt+down", "alt+down")  # 0.40 -> 0.30, below the planted 1/3
             assert "gamma 0.30" in str(app.query_one("#status").render())
-            assert first.tokens == first.tokens  # the finished answer stays as written
             second = await ask(app, pilot, "Again?")
+            assert second is not first and second.gamma == 0.3
             assert second.tokens and all(t.source == "base" for t in second.tokens)
+            # the finished answer stays as written, with the gamma it was written with
+            assert first.tokens == written and first.query_one(TokenView).build().plain == shown
+            assert first.gamma == 0.4
 
     run(go())
 
@@ -241,16 +247,75 @@ def test_model_errors_show_in_the_app_as_one_sentence(tmp_path, pair, monkeypatc
     run(go())
 
 
+@pytest.mark.parametrize("where", ["at the call", "after two tokens"])
+def test_a_bug_in_one_answer_shows_an_error_and_the_chat_goes_on(tmp_path, pair, monkeypatch, where):
+    """An exception in the generation worker (here from the engine bridge) ends that answer with
+    an error line; the app keeps running and answers the next question."""
+    real, calls = ChatSession.answer, []
+
+    def answer(self, *args):
+        calls.append(args)
+        if len(calls) > 1:
+            return real(self, *args)
+        if where == "at the call":
+            raise RuntimeError("boom")
+
+        def events():
+            yield from list(real(self, *args))[:2]
+            raise RuntimeError("boom")
+
+        return events()
+
+    monkeypatch.setattr(ChatSession, "answer", answer)
+
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            failed = await ask(app, pilot)
+            error = str(app.query_one("#error").render())
+            assert "RuntimeError: boom" in error and "\n" not in error
+            assert failed.done and failed.stop_reason == "error" and "error" in str(failed._summary.render())
+            assert app.is_running and app.return_code is None and app.current is None
+            assert app.history.messages(app.conversation)[-1].stop_reason == "error"
+            second = await ask(app, pilot, "Again?")
+            assert second is not failed and second.stop_reason == "eos" and len(second.tokens) == 5
+            assert str(app.query_one("#error").render()) == ""  # the next answer clears the line
+            assert len(calls) == 2
+
+    run(go())
+
+
+def test_a_bug_while_loading_leaves_the_app_running_with_an_error_line(tmp_path, pair, monkeypatch):
+    def load(self, progress):
+        raise RuntimeError("load bug")
+
+    monkeypatch.setattr(ChatSession, "load", load)
+
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.loading == "no models")
+            assert "RuntimeError: load bug" in str(app.query_one("#error").render())
+            assert app.is_running and app.return_code is None and not app.ready
+
+    run(go())
+
+
 def test_regenerate_markdown_keymap_palette_and_theme(tmp_path, pair):
     async def go():
         app = make_app(tmp_path, pair, keymap={"compare": "f9", "regenerate": "ctrl+l"})
         async with app.run_test(size=(100, 30)) as pilot:
-            await ask(app, pilot)
+            original = await ask(app, pilot)
             await pilot.press("ctrl+l")  # remapped regenerate
-            await pilot.pause(0.1)
-            await until(pilot, lambda: app.current is None)
-            views = list(app.query("#chat AnswerView").results(AnswerView))
-            assert len(views) == 1 and views[0].done and len(app.history.messages(app.conversation)) == 1
+
+            def shown():
+                return list(app.query("#chat AnswerView").results(AnswerView))
+
+            await until(pilot, lambda: shown() and shown()[-1] is not original and shown()[-1].done)
+            views = shown()
+            assert len(views) == 1 and views[0].question == original.question and original.parent is None
+            msgs = app.history.messages(app.conversation)  # the first answer's row gave way to the new one
+            assert [m.id for m in msgs] == [views[0].msg_id] and msgs[0].tokens == views[0].tokens
             await pilot.press("ctrl+t")
             assert views[0].query("Markdown")
             titles = {c.title for c in app.get_system_commands(app.screen)}

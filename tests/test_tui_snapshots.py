@@ -7,6 +7,7 @@ import pytest
 from nudge_local.events import Stats
 from nudge_local.tui.screens.compare import CompareScreen
 from nudge_local.tui.screens.inspector import InspectorScreen
+from nudge_local.tui.session import ChatSession
 from nudge_local.tui.widgets.answer import AnswerView
 from nudge_local.tui.widgets.prompt import PromptArea
 from nudge_local.tui.widgets.token_view import TokenView
@@ -16,9 +17,11 @@ SIZE = (110, 26)
 
 
 @pytest.fixture(autouse=True)
-def fixed_speed(monkeypatch):
-    """Tokens per second is the one figure that differs run to run; show it as 0."""
+def fixed_speed_and_backend(monkeypatch):
+    """Tokens per second differs run to run: show it as 0. The status line's backend differs by
+    build (Metal on Apple Silicon, CUDA, CPU): show it as CPU, as the pictures were drawn."""
     monkeypatch.setattr(Stats, "tokens_per_second", property(lambda self: 0.0))
+    monkeypatch.setattr(ChatSession, "backend", property(lambda self: "CPU"))
 
 
 async def _ready(app, pilot):

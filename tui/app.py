@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual import work
@@ -14,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
+from textual.worker import Worker, WorkerState
 
 from nudge_local.config import Settings
 from nudge_local.errors import NudgeError
@@ -49,34 +51,44 @@ ACTIONS = [
 ]
 
 
+# What the workers post back. Textual's Message.__post_init__ does Message's own setup, so a
+# dataclass needs nothing more (the pattern of Textual's Input.Changed).
+
+
+@dataclass
 class Tokens(Message):
-    def __init__(self, view: AnswerView, tokens: list[TokenEvent]) -> None:
-        super().__init__()
-        self.view, self.tokens = view, tokens
+    """A batch of one answer's tokens."""
+
+    view: AnswerView
+    tokens: list[TokenEvent]
 
 
+@dataclass
 class Finished(Message):
-    def __init__(self, view: AnswerView, done: Done | None, error: str | None) -> None:
-        super().__init__()
-        self.view, self.done, self.error = view, done, error
+    """One answer ended: its Done, or the error sentence that stopped it."""
+
+    view: AnswerView
+    done: Done | None
+    error: str | None
 
 
+@dataclass
 class Loaded(Message):
-    def __init__(self, error: str | None) -> None:
-        super().__init__()
-        self.error = error
+    error: str | None
 
 
+@dataclass
 class LoadProgress(Message):
-    def __init__(self, role: str, fraction: float) -> None:
-        super().__init__()
-        self.role, self.fraction = role, fraction
+    role: str
+    fraction: float
 
 
+@dataclass
 class Inspected(Message):
-    def __init__(self, view: AnswerView, index: int, alternatives: dict | None, error: str | None) -> None:
-        super().__init__()
-        self.view, self.index, self.alternatives, self.error = view, index, alternatives, error
+    view: AnswerView
+    index: int
+    alternatives: dict | None
+    error: str | None
 
 
 class NudgeApp(App):
@@ -97,6 +109,7 @@ class NudgeApp(App):
         self.brackets = bool(self.history.get_state("brackets", False))
         self.conversation: int | None = None
         self.current: AnswerView | None = None  # the answer being written
+        self._writing: dict[Worker, list[AnswerView]] = {}  # each generation worker's answers
         self._cancel = threading.Event()
         self.ready = False
         self.loading = "starting"
@@ -147,7 +160,10 @@ class NudgeApp(App):
 
     # -- models -------------------------------------------------------------------------------
 
-    @work(thread=True, group="engine")
+    # Workers read no widget: what they need comes in as arguments, and they answer with messages.
+    # exit_on_error=False: a bug in a worker ends its job (on_worker_state_changed), not the app.
+
+    @work(thread=True, group="engine", exit_on_error=False)
     def _load(self) -> None:
         try:
             self.session.load(lambda role, f: self.post_message(LoadProgress(role, f)))
@@ -203,9 +219,9 @@ class NudgeApp(App):
         self.current = view
         self._cancel = threading.Event()
         self.update_status()
-        self._generate([(view, o.mode)], prompts, o, self._cancel)
+        self._writing[self._generate([(view, o.mode)], prompts, o, self._cancel)] = [view]
 
-    @work(thread=True, group="engine")
+    @work(thread=True, group="engine", exit_on_error=False)
     def _generate(self, jobs: list[tuple[AnswerView, str]], prompts, options: Options, cancel: threading.Event):
         for view, mode in jobs:
             batch: list[TokenEvent] = []
@@ -274,6 +290,23 @@ class NudgeApp(App):
         if view is self.current:
             self.current = None
         self.update_status()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that raised (a bug, not a NudgeError sentence) ends its own job with an error
+        line: its answers finish as "error", a failed load leaves no models, the app carries on."""
+        worker = event.worker
+        if event.state in (WorkerState.SUCCESS, WorkerState.CANCELLED):
+            self._writing.pop(worker, None)
+        if event.state != WorkerState.ERROR:
+            return
+        error = f"Internal error, please report it: {type(worker.error).__name__}: {worker.error}"
+        error = " ".join(error.split())  # one line
+        if worker.name == "_load":
+            self.post_message(Loaded(error))
+        for view in self._writing.pop(worker, []):
+            self.post_message(Finished(view, None, error))  # after the tokens it had already posted
+        if worker.name == "_inspect":
+            self.show_error(error)
 
     # -- actions ------------------------------------------------------------------------------
 
@@ -399,7 +432,8 @@ class NudgeApp(App):
             v.prompts = prompts
         self.push_screen(screen)
         self._cancel = threading.Event()
-        self._generate([(screen.views[m], m) for m in COLUMNS], prompts, o, self._cancel)
+        jobs = [(screen.views[m], m) for m in COLUMNS]
+        self._writing[self._generate(jobs, prompts, o, self._cancel)] = [v for v, _ in jobs]
 
     # -- inspecting ---------------------------------------------------------------------------
 
@@ -418,19 +452,22 @@ class NudgeApp(App):
                 )
             )
             return
-        self._inspect(view, m.index)
+        if view.prompts is None:  # a reopened answer: its prompts from the turns before it
+            views = list(self.query("#chat AnswerView").results(AnswerView))
+            before = [Turn(v.question, "".join(t.text for t in v.tokens)) for v in views[: views.index(view)]]
+            opts = Options(**{**self.options.as_dict(), **getattr(view, "settings", {})})
+            try:
+                view.prompts = self.session.prompts(view.question, before, opts)
+            except NudgeError as e:
+                self.post_message(Inspected(view, m.index, None, str(e)))
+                return
+        self._inspect(view, view.prompts, list(view.tokens), m.index, view.mode)
 
-    @work(thread=True, group="engine")
-    def _inspect(self, view: AnswerView, index: int) -> None:
+    @work(thread=True, group="engine", exit_on_error=False)
+    def _inspect(self, view: AnswerView, prompts, tokens: list[TokenEvent], index: int, mode: str) -> None:
+        """`view` only travels back in the message: what the engine needs was read on the UI thread."""
         try:
-            prompts = view.prompts
-            if prompts is None:  # a reopened answer: its prompts from the turns before it
-                views = list(self.query("#chat AnswerView").results(AnswerView))
-                before = [Turn(v.question, "".join(t.text for t in v.tokens)) for v in views[: views.index(view)]]
-                opts = Options(**{**self.options.as_dict(), **getattr(view, "settings", {})})
-                prompts = self.session.prompts(view.question, before, opts)
-                view.prompts = prompts
-            alts = self.session.alternatives(prompts, view.tokens, index, view.mode)
+            alts = self.session.alternatives(prompts, tokens, index, mode)
             self.post_message(Inspected(view, index, alts, None))
         except NudgeError as e:
             self.post_message(Inspected(view, index, None, str(e)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
@@ -16,10 +18,9 @@ class PromptArea(TextArea):
         Binding("shift+enter,ctrl+j", "newline", "New line", id="newline", show=False),
     ]
 
+    @dataclass
     class Send(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
+        text: str
 
     def action_send(self) -> None:
         text = self.text.strip()

@@ -8,6 +8,7 @@ block holds BLOCK tokens, so a long answer re-renders only its live tail.
 from __future__ import annotations
 
 from bisect import bisect_right
+from dataclasses import dataclass
 
 from rich.cells import cell_len
 from textual.color import Color
@@ -29,12 +30,12 @@ class TokenView(Widget):
     TokenView { height: auto; width: 1fr; }
     """
 
+    @dataclass
     class Inspect(Message):
         """The user clicked token `index` of the answer this block belongs to."""
 
-        def __init__(self, view: TokenView, index: int) -> None:
-            super().__init__()
-            self.view, self.index = view, index
+        view: TokenView
+        index: int
 
     def __init__(self, *, first_index: int = 0, gamma: float = 0.4, brackets: bool = False, **kw) -> None:
         super().__init__(**kw)
