@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import codecs
 
+import numpy as np
+
 from nudge_local.model import Model
 from nudge_local.sampling import prob, top1
 
@@ -20,12 +22,24 @@ def reference_token_mode(
     max_tokens: int,
     word_cap: int = 16,
     text_space: bool,
+    detail: bool = False,
 ):
-    """Returns ([(source, token)], stop reason, text). Greedy only."""
+    """Returns ([(source, token)], stop reason, text), and with `detail` also the decisions'
+    margins by position: for position i (the i-th token written, or the stop there), how close the
+    decisions made there came to going the other way: (the least |top-1 p - gamma| of a gate, the
+    least logit gap between the top two tokens of a choice), and each token's probability under
+    the model that wrote it. Greedy only."""
     ids: list[int] = []
     data = b""
     out: list[tuple[str, int]] = []
+    margins: dict[int, tuple[float, float]] = {}
+    probs: list[float] = []  # the writing model's probability of each token
     n_shared = min(base.n_vocab, nudger.n_vocab)
+
+    def note(gate: float, logits) -> None:
+        top2 = np.partition(logits, -2)[-2:]
+        g, c = margins.get(len(out), (float("inf"), float("inf")))
+        margins[len(out)] = (min(g, gate), min(c, float(top2[1] - top2[0])))
 
     def ask(model: Model, prompt: str):
         model.reset()  # no cache: every call evaluates its whole context
@@ -33,25 +47,27 @@ def reference_token_mode(
             return model.logits(model.tokenize(prompt.encode() + data))
         return model.logits(model.tokenize(prompt) + ids)[:n_shared]
 
-    def emit(source: str, model: Model, t: int):
+    def emit(source: str, model: Model, t: int, p: float):
         nonlocal data
         ids.append(t)
         data += model.piece(t)
         out.append((source, t))
+        probs.append(p)
 
     def result(reason: str):
         text = codecs.getincrementaldecoder("utf-8")("replace").decode(data)
-        return out, reason, text
+        return (out, reason, text, margins, probs) if detail else (out, reason, text)
 
     while True:
         if len(out) >= max_tokens:
             return result("length")
         lb = ask(base, base_prompt)
         t, p = top1(lb)
+        note(abs(p - gamma), lb)
         if p >= gamma:
             if base.is_eog(t):
                 return result("eos")
-            emit("base", base, t)
+            emit("base", base, t, p)
             continue
         word = b""
         count = 0
@@ -60,6 +76,7 @@ def reference_token_mode(
                 break
             ln = ask(nudger, nudger_prompt)
             t = int(ln.argmax())
+            note(float("inf"), ln)
             assert prob(ln, t) > 0
             if nudger.is_eog(t):
                 if count == 0:
@@ -68,6 +85,6 @@ def reference_token_mode(
             piece = nudger.piece(t)
             if count > 0 and piece[:1] in (b" ", b"\n", b"\t") and any(c not in SPACE for c in word):
                 break
-            emit("nudge", nudger, t)
+            emit("nudge", nudger, t, prob(ln, t))
             word += piece
             count += 1
