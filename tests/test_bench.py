@@ -10,8 +10,8 @@ import pytest
 
 from nudge_local.bench import CONFIDENT, CYCLE, agreement_on_path, make_pair, run_mode
 from nudge_local.cli import main
-from nudge_local.prompts import render_prompts
 from nudge_local.model import Model
+from nudge_local.prompts import render_prompts
 
 SMALL = ((64, 2, 176), (32, 1, 88))
 
