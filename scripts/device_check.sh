@@ -12,7 +12,7 @@
 # Usage, from the repository root on the GPU machine:
 #   bash scripts/device_check.sh            # $OUT, when set, receives the logs and bench.json
 # Settings: NUDGE_DEVICE_DIR (.device), NUDGE_DEVICE_WORK (/tmp/nudge-device), CUDA_ARCH (90),
-#   PYTHON (python3), NUDGE_DEVICE_BUDGET (total seconds, 470).
+#   PYTHON (python3), NUDGE_DEVICE_BUDGET (total seconds, 460), NUDGE_DEVICE_CMAKE_ARGS (more CMake options).
 set -u -o pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,7 +20,7 @@ dev=${NUDGE_DEVICE_DIR:-$root/.device}
 work=${NUDGE_DEVICE_WORK:-/tmp/nudge-device}
 arch=${CUDA_ARCH:-90}
 py=${PYTHON:-python3}
-total=${NUDGE_DEVICE_BUDGET:-470}
+total=${NUDGE_DEVICE_BUDGET:-460}
 jobs=$(nproc 2>/dev/null || echo 8)
 start=$SECONDS
 
@@ -42,13 +42,22 @@ for c in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
   [ -z "$nvcc" ] && [ -x "$c" ] && nvcc=$c
 done
 [ -n "$nvcc" ] || refuse "no CUDA compiler (nvcc) was found on PATH or in /usr/local/cuda*/bin, so llama.cpp cannot be built with CUDA here."
+# cmake and ninja may come with the Python environment (pip packages): its bin folder goes on PATH
+pybin=$(command -v "$py" 2>/dev/null) && PATH=$(dirname "$pybin"):$PATH
 command -v cmake >/dev/null 2>&1 || refuse "cmake is not installed here, so llama.cpp cannot be built."
-missing=$("$py" -c '
+generator=Ninja
+command -v ninja >/dev/null 2>&1 || generator="Unix Makefiles"
+lacks=$("$py" -c '
 import importlib.util as u, sys
-need = ["numpy", "yaml", "jinja2", "huggingface_hub", "psutil", "typing_extensions", "tqdm", "requests", "pygments", "packaging"]
-print(" ".join(m for m in need if u.find_spec(m) is None)) if sys.version_info >= (3, 10) else print("python>=3.10")
-' 2>/dev/null) || missing="a working $py"
-[ -z "$missing" ] || refuse "$py lacks $missing, which this check does not carry; add the wheels to scripts/prepare_device.sh."
+need = ["pip", "numpy", "yaml", "jinja2", "huggingface_hub", "psutil", "typing_extensions", "tqdm", "requests",
+        "pygments", "packaging"]
+gone = [m for m in need if u.find_spec(m) is None]
+if sys.version_info < (3, 11):
+    print(f"is Python {sys.version.split()[0]}, older than the 3.11 this check needs")
+elif gone:
+    print("lacks " + ", ".join(gone) + ", which this check does not carry (add them to scripts/prepare_device.sh)")
+' 2>/dev/null) || lacks="does not run"
+[ -z "$lacks" ] || refuse "$py $lacks."
 
 out=${OUT:-$work/out}
 rm -rf "$work"
@@ -150,11 +159,16 @@ find_cuda_libs() { # cuBLAS and the driver library where the toolkit lacks them:
 configure() {
   local flags=()
   mapfile -t flags <"$work/cuda-flags"
-  logged configure.log cmake -S "$dev/llama.cpp" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  # FlashAttention kernels off (GGML_CUDA_FA=OFF): they are over a third of the CUDA compile time (~1400 of
+  # ~4000 CPU-seconds for sm_90 alone, measured on the preparing machine), and the models tested and benchmarked
+  # here run attention either way. NUDGE_DEVICE_CMAKE_ARGS=-DGGML_CUDA_FA=ON builds them (given last, it wins).
+  # shellcheck disable=SC2206 # extra CMake options, one a word
+  flags+=(${NUDGE_DEVICE_CMAKE_ARGS:-})
+  logged configure.log cmake -S "$dev/llama.cpp" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCMAKE_CUDA_COMPILER="$nvcc" -DBUILD_SHARED_LIBS=ON \
     -DGGML_NATIVE=ON -DGGML_CCACHE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-    "${flags[@]}" &&
+    -DGGML_CUDA_FA=OFF "${flags[@]}" &&
     grep -E "CUDA Toolkit found|CMAKE_CUDA_ARCHITECTURES|Including CUDA backend" "$out/configure.log"
 }
 
@@ -164,7 +178,7 @@ build() {
 }
 
 gpu_check() {
-  "$py" -P - <<'EOF' && "$py" -P -m nudge_local.cli doctor
+  "$py" -P - <<'EOF' || return 1
 import os, sys
 import llama_cpp
 from nudge_local import devices
@@ -178,6 +192,11 @@ print(llama_cpp.llama_print_system_info().decode())
 if not offload or backend != "CUDA":
     sys.exit("device_check.sh: this llama.cpp build does not offload to CUDA.")
 EOF
+  local doctor
+  doctor=$("$py" -P -m nudge_local.cli doctor) || { echo "$doctor"; return 1; }
+  echo "nudge-local doctor:"
+  echo "$doctor" | head -n 5 | sed 's/^/  /'
+  grep -q "^backend: CUDA" <<<"$doctor" || { echo "device_check.sh: nudge-local doctor does not say CUDA."; return 1; }
 }
 
 gpu_watch() { # samples the GPU while the tests and the benchmark run: proof that it is used
@@ -199,23 +218,43 @@ bench() {
   "$py" -P -m nudge_local.bench --agreement 0.5,0.7,0.9 --rounds 3 --json "$out/bench.json"
 }
 
+ratios() { # the paired ratios to base only, from bench.json, one line per generated pair
+  [ -f "$out/bench.json" ] || return 0
+  "$py" - "$out/bench.json" <<'EOF' || true
+import json, sys
+for pair, table in json.load(open(sys.argv[1])).items():
+    cells = []
+    for mode, row in table.items():
+        r = row.get("ratio_to_base") if isinstance(row, dict) else None
+        if mode != "base" and r is not None:
+            rounds = row.get("ratio_to_base_rounds") or [r]
+            cells.append(f"{mode} {r:.2f}x ({min(rounds):.2f}-{max(rounds):.2f})")
+    print(f"{pair}: " + ", ".join(cells))
+EOF
+}
+
 cd "$root" || exit 1
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export PYTHONPATH=$site:$dev/python${PYTHONPATH:+:$PYTHONPATH}
 export LLAMA_CPP_LIB_PATH=$build/bin # the folder that holds libllama.so (read in llama_cpp/llama_cpp.py)
 export HF_HUB_OFFLINE=1
-export root dev work site build out py nvcc arch jobs
+export root dev work site build out py nvcc arch jobs generator
 export -f logged install configure build gpu_check tests bench
 
 find_cuda_libs >"$work/cuda-flags" || refuse "cuBLAS was not found on this machine, so llama.cpp cannot be built with CUDA here."
 [ -d "$work/cuda-extra" ] && export LD_LIBRARY_PATH=$work/cuda-extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # Budgets: what the H200 machine needs (build ~Ns with 16 cores), with room; together under $total s.
+# Budgets in seconds, each cut to what is left of $total: the build is most of it (~4000 CPU-seconds
+# of nvcc for sm_90 without FlashAttention, ~250 s on 16 cores); the bench gets what the tests leave.
 step install 60 install || finish
-step configure 60 configure || finish
-step build 270 build || { tail -n 3 "$out/build.log"; finish; }
-step gpu 40 gpu_check || finish
+step configure 45 configure || finish
+step build 320 build || { tail -n 3 "$out/build.log"; finish; }
+step gpu 30 gpu_check || finish
 gpu_watch
 step tests 120 tests
-step bench 120 bench
+step bench 200 bench
 gpu_peak
+echo
+echo "=== ratios to base only, paired per round (speculative is where a GPU should pass 2x)"
+ratios
 finish
