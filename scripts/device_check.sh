@@ -60,10 +60,12 @@ elif gone:
 [ -z "$lacks" ] || refuse "$py $lacks."
 
 out=${OUT:-$work/out}
-rm -rf "$work"
-mkdir -p "$work" "$out"
 site=$work/site
 build=$work/build
+# The build folder stays: a second run on a machine still warm resumes a build that ran out of time.
+rm -rf "$site" "$work/cuda-extra" "$work/cuda-flags"
+mkdir -p "$work" "$out"
+[ -f "$build/CMakeCache.txt" ] && echo "resuming the build in $build, left by an earlier run"
 echo "GPU: $gpu"
 echo "nvcc: $nvcc ($("$nvcc" --version | grep -o 'release [0-9.]*')); cmake: $(cmake --version | head -1); $("$py" -V) at $(command -v "$py"); $jobs cores"
 
