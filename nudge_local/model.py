@@ -49,6 +49,9 @@ def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
+BATCH_ENDS_KEPT = 4  # rows kept for batches' last positions (1 MB each for a 262k vocabulary)
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
@@ -95,6 +98,7 @@ class Model:
         self._byte_tokens: dict[int, int] | None = None
         self.vocab_matches: dict = {}  # views.same_vocabulary's answers, by the other model
         self._tokens: list[int] = []  # what the KV cache holds, position by position
+        self._batch_ends: dict[int, np.ndarray] = {}  # rows after the last token of recent batches
         self._last: np.ndarray | None = None  # logits after the last held token, when computed
         self.evaluated_tokens = 0
         self.forward_calls = 0
@@ -226,7 +230,8 @@ class Model:
     def evaluate(self, tokens: list[int], rows: list[int]) -> np.ndarray:
         """Bring the context to hold exactly `tokens` and return the logits rows after the
         positions in `rows` (ascending), one row each. Positions before the first difference from
-        what the context holds are not evaluated again, unless a row is asked there."""
+        what the context holds are not evaluated again, unless a row is asked there that was not
+        the last of a recent batch."""
         n = len(tokens)
         if n > self.n_ctx:
             raise ContextFull(
@@ -236,20 +241,35 @@ class Model:
         if not n:
             raise NudgeError(f"The {self.role} model was given an empty prompt; give it some text.")
         keep = common_prefix(self._tokens, tokens)
-        if rows:
-            keep = min(keep, rows[0])
+        kept = {p: self._batch_ends[p] for p in rows if p < keep and p in self._batch_ends}
+        keep = min([keep, *(p for p in rows if p not in kept)])
         keep = self._cut(keep)
         self._last = None
         out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
-        wanted, r = set(rows), 0
+        index = {p: i for i, p in enumerate(rows)}
+        for p, row in kept.items():
+            if p < keep:  # still valid after the cut (a refused cut keeps nothing)
+                out[index[p]] = row
+        wanted = {p for p in rows if p >= keep}
         for start in range(keep, n, self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             flagged = self._fill(chunk, start, wanted)
             self._decode(chunk)
             for i in flagged:
-                out[r] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,))
-                r += 1
+                row = ll.llama_get_logits_ith(self._ctx, i)
+                out[index[start + i]] = np.ctypeslib.as_array(row, shape=(self.n_vocab,))
+            if len(chunk) > 1 and flagged and flagged[-1] == len(chunk) - 1:
+                self._keep_batch_end(start + len(chunk) - 1, out[index[start + len(chunk) - 1]])
         return out
+
+    def _keep_batch_end(self, pos: int, row: np.ndarray) -> None:
+        """Remember the row after the last token of a batch of several (a prompt, a catch-up): asked
+        for again while the cache still holds that prefix (the same question again, a regenerated
+        answer), it is returned as computed, not re-evaluated alone, which llama.cpp's kernels
+        would round differently (docs/method.md#batch-shape-rounding)."""
+        self._batch_ends[pos] = row.copy()
+        while len(self._batch_ends) > BATCH_ENDS_KEPT:
+            del self._batch_ends[next(iter(self._batch_ends))]
 
     def _fill(self, chunk: list[int], start: int, wanted: set[int]) -> list[int]:
         """Put `chunk` into the batch at positions start, start + 1, ..., asking for logits at the
@@ -291,6 +311,8 @@ class Model:
                 ll.llama_memory_clear(self._mem, True)
                 keep = 0
             del self._tokens[keep:]
+            for p in [p for p in self._batch_ends if p >= keep]:
+                del self._batch_ends[p]
         return keep
 
     def reset(self) -> None:
@@ -298,6 +320,7 @@ class Model:
         if self._ctx:
             ll.llama_memory_clear(self._mem, True)
         self._tokens = []
+        self._batch_ends = {}
         self._last = None
 
     @property
