@@ -245,7 +245,6 @@ export -f logged install configure build gpu_check tests bench
 
 find_cuda_libs >"$work/cuda-flags" || refuse "cuBLAS was not found on this machine, so llama.cpp cannot be built with CUDA here."
 [ -d "$work/cuda-extra" ] && export LD_LIBRARY_PATH=$work/cuda-extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-# Budgets: what the H200 machine needs (build ~Ns with 16 cores), with room; together under $total s.
 # Budgets in seconds, each cut to what is left of $total: the build is most of it (~4000 CPU-seconds
 # of nvcc for sm_90 without FlashAttention, ~250 s on 16 cores); the bench gets what the tests leave.
 step install 60 install || finish
