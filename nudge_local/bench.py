@@ -4,6 +4,7 @@
         [--agreement 0.5,0.7,0.9] [--max-tokens 128] [--rounds 3] [--modes base,speculative] [--json out.json]
     .venv/bin/python scripts/bench.py --base BASE.gguf --nudge NUDGER.gguf   # a real pair (paths,
     .venv/bin/python scripts/bench.py --pair smollm2-1.7b+360m               # hub files or a catalog pair)
+        [--questions 5] [--chat-template FILE]                                  # answers per round, nudger template
     nudge-local bench ...                                                       # the same
 
 Modes: base only, nudger only, token mode (nudged), speculative nudging (same output as token
@@ -13,7 +14,10 @@ scratch as the authors' client does (paper-api). Each mode runs once a round, in
 order, for `--rounds` rounds; the table gives median tokens per second, the median over rounds of
 each round's ratio to that round's base-only run (and the range of those ratios), then over all
 rounds tokens evaluated, forward calls per generated token and the share of drafted tokens
-accepted. Absolute times on shared machines are noise; the ratios are the result.
+accepted; speculative's own paired ratio to token mode follows. A round answers `--questions`
+questions (1 on the generated pairs, 5 on a real one). Where speculative's answers leave token
+mode's (batch-shape rounding with real weights), it says how many, and where. Absolute times on
+shared machines are noise; the ratios are the result.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from nudge_local.errors import NudgeError
 from nudge_local.events import Done
 from nudge_local.generate import generate
 from nudge_local.gguf_check import check_gguf, read_header
-from nudge_local.model import Model
+from nudge_local.model import Model, common_prefix
 from nudge_local.paper_mode import api_style_complete, paper_steps, trim_repeated_suffix
 from nudge_local.prompts import render_prompts
 from nudge_local.stream import stream
@@ -46,6 +50,20 @@ PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b"
           b" of", b" a", b" in", b" it", b" that", b" this"]  # fmt: skip
 # The systems compared: the engine's modes, plus speculative and the authors' API-style paper mode.
 SYSTEMS = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
+# The questions a round answers, varied in kind; the first is the generated pairs' only one.
+QUESTIONS = (
+    "Find the total cost of the supplies, step by step.",
+    "Why is the sky blue?",
+    "How do I boil an egg?",
+    "What causes the seasons on Earth?",
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bill becomes a law in the United States.",
+    "Give three tips for learning a new language.",
+    "What is the difference between a virus and a bacterium?",
+)
+# Figures of one answer that add up over a round's answers.
+SUMMED = ("tokens", "seconds", "in_llama", "evaluated", "forward_calls", "base_calls", "draft_proposed",
+          "draft_accepted")  # fmt: skip
 
 
 CYCLE, CONFIDENT = 24, 20  # the greedy text's cycle, and the positions on it where the base is confident
@@ -132,6 +150,7 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
         "events": [(e.source, e.token) for e in tokens],
         "text": done.text,
         "seconds": seconds,
+        "in_llama": in_llama,
         "tps": len(tokens) / seconds if seconds else 0.0,
         "evaluated": sum(s.evaluated_tokens.values()),
         "forward_calls": sum(s.forward_calls.values()),
@@ -158,35 +177,73 @@ def agreement_on_path(nudger: Model, prompts, events: list[tuple[str, int]]) -> 
     return agree / confident if confident else None
 
 
+def run_answers(mode: str, base: Model, nudger: Model, prompt_sets: list, args) -> dict:
+    """One mode answers every question in turn: figures summed over the answers, the answers kept."""
+    runs = [run_mode(mode, base, nudger, prompts, args) for prompts in prompt_sets]
+    total = {k: sum(r[k] for r in runs) for k in SUMMED}
+    seconds, tokens = total["seconds"], total["tokens"]
+    total.update(
+        tps=tokens / seconds if seconds else 0.0,
+        nudge_ratio=sum(r["nudge_ratio"] * r["tokens"] for r in runs) / max(1, tokens),
+        python_ms_per_token=1000 * (seconds - total["in_llama"]) / max(1, tokens),
+        python_share=(seconds - total["in_llama"]) / seconds if seconds else 0.0,
+        events=runs[0]["events"],
+        answers=[r["events"] for r in runs],
+        texts=[r["text"] for r in runs],
+    )
+    return total
+
+
+def run_rounds(base: Model, nudger: Model, prompt_sets: list, modes: list[str], args) -> dict[str, list[dict]]:
+    runs = {m: [] for m in modes}
+    for m in modes:  # warm-up: the first pass pages the weights in from disk
+        run_mode(m, base, nudger, prompt_sets[0], argparse.Namespace(**{**vars(args), "max_tokens": 8}))
+    order = random.Random(0)
+    for _ in range(args.rounds):
+        # Interleaved, so drift on a shared machine hits every mode alike; in a shuffled order,
+        # so no mode always runs right after another.
+        for m in order.sample(modes, len(modes)):
+            runs[m].append(run_answers(m, base, nudger, prompt_sets, args))
+    return runs
+
+
 def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> dict:
     with (
         Model(base_path, role="base", n_threads=args.threads) as base,
         Model(nudger_path, role="nudger", n_threads=args.threads) as nudger,
     ):
-        prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
-        runs = {m: [] for m in modes}
-        for m in modes:  # warm-up: the first pass pages the weights in from disk
-            run_mode(m, base, nudger, prompts, argparse.Namespace(**{**vars(args), "max_tokens": 8}))
-        order = random.Random(0)
-        for _ in range(args.rounds):
-            # Interleaved, so drift on a shared machine hits every mode alike; in a shuffled order,
-            # so no mode always runs right after another.
-            for m in order.sample(modes, len(modes)):
-                runs[m].append(run_mode(m, base, nudger, prompts, args))
-        agreement = agreement_on_path(nudger, prompts, runs["nudged"][0]["events"]) if "nudged" in runs else None
+        template = getattr(args, "chat_template", None)
+        prompt_sets = [render_prompts(base, nudger, q, chat_template=template) for q in QUESTIONS[: args.questions]]
+        runs = run_rounds(base, nudger, prompt_sets, modes, args)
+        agreement = agreement_on_path(nudger, prompt_sets[0], runs["nudged"][0]["events"]) if "nudged" in runs else None
+    table = summarize(runs)
+    if agreement is not None:
+        print(f"the nudger's choice is the base's at {agreement:.0%} of the base's tokens in token mode's answer")
+        table["agreement_on_path"] = agreement
+    compare_texts(runs, table)
+    return table
+
+
+def paired(runs: dict[str, list[dict]], mode: str, against: str) -> list[float]:
+    """Each round's ratio of `mode`'s speed to the same round's `against`: the machine's speed
+    drifts between rounds, and a ratio within one round cancels most of it."""
+    if mode not in runs or against not in runs:
+        return []
+    return [r["tps"] / a["tps"] for r, a in zip(runs[mode], runs[against], strict=True)]
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    """The table: one row per mode, printed and returned."""
     print(f"{'mode':11} {'tokens':>6} {'tok/s':>7} {'x base':>6} {'(rounds)':>11} {'eval/tok':>8} "
           f"{'base calls/tok':>14} {'accept':>6} {'py ms/tok':>9} {'py share':>8} {'nudged':>6}")  # fmt: skip
     table = {}
     for m, rs in runs.items():
         tps = statistics.median(r["tps"] for r in rs)
-        # Each round's ratio to the same round's base-only run, then their median: the machine's
-        # speed drifts between rounds, and a ratio within one round cancels most of it.
-        ratios = [r["tps"] / b["tps"] for r, b in zip(rs, runs["base"], strict=True)] if "base" in runs else []
-        r = rs[0]
+        ratios = paired(runs, m, "base")
         written = sum(x["tokens"] for x in rs)
         proposed = sum(x["draft_proposed"] for x in rs)
         row = {
-            "tokens": r["tokens"],
+            "tokens": rs[0]["tokens"],
             "tokens_per_second": tps,
             "tokens_per_second_rounds": [x["tps"] for x in rs],
             "ratio_to_base": statistics.median(ratios) if ratios else None,
@@ -197,7 +254,7 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
             "acceptance": sum(x["draft_accepted"] for x in rs) / proposed if proposed else None,
             "python_ms_per_token": statistics.median(x["python_ms_per_token"] for x in rs),
             "python_share": statistics.median(x["python_share"] for x in rs),
-            "nudge_ratio": r["nudge_ratio"],
+            "nudge_ratio": rs[0]["nudge_ratio"],
             "seconds_median": statistics.median(x["seconds"] for x in rs),
         }
         table[m] = row
@@ -207,21 +264,56 @@ def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> di
         print(f"{m:11} {row['tokens']:6d} {tps:7.1f} {ratio:>6} {spread:>11} {row['evaluated_per_token']:8.2f} "
               f"{row['base_forward_calls_per_token']:14.2f} {acc:>6} {row['python_ms_per_token']:9.2f} "
               f"{row['python_share']:8.1%} {row['nudge_ratio']:6.1%}")  # fmt: skip
-    if agreement is not None:
-        print(f"the nudger's choice is the base's at {agreement:.0%} of the base's tokens in token mode's answer")
-        table["agreement_on_path"] = agreement
-    compare_texts(runs, table)
+    to_token = paired(runs, "speculative", "nudged")
+    if to_token:
+        table["speculative"]["ratio_to_token_mode"] = statistics.median(to_token)
+        table["speculative"]["ratio_to_token_mode_rounds"] = to_token
+        print(f"speculative / token mode, paired per round: {statistics.median(to_token):.2f}x "
+              f"({min(to_token):.2f}-{max(to_token):.2f})")  # fmt: skip
     return table
+
+
+def divergence(spec: list[dict], plain: list[dict]) -> dict:
+    """Where speculative's answers leave token mode's (batch-shape rounding, docs/method.md), over
+    every round and question: how many answers have other tokens, where each first differs (the
+    share of token mode's answer written alike before it), the share of positions whose token
+    differs, and how many answers have the same tokens with another model writing some."""
+    firsts, differing, positions, handed = [], 0, 0, 0
+    for s_round, p_round in zip(spec, plain, strict=True):
+        for s_events, p_events in zip(s_round["answers"], p_round["answers"], strict=True):
+            a, b = [t for _, t in s_events], [t for _, t in p_events]
+            n = max(len(a), len(b))
+            positions += n
+            differing += sum(i >= len(a) or i >= len(b) or a[i] != b[i] for i in range(n))
+            if a != b:
+                firsts.append(common_prefix(a, b) / max(1, len(b)))
+            handed += a == b and s_events != p_events
+    return {
+        "answers": sum(len(r["answers"]) for r in spec),
+        "answers_differ": len(firsts),
+        "first_difference_share": firsts,
+        "positions_differ_share": differing / max(1, positions),
+        "same_tokens_other_writer": handed,
+    }
 
 
 def compare_texts(runs: dict[str, list[dict]], table: dict) -> None:
     """Systems that must write the same text: speculative and token mode; paper cached and API-style."""
     if "nudged" in runs and "speculative" in runs:
-        same = runs["nudged"][0]["text"] == runs["speculative"][0]["text"]
+        d = divergence(runs["speculative"], runs["nudged"])
+        same = d["answers_differ"] == 0
         print(f"speculative writes token mode's text: {same}")
+        if not same:
+            where = ", ".join(f"{x:.0%}" for x in sorted(d["first_difference_share"]))
+            print(f"  {d['answers_differ']} of {d['answers']} answers differ, first at {where} of the answer; "
+                  f"{d['positions_differ_share']:.1%} of positions differ")  # fmt: skip
+        if d["same_tokens_other_writer"]:
+            print(f"  {d['same_tokens_other_writer']} of {d['answers']} answers have token mode's tokens, "
+                  "some written by the other model")  # fmt: skip
         table["speculative_same_text"] = same
+        table["speculative_vs_token_mode"] = d
     if "paper" in table and "paper-api" in table:
-        same = runs["paper"][0]["text"] == runs["paper-api"][0]["text"]
+        same = runs["paper"][0]["texts"] == runs["paper-api"][0]["texts"]
         t_c, t_a = table["paper"]["seconds_median"], table["paper-api"]["seconds_median"]
         ev = table["paper-api"]["evaluated_per_token"] / max(1e-9, table["paper"]["evaluated_per_token"])
         print(f"paper cached vs API-style: wall time {t_a / t_c:.1f}x faster, {ev:.1f}x fewer tokens evaluated, "
@@ -299,6 +391,21 @@ def _positive(text: str) -> int:
     return n
 
 
+def _questions(text: str) -> int:
+    n = _positive(text)
+    if n > len(QUESTIONS):
+        raise argparse.ArgumentTypeError(f"at most {len(QUESTIONS)} questions, not {text!r}")
+    return n
+
+
+def _template(text: str) -> str:
+    """A Jinja chat template file, read."""
+    try:
+        return Path(text).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"the chat template {text} cannot be read ({e})") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = Parser(prog="nudge-local bench", description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -316,6 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gamma", type=float, default=0.4)
     ap.add_argument("--max-tokens", type=_positive, default=128)
     ap.add_argument("--rounds", type=_positive, default=3)
+    ap.add_argument("--questions", type=_questions, default=None,
+                    help="questions answered each round (default 1 on generated pairs, 5 on a real pair)")  # fmt: skip
+    ap.add_argument("--chat-template", type=_template, default=None, metavar="FILE",
+                    help="Jinja chat template file for the nudger (default: its GGUF's)")  # fmt: skip
     ap.add_argument("--modes", type=_modes, default=list(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
     ap.add_argument("--threads", type=_positive, default=None)
     ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"),
@@ -329,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
         raise NudgeError(f"The folder for --json {args.json} does not exist; create it or give another path.")
     results = {}
     real = real_pair(args)
+    if args.questions is None:
+        args.questions = 5 if real else 1
     if real:
         print(f"== {real[0]} + {real[1]}")
         results["real"] = bench_pair(*real, modes, args)

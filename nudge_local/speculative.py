@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nudge_local.events import DraftResult, StopReason, TokenEvent
-from nudge_local.model import Model
+from nudge_local.model import Model, common_prefix
 from nudge_local.sampling import Chooser, prob, top1
 from nudge_local.stream import Steps
 from nudge_local.views import Answer, TokenSpaceView
@@ -29,33 +29,60 @@ CATCH_UP = 8  # a round whose models read more than this beyond the draft read a
 
 class DraftSizer:
     """Each round's draft length, chosen from what this machine measures: the nudger's seconds per
-    drafted token, the base's seconds for a batch of each size, and the share of drafted tokens
-    that pass (decayed counts, so a run of hard text shortens drafts soon). A draft of k tokens
-    passes j of them with probability ~ a^j, so the round writes E(k) = (1 - a^(k+1)) / (1 - a)
-    tokens for k * draft + batch(k + 1) seconds; the k with the least seconds per token wins, 0
-    (plain token mode) included. Where checking a batch is nearly free (a GPU, a layer-heavy base)
-    drafts grow; where every row costs (a 2-core CPU) they stay short."""
+    drafted token and per catch-up read, the base's seconds for a batch of each size, and the share
+    of drafted tokens that pass (decayed counts, so a run of hard text shortens drafts soon). A
+    draft of k tokens passes j of them with probability ~ a^j, so the round writes
+    E(k) = (1 - a^(k+1)) / (1 - a) tokens for k * draft + batch(k + 1) seconds, plus what the nudger
+    first reads to catch up with the tokens the base wrote since it last ran; the k with the least
+    seconds per token wins, 0 (plain token mode) included. Where checking a batch is nearly free (a
+    GPU, a layer-heavy base) drafts grow; where every row costs (a 2-core CPU) they stay short, and
+    where the nudger costs what the base does they vanish."""
 
     def __init__(
-        self, max_draft: int = 16, decay: float = 0.9, retry: int = 4, explore: int = 8, margin: float = 0.05
+        self,
+        max_draft: int = 16,
+        decay: float = 0.9,
+        retry: int = 4,
+        explore: int = 8,
+        margin: float = 0.05,
+        changed: float = 0.3,
+        evidence: int = 8,
     ) -> None:
-        self.max_draft, self.decay, self.retry, self.explore, self.margin = max_draft, decay, retry, explore, margin
+        self.max_draft, self.decay, self.retry, self.explore = max_draft, decay, retry, explore
+        self.margin, self.changed, self.evidence = margin, changed, evidence
         self.rounds = 0
         self.passed, self.failed = 2.0, 1.0  # decayed counts, drafted tokens that passed and drafts cut short
-        self.draft_s: float | None = None  # nudger seconds per drafted token
         self.batch_s: dict[int, float] = {}  # base seconds to evaluate a batch of n tokens, by n
+        self.read_s: dict[int, float] = {}  # nudger seconds for a call reading n tokens (n = 1: a drafted token)
         self.plain = 0  # rounds in a row without a draft
+        self.failed_retries = 0  # retries in a row after which the model still said 0: each doubles the wait
+        self.off: float | None = None  # draft / batch(1) when drafting was measured slower
         # What rounds really cost, seconds per written token, with drafts and without: the model
         # above assumes independent acceptance and no overhead per round; this checks it.
         self.rounds_seen: dict[bool, tuple[float | None, float | None]] = {False: (None, None), True: (None, None)}
+        self.drafting_seen = 0  # drafting rounds in rounds_seen[True]: one failed draft is no verdict
 
     @staticmethod
     def _mean(old: float | None, new: float) -> float:
         return new if old is None else 0.8 * old + 0.2 * new
 
-    def drafted(self, tokens: int, seconds: float) -> None:
-        if tokens:
-            self.draft_s = self._mean(self.draft_s, seconds / tokens)
+    @property
+    def draft_s(self) -> float | None:
+        """The nudger's seconds per drafted token (a call reading one token)."""
+        return self.read_s.get(1)
+
+    def drafted(self, calls: int, seconds: float, read: int | None = None) -> None:
+        """The nudger made `calls` calls in one round, taking `seconds` and reading `read` tokens
+        (default one a call): the first read what the base wrote since the nudger last ran, each
+        later one a single token."""
+        extra = (calls if read is None else read) - calls
+        if not calls or extra < 0:
+            return
+        if extra == 0:
+            self.read_s[1] = self._mean(self.read_s.get(1), seconds / calls)
+        elif self.draft_s is not None and extra < 4 * self.max_draft:  # longer: a prompt, not a catch-up
+            first = max(seconds - (calls - 1) * self.draft_s, 0.0)
+            self.read_s[extra + 1] = self._mean(self.read_s.get(extra + 1), first)
 
     def checked(self, tokens: int, seconds: float) -> None:
         """The base evaluated `tokens` tokens in one call taking `seconds`."""
@@ -68,6 +95,7 @@ class DraftSizer:
         # one-token rounds of a failed draft far above their share of the time.
         spent, written = self.rounds_seen[drafting]
         self.rounds_seen[drafting] = (self._mean(spent, seconds), self._mean(written, float(tokens)))
+        self.drafting_seen += drafting
 
     def per_token(self, drafting: bool) -> float | None:
         spent, written = self.rounds_seen[drafting]
@@ -82,47 +110,109 @@ class DraftSizer:
     def acceptance(self) -> float:
         return self.passed / (self.passed + self.failed)
 
-    def batch(self, n: int) -> float:
-        """Measured seconds for a batch of n tokens; unmeasured sizes extrapolated from the nearest
-        measured ones (a batch costs at least what a smaller one did)."""
-        if n in self.batch_s:
-            return self.batch_s[n]
-        below = max((m for m in self.batch_s if m < n), default=None)
-        above = min((m for m in self.batch_s if m > n), default=None)
-        if below is not None and above is not None:  # between two measured sizes: on the line
-            lo, hi = self.batch_s[below], self.batch_s[above]
+    @staticmethod
+    def _curve(costs: dict[int, float], n: int) -> float:
+        """Measured seconds for n tokens in one call; unmeasured sizes interpolated between the
+        nearest measured ones, or extrapolated on the line through 1 and the nearest (a batch
+        costs at least what a smaller one did)."""
+        if n in costs:
+            return costs[n]
+        below, above = 0, 0  # the nearest measured sizes under and over n (0: none); a loop, as
+        for m in costs:  # this runs 17 times a round, and generators cost 10x more here
+            if below < m < n:
+                below = m
+            elif n < m and (not above or m < above):
+                above = m
+        if below and above:  # between two measured sizes: on the line
+            lo, hi = costs[below], costs[above]
             return lo + (hi - lo) * (n - below) / (above - below)
-        one = self.batch_s[1]
-        m = below if below is not None else above
-        per_token = (self.batch_s[m] - one) / (m - 1) if m is not None and m > 1 else 0.15 * one
+        one = costs[1]
+        m = below or above
+        per_token = (costs[m] - one) / (m - 1) if m > 1 else 0.15 * one
         return one + max(per_token, 0.0) * (n - 1)
 
-    def size(self) -> int:
+    def batch(self, n: int) -> float:
+        """The base's seconds for a batch of n tokens."""
+        return self._curve(self.batch_s, n)
+
+    def catch_up(self, lag: int) -> float:
+        """The nudger's seconds to read `lag` tokens before it drafts, beyond the one a draft always
+        reads; until it has read such a batch, its batches are taken to grow as the base's do."""
+        if lag <= 1 or self.draft_s is None:
+            return 0.0
+        if len(self.read_s) > 1:
+            return max(self._curve(self.read_s, lag) - self.draft_s, 0.0)
+        return self.draft_s * (self.batch(lag) / self.batch(1) - 1)
+
+    def best(self, a: float, catch: float = 0.0) -> int:
+        """The draft length with the least modelled seconds per written token at acceptance `a`,
+        where this round also pays `catch` seconds; 0 unless it beats a plain round by the margin
+        (the model leaves out each round's own overhead, and a marginal draft that fails costs
+        more than it saves)."""
+        a = min(a, 0.999)
+        floor = min(self.batch_s.values())  # no batch costs less
+        best, best_cost = 0, self.batch(1) * (1 - self.margin)
+        for k in range(1, self.max_draft + 1):
+            if (k * self.draft_s + floor + catch) * (1 - a) >= best_cost:
+                break  # a bound on this k's cost and every longer one's (this runs every round)
+            cost = (k * self.draft_s + self.batch(k + 1) + catch) * (1 - a) / (1 - a ** (k + 1))
+            if cost < best_cost:
+                best, best_cost = k, cost
+        return best
+
+    def size(self, lag: int = 1) -> int:
+        """This round's draft length; `lag` is how many tokens the nudger must read before its
+        first drafted token (1 when it ran last round)."""
         if 1 not in self.batch_s:
             return 0  # a plain step first: it measures the base's single-token cost
         if self.draft_s is None:
             return 2  # a first draft measures the nudger's cost and a batch's
-        a = min(self.acceptance, 0.999)
-        # A draft must promise a clear gain: the model leaves out each round's own overhead, and
-        # a marginal draft that fails costs more than it saves.
-        best, best_cost = 0, self.batch(1) * (1 - self.margin)
-        for k in range(1, self.max_draft + 1):
-            cost = (k * self.draft_s + self.batch(k + 1)) * (1 - a) / (1 - a ** (k + 1))
-            if cost < best_cost:
-                best, best_cost = k, cost
         self.rounds += 1
-        plain, drafting = self.per_token(False), self.per_token(True)
-        slower = plain is not None and drafting is not None and drafting > plain
-        modelled = best
-        if slower:  # drafting was measured slower than plain rounds: plain, with a try now and then
-            best = 0
-        self.plain = self.plain + 1 if best == 0 else 0
-        if self.plain >= self.retry * (4 if slower else 1):  # without drafts nothing new is seen: try one
-            self.plain = 0
-            return max(modelled, 1)  # the draft the model favours, so the try measures what would be used
-        if best and self.rounds % self.explore == 0:  # now and then one longer, so its cost is measured anew
+        catch = self.catch_up(lag)
+        if self._slower():
+            return 0
+        best = self.best(self.acceptance, catch)
+        if best == 0:
+            return self._retry(catch)
+        self.plain, self.failed_retries = 0, 0
+        if self.rounds % (4 * self.explore) == 0:  # a plain round now and then keeps its cost measured
+            return 0
+        if self.rounds % self.explore == 0:  # now and then one longer, so its cost is measured anew
             return min(best + 1, self.max_draft)
         return best
+
+    def _slower(self) -> bool:
+        """Whether drafting rounds (`evidence` of them at least) measured slower per written token
+        than plain ones (the model can be wrong: acceptance that comes in runs, overhead per
+        round). Drafting then stays off until the nudger's cost against the base's, which plain
+        rounds keep measuring (its nudged words), falls measurably: then what drafting measured
+        is forgotten and the model decides again."""
+        plain, drafting = self.per_token(False), self.per_token(True)
+        if plain is None or drafting is None or drafting <= plain or self.drafting_seen < self.evidence:
+            self.off = None
+            return False
+        ratio = self.draft_s / self.batch(1)
+        if self.off is None:
+            self.off = ratio
+        elif ratio < self.off * (1 - self.changed):
+            self.off, self.rounds_seen[True], self.drafting_seen = None, (None, None), 0
+            return False
+        return True
+
+    def _retry(self, catch: float) -> int:
+        """The model says no draft at the acceptance seen; without drafts acceptance is not seen
+        again, so after a plain streak (twice as long after each try that changed nothing) a
+        draft of one token tries, where one that passes would save more than the nudger's
+        catch-up costs (never where the nudger costs what the base does)."""
+        self.plain += 1
+        if self.plain < self.retry * 2 ** min(self.failed_retries, 4):
+            return 0
+        one = self.draft_s + self.batch(2) + catch  # a one-token draft that passes writes two tokens
+        if one > 2 * self.batch(1) * (1 - self.margin):
+            return 0
+        self.plain = 0
+        self.failed_retries += 1
+        return 1
 
 
 class FixedDraft(DraftSizer):
@@ -132,7 +222,7 @@ class FixedDraft(DraftSizer):
         super().__init__()
         self.k = k
 
-    def size(self) -> int:
+    def size(self, lag: int = 1) -> int:  # noqa: ARG002 - the same length whatever the nudger must read
         return self.k
 
 
@@ -287,14 +377,12 @@ def speculative_steps(
     while True:
         started, paused, emitted = time.perf_counter(), rule.paused, rule.emitted
         ev_b, ev_n = base.evaluated_tokens, nudger.evaluated_tokens
+        calls_n, spent_n = nudger.forward_calls, nudger.decode_seconds
         rnd = Round(base_view.prompt_ids + answer.ids, nudger_view.prompt_ids + answer.ids)
-        k = sizer.size()
+        k = sizer.size(len(rnd.ids_n) - common_prefix(nudger.held_tokens, rnd.ids_n))  # what it must catch up
         # Never past either context (token mode would fail there, not earlier).
         room = min(k, base.n_ctx - len(rnd.ids_b), nudger.n_ctx - len(rnd.ids_n), max_tokens - rule.emitted)
-        spent_n = nudger.decode_seconds
         draft(nudger, rnd, room, n)
-        if measured and nudger.evaluated_tokens - ev_n <= len(rnd.rows_n) + CATCH_UP:
-            sizer.drafted(len(rnd.rows_n), nudger.decode_seconds - spent_n)
         rule.proposed += len(rnd.draft)
         accepted = rule.accepted
         on_check = sizer.checked if measured else (lambda tokens, seconds: None)
@@ -302,6 +390,9 @@ def speculative_steps(
         if stop is not None:
             return DraftResult(stop, rule.proposed, rule.accepted)
         sizer.judged(rule.accepted - accepted, len(rnd.draft))
+        if measured:  # the nudger's calls this round, drafting or writing a word: a catch-up, then single tokens
+            read_n = nudger.evaluated_tokens - ev_n
+            sizer.drafted(nudger.forward_calls - calls_n, nudger.decode_seconds - spent_n, read_n)
         caught_up = base.evaluated_tokens - ev_b <= k + CATCH_UP and nudger.evaluated_tokens - ev_n <= k + 2 * CATCH_UP
         if measured and caught_up:
             seconds = time.perf_counter() - started - (rule.paused - paused)

