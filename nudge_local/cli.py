@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--yes", action="store_true", help="download missing model files without asking")
     _add_settings_flags(chat)
 
+    serve = sub.add_parser("serve", help="serve the pair over the OpenAI HTTP API, with every token's provenance")
+    serve.add_argument("pair", nargs="?", help="a catalog alias (default: the configured pair, else the catalog's)")
+    serve.add_argument("--base", help="base model: a GGUF path or org/repo:file.gguf")
+    serve.add_argument("--nudge", help="nudger model: a GGUF path or org/repo:file.gguf")
+    serve.add_argument("--yes", action="store_true", help="download missing model files without asking")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $NUDGE_LOCAL_API_KEY)")
+    serve.add_argument("--queue", type=int, default=32, help="most requests waiting behind the running one (503 after)")
+    serve.add_argument("--max-body", type=int, default=4 << 20, help="largest request body in bytes (413 beyond)")
+    serve.add_argument("--log-level", choices=["warning", "info", "debug"], default="warning",
+                       help="uvicorn's log; info adds one line per request")  # fmt: skip
+    _add_settings_flags(serve)
+
     pull = sub.add_parser("pull", help="download a catalog pair or a hub file into the Hugging Face cache")
     pull.add_argument("refs", nargs="+", metavar="ALIAS|REF", help="catalog alias or org/repo:file.gguf")
     pull.add_argument("--yes", action="store_true", help="do not ask before downloading")
@@ -199,6 +213,28 @@ def chat(args) -> int:
     return 0
 
 
+def serve(args) -> int:
+    import os
+
+    from nudge_local.server.app import check_address  # the web stack loads only for this command
+    from nudge_local.server.app import serve as serve_pair
+    from nudge_local.server.worker import Pair
+
+    for flag, value, least in (("--port", args.port, 0), ("--queue", args.queue, 0), ("--max-body", args.max_body, 1)):
+        if value < least or (flag == "--port" and value > 65535):
+            raise NudgeError(f"option {flag} must be a whole number of at least {least} (got {value}).")
+    check_address(args.host, args.port)
+    api_key = args.api_key or os.environ.get("NUDGE_LOCAL_API_KEY") or None
+    s = load_settings({**{k: v for k, v in vars(args).items() if k in FIELDS}, "pair": args.pair})
+    choice = choose_models(s, "nudged")
+    _fetch_missing(choice, args.yes)
+    models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
+    name = choice.pair.alias if choice.pair else f"{models['base'].path.name}+{models['nudger'].path.name}"
+    pair = Pair(models, s, read_chat_template(s), name)
+    return serve_pair(pair, host=args.host, port=args.port, api_key=api_key, queue_size=args.queue,
+                      max_body=args.max_body, log_level=args.log_level)  # fmt: skip
+
+
 def pull(args) -> int:
     files: list[HubFile] = []
     for ref in args.refs:
@@ -291,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args is None:
             return bench(argv[1:])
-        commands = {"run": run, "chat": chat, "pull": pull, "models": models, "doctor": doctor, "config": config}
+        commands = {"run": run, "chat": chat, "serve": serve, "pull": pull, "models": models, "doctor": doctor}
+        commands["config"] = config
         return commands[args.command](args)
     except NudgeError as e:
         print(f"nudge-local: error: {e}", file=sys.stderr)

@@ -32,6 +32,8 @@ class TokenEvent:
       token of a nudged word, the gate value that handed the word to the nudger); None when the
       base was not asked (nudger-only generation).
     p: the writing model's (untempered) probability of this token.
+    top: the writing model's most likely tokens at this position, (id, untempered probability),
+      most likely first; only where the generation asked for them (generate's top_n), else empty.
     """
 
     text: str
@@ -39,10 +41,14 @@ class TokenEvent:
     token: int
     base_p: float | None
     p: float
+    top: tuple[tuple[int, float], ...] = ()
 
     def as_dict(self) -> dict:
         """The one serialized form of a token (`run --json`, the chat's export)."""
-        return {"text": self.text, "source": self.source, "token": self.token, "base_p": self.base_p, "p": self.p}
+        d = {"text": self.text, "source": self.source, "token": self.token, "base_p": self.base_p, "p": self.p}
+        if self.top:
+            d["top"] = [list(t) for t in self.top]
+        return d
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,13 +61,16 @@ def generate(
     max_rounds: int = 150,
     speculative: bool = True,
     draft: int | None = None,
+    top_n: int = 0,
 ) -> Iterator[TokenEvent | Done]:
     """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode; speculative where
     the vocabularies match unless `speculative` is False, each draft sized from measured costs or
     `draft` tokens long), "base", "nudger" or "paper" (the authors' algorithm; `chunk` and
     `max_rounds` are its L and round limit, `max_tokens` its budget in base tokens, 0 for none;
-    no stop strings; its Done.result is a PaperResult)."""
-    choose = Chooser(sampling or Sampling())
+    no stop strings; its Done.result is a PaperResult). With `top_n` > 0 each TokenEvent carries
+    the writing model's top_n tokens at its position (not in paper mode, which sees only the
+    completions' chosen tokens)."""
+    choose = Chooser(sampling or Sampling(), top_n)
     trim = None
     if mode == "nudged":
         rule = dict(gamma=gamma, max_tokens=max_tokens, word_cap=word_cap, choose=choose)

@@ -323,7 +323,8 @@ def apply_rule(
             if base.is_eog(t):
                 return "eos"
             p = base_p if t == best else prob(rnd.rows_b[i], t)
-            yield from _emit(rule, answer, t, base.piece(t), TokenEvent("", "base", t, base_p, p))
+            event = TokenEvent("", "base", t, base_p, p, rule.choose.top(rnd.rows_b[i]))
+            yield from _emit(rule, answer, t, base.piece(t), event)
         else:
             word = rule.word
             if word.n >= rule.word_cap or rule.emitted >= rule.max_tokens:
@@ -342,7 +343,8 @@ def apply_rule(
                 continue
             word.has_text = word.has_text or has_text(piece)
             word.n += 1
-            yield from _emit(rule, answer, t, piece, TokenEvent("", "nudge", t, word.gate_p, prob(row, t)))
+            event = TokenEvent("", "nudge", t, word.gate_p, prob(row, t), rule.choose.top(row))
+            yield from _emit(rule, answer, t, piece, event)
         if i == len(d) or t != d[i]:
             return None  # off the draft: the next round starts from here
         rule.accepted += 1

@@ -29,7 +29,7 @@ def nudged_word(
             return n
         word_has_text = word_has_text or has_text(piece)
         answer.add(t, piece)
-        yield TokenEvent("", "nudge", t, gate_p, prob(logits, t)), piece
+        yield TokenEvent("", "nudge", t, gate_p, prob(logits, t), choose.top(logits)), piece
     return cap
 
 
@@ -65,7 +65,8 @@ def nudged_steps(
         piece = base.piece(t)
         answer.add(t, piece)
         emitted += 1
-        yield TokenEvent("", "base", t, base_p, base_p if t == best else prob(logits, t)), piece
+        p = base_p if t == best else prob(logits, t)
+        yield TokenEvent("", "base", t, base_p, p, choose.top(logits)), piece
 
 
 def single_steps(
@@ -81,5 +82,5 @@ def single_steps(
         piece = model.piece(t)
         answer.add(t, piece)
         p = p_best if t == best else prob(logits, t)
-        yield TokenEvent("", source, t, p_best if source == "base" else None, p), piece
+        yield TokenEvent("", source, t, p_best if source == "base" else None, p, choose.top(logits)), piece
     return Result("length")
