@@ -61,6 +61,8 @@ class DraftSizer:
         # above assumes independent acceptance and no overhead per round; this checks it.
         self.rounds_seen: dict[bool, tuple[float | None, float | None]] = {False: (None, None), True: (None, None)}
         self.drafting_seen = 0  # drafting rounds in rounds_seen[True]: one failed draft is no verdict
+        self.last = 1  # the last draft length the model chose
+        self.off_rounds, self.off_wait = 0, 64  # rounds since drafting was measured slower; how long that holds
 
     @staticmethod
     def _mean(old: float | None, new: float) -> float:
@@ -171,30 +173,49 @@ class DraftSizer:
         catch = self.catch_up(lag)
         if self._slower():
             return 0
-        best = self.best(self.acceptance, catch)
+        best = self.best(self.acceptance, catch) or (self.last if self._faster() else 0)
         if best == 0:
             return self._retry(catch)
-        self.plain, self.failed_retries = 0, 0
+        self.plain, self.failed_retries, self.last = 0, 0, best
         if self.rounds % (4 * self.explore) == 0:  # a plain round now and then keeps its cost measured
             return 0
         if self.rounds % self.explore == 0:  # now and then one longer, so its cost is measured anew
             return min(best + 1, self.max_draft)
         return best
 
+    def _faster(self) -> bool:
+        """Whether drafting rounds (`evidence` of them at least) measured faster per written token
+        than plain ones by the margin: then a dip of the modelled acceptance below the break-even
+        does not stop drafting (acceptance that comes in runs, as in real text, makes the model
+        too cautious), and the last draft length stays."""
+        plain, drafting = self.per_token(False), self.per_token(True)
+        return (
+            plain is not None
+            and drafting is not None
+            and self.drafting_seen >= self.evidence
+            and drafting < plain * (1 - self.margin)
+        )
+
     def _slower(self) -> bool:
         """Whether drafting rounds (`evidence` of them at least) measured slower per written token
         than plain ones (the model can be wrong: acceptance that comes in runs, overhead per
         round). Drafting then stays off until the nudger's cost against the base's, which plain
-        rounds keep measuring (its nudged words), falls measurably: then what drafting measured
-        is forgotten and the model decides again."""
+        rounds keep measuring (its nudged words), falls measurably, or until the verdict is
+        `off_wait` rounds old (a verdict taken while something else loaded the machine must not
+        last for ever): then what drafting measured is forgotten and the model decides again, and
+        an expired verdict that proves right again waits twice as long (64 rounds, then 128, ...
+        up to 1024, so re-checking costs about 1% of the rounds at most)."""
         plain, drafting = self.per_token(False), self.per_token(True)
         if plain is None or drafting is None or drafting <= plain or self.drafting_seen < self.evidence:
             self.off = None
             return False
         ratio = self.draft_s / self.batch(1)
         if self.off is None:
-            self.off = ratio
-        elif ratio < self.off * (1 - self.changed):
+            self.off, self.off_rounds = ratio, 0
+        self.off_rounds += 1
+        expired = self.off_rounds > self.off_wait
+        if expired or ratio < self.off * (1 - self.changed):
+            self.off_wait = min(2 * self.off_wait, 1024) if expired else 64
             self.off, self.rounds_seen[True], self.drafting_seen = None, (None, None), 0
             return False
         return True

@@ -3,6 +3,8 @@ distribution of first nudged words under sampling."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -187,15 +189,75 @@ def test_sizer_stays_plain_where_drafting_rounds_measure_slower():
     for _ in range(sizer.evidence):
         sizer.finished(True, 2, 0.050)  # rounds that drafted keep coming out slower
     sizes = []
-    for i in range(500):
+    for i in range(sizer.off_wait):
         sizer.checked(1, 0.020 * (1.1 if i % 2 else 0.9))  # plain rounds, the machine's noise
         sizer.drafted(3, 3 * 0.003 * (1.15 if i % 3 else 0.85))  # the nudger's words
         sizes.append(sizer.size())
-    assert sizes == [0] * 500
+    assert sizes == [0] * sizer.off_wait
     for _ in range(10):
         sizer.drafted(3, 3 * 0.0015)  # the nudger now costs half as much against the base
     assert sizer.size() > 0  # drafts again
     assert sizer.per_token(True) is None  # what drafting measured before is forgotten
+
+
+def test_a_slower_verdict_is_checked_again_after_a_doubling_wait():
+    """A verdict taken while something else loaded the machine must not hold for ever: once it is
+    `off_wait` rounds old the sizer drafts again for `evidence` rounds; where drafting is still
+    slower it stays off twice as long, so re-checking costs few rounds."""
+    sizer = measured()
+    sizer.explore = 10**6
+    for _ in range(10):
+        sizer.judged(3, 4)
+    sizer.finished(False, 1, 0.020)
+    drafting_rounds, turned_on = 0, []
+    for i in range(2000):
+        k = sizer.size()
+        sizer.finished(k > 0, 2 if k else 1, 0.050 if k else 0.020)  # drafting: 25 ms a token, plain 20
+        drafting_rounds += k > 0
+        if k and (not i or not turned_on or turned_on[-1][1] != i - 1):
+            turned_on.append([i, i])
+        elif k:
+            turned_on[-1][1] = i
+    starts = [a for a, _ in turned_on]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) >= 3 and all(g2 > g1 for g1, g2 in itertools.pairwise(gaps))  # the waits grow
+    assert drafting_rounds <= (sizer.evidence + 1) * len(starts) < 0.1 * 2000
+
+
+def test_a_slower_verdict_that_expires_gives_way_to_faster_drafting():
+    sizer = measured()
+    sizer.explore = 10**6
+    for _ in range(10):
+        sizer.judged(3, 4)
+    sizer.finished(False, 1, 0.020)
+    for _ in range(sizer.evidence):
+        sizer.finished(True, 2, 0.050)  # measured while the machine was loaded
+    sizes = [sizer.size() for _ in range(sizer.off_wait)]
+    assert sizes == [0] * len(sizes)
+    later = []
+    for _ in range(3 * sizer.evidence):  # the load is gone: drafting rounds now take 15 ms a token
+        k = sizer.size()
+        sizer.finished(k > 0, 3 if k else 1, 0.045 if k else 0.020)
+        later.append(k)
+    assert later[0] > 0 and all(k > 0 for k in later[sizer.evidence :])  # drafting again, and it stays
+
+
+def test_drafting_measured_faster_outlasts_a_dip_in_modelled_acceptance():
+    """Acceptance comes in runs: a few failed drafts pull the modelled acceptance under the
+    break-even while drafting rounds still measure faster than plain ones; drafting goes on."""
+    sizer = measured()
+    sizer.explore = 10**6
+    for _ in range(10):
+        sizer.judged(3, 4)
+    k = sizer.size()
+    assert k > 0
+    sizer.finished(False, 1, 0.020)
+    for _ in range(sizer.evidence):
+        sizer.finished(True, 3, 0.045)  # 15 ms a token against plain rounds' 20
+    for _ in range(20):
+        sizer.judged(0, 2)  # a run of failed drafts
+    assert sizer.best(sizer.acceptance) == 0  # the model alone would stop here
+    assert sizer.size() == k
 
 
 def test_sizer_drafts_again_where_drafting_rounds_measure_faster():
