@@ -26,6 +26,9 @@ from nudge_local.sampling import Sampling
 from nudge_local.server.requests import ApiError, Request
 
 log = logging.getLogger("nudge_local.server")
+# A cancelled job's last item: no client reads it (nginx's 499, "client closed request"), but the
+# handler waiting for a non-streamed answer ends on it instead of waiting for ever.
+CANCELLED = ApiError(499, "The client closed the request.", code="cancelled")
 
 
 @dataclass
@@ -153,7 +156,9 @@ class Worker:
                     return
                 job = self._running = self._waiting.popleft()
             try:
-                if not job.cancel.is_set():  # a client that left while waiting costs nothing
+                if job.cancel.is_set():  # a client that left while waiting costs nothing
+                    job.post(CANCELLED)
+                else:
                     t0 = time.perf_counter()
                     self._run(job)
                     self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.perf_counter() - t0)
@@ -167,6 +172,7 @@ class Worker:
             events = self.pair.generate(job.request)
             for item in events:
                 if job.cancel.is_set():
+                    job.post(CANCELLED)  # whoever still waits on the job (a handler, a shutdown) stops waiting
                     break
                 job.post(item)
         except ContextFull as e:
