@@ -181,7 +181,8 @@ class Api:
 
         async def http_error(request, e: HTTPException):
             kind = "not_found" if e.status_code == 404 else "invalid_request_error"
-            return _error(ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}.", kind=kind))
+            message = f"{request.method} {request.url.path}: {e.detail}."
+            return _error(ApiError(e.status_code, message, kind=kind, headers=e.headers))  # 405's Allow, for one
 
         async def server_error(request, e: Exception):
             return _error(ApiError(500, "The server failed; its log has the details.", kind="server_error"))

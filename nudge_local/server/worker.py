@@ -175,8 +175,9 @@ class Worker:
                     job.post(CANCELLED)  # whoever still waits on the job (a handler, a shutdown) stops waiting
                     break
                 job.post(item)
-        except ContextFull as e:
-            job.post(ApiError(400, str(e), param="messages", code="context_length_exceeded"))
+        except ContextFull as e:  # the field that holds the prompt: messages, or a completion's prompt
+            param = "messages" if job.request.kind == "chat" else "prompt"
+            job.post(ApiError(400, str(e), param=param, code="context_length_exceeded"))
         except NudgeError as e:
             job.post(ApiError(400, str(e)))
         except Exception:  # never reaches the client as a traceback; the server's log has it
