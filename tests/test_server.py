@@ -216,6 +216,7 @@ PARITY = {  # case: (run's flags, the request's extra fields)
     "nudger": (("--mode", "nudger"), {"mode": "nudger"}),
     "token-mode": (("--no-speculative",), {"speculative": False}),
     "paper": (("--mode", "paper"), {"mode": "paper"}),
+    "stop": (("--stop", "cost so", "--stop", "never"), {"stop": ["cost so", "never"]}),
 }
 PARITY_TOKENS = 48
 
@@ -257,6 +258,10 @@ def test_chat_and_completions_answer_as_run_json(http, run_answers, case):
     assert c["nudge"]["mode"] == run["mode"]
     if case == "token-mode":
         assert c["nudge"]["stats"]["draft_proposed"] == 0  # speculative: false ran token mode
+    chunks, done = streamed(http, "/v1/chat/completions", {"messages": messages, "max_tokens": PARITY_TOKENS, **extra})
+    last = last_choice(chunks)
+    assert done
+    same_answer(text_of(chunks), last["nudge"], last["finish_reason"], run)
     if system is None:  # a completions prompt takes the server's --system (none here)
         r = ok(http, "/v1/completions", {"prompt": QUESTION, "max_tokens": PARITY_TOKENS, **extra})
         c = r["choices"][0]
@@ -267,6 +272,8 @@ def test_the_parity_cases_differ(run_answers):
     """The cases test different things: each mode writes its own answer, the system prompt is read."""
     sources = {case: {s["source"] for s in run_answers[case]["spans"]} for case in PARITY}
     assert sources["base"] == {"base"} and sources["nudger"] == {"nudge"} and sources["nudged"] == {"base", "nudge"}
+    assert run_answers["stop"]["stop_reason"] == "stop_string" and run_answers["nudged"]["stop_reason"] == "length"
+    assert run_answers["paper"]["rounds"] >= 1
     assert run_answers["system"]["stats"]["prompt_tokens"] != run_answers["nudged"]["stats"]["prompt_tokens"]
 
 
@@ -618,6 +625,14 @@ def test_the_server_stays_healthy_after_every_refusal(http):
 LONG_PROMPT = " ".join(["the total cost of the supplies is found step by step"] * 12)
 
 
+def declared_too_large(port: int) -> str:
+    """The status line answering a request that declares a gigabyte body and sends one byte of it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000000000\r\n\r\n{")  # fmt: skip
+        return s.makefile("rb").readline().decode()
+
+
 def test_prompt_longer_than_the_context_and_body_over_the_limit(start, pair):
     served = start("--ctx", "64", "--max-body", "2000")
     argv = command("run", LONG_PROMPT, "--base", str(pair[0]), "--nudge", str(pair[1]), "--ctx", "64")
@@ -643,6 +658,7 @@ def test_prompt_longer_than_the_context_and_body_over_the_limit(start, pair):
         chunked = (data[i : i + 100] for i in range(0, len(data), 100))  # sent without a Content-Length
         r = http.post("/v1/chat/completions", content=chunked, headers={"content-type": "application/json"})
         assert_error(r, 413, code="request_too_large")
+        assert declared_too_large(served.port).startswith("HTTP/1.1 413 ")  # refused before the body came
         idle(http)
         assert ok(http, "/v1/completions", {"prompt": "Fine?", "max_tokens": 3})
 
@@ -774,6 +790,24 @@ def test_a_full_queue_answers_503_with_retry_after(start):
         assert ok(http, "/v1/completions", {"prompt": "Room again?", "max_tokens": 3})
 
 
+def test_queue_0_runs_one_request_and_lets_none_wait(start):
+    """--queue 0: an idle server answers; while it answers, the next is refused at once."""
+    served = start("--queue", "0", *ROOMY)
+    with served.client(timeout=10) as http:
+        for _ in range(3):
+            assert ok(http, "/v1/chat/completions", SMALL)
+            idle(http)
+        with served.client() as c, c.stream("POST", "/v1/chat/completions",
+                                            json={**chat(max_tokens=LONG), "stream": True}) as running:  # fmt: skip
+            lines = running.iter_lines()
+            next(lines)
+            r = http.post("/v1/chat/completions", json=SMALL, timeout=5)
+            assert_error(r, 503, code="queue_full")
+            assert int(r.headers["retry-after"]) >= 1
+        idle(http)
+        assert ok(http, "/v1/chat/completions", SMALL)
+
+
 # --- 10. SIGTERM and Ctrl+C ---
 
 
@@ -807,6 +841,25 @@ def test_a_signal_ends_the_stream_with_an_error_event_and_exits_0(start, sig):
     assert waiter, "the waiting request got no answer"
     assert_error(waiter[0], 503, code="shutting_down")
     assert "Traceback" not in served.stderr and "Error" not in served.stderr, served.stderr
+
+
+def test_a_signal_during_a_whole_answer_is_503_and_exits_0(start):
+    served = start(*ROOMY)
+    answer: list[httpx.Response] = []
+
+    def ask() -> None:
+        with served.client(timeout=20) as c:
+            answer.append(c.post("/v1/chat/completions", json=chat(max_tokens=LONG)))
+
+    with served.client(timeout=10) as http:
+        t = threading.Thread(target=ask, daemon=True)
+        t.start()
+        wait_until(lambda: health(http)["busy"], timeout=5)
+        served.proc.send_signal(signal.SIGTERM)
+    t.join(5)
+    assert answer, "no answer within 5 s of SIGTERM"
+    assert_error(answer[0], 503, code="shutting_down")
+    assert served.proc.wait(5) == 0
 
 
 # --- 11. a port in use ---

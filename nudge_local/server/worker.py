@@ -118,7 +118,9 @@ class Worker:
         with self._cond:
             if self._stopping:
                 raise ApiError(503, "The server is shutting down.", kind="server_error", code="shutting_down")
-            if len(self._waiting) >= self.queue_size:
+            # Full when queue_size jobs would wait behind a running one. A job not yet taken by the engine
+            # counts as waiting only behind another: an idle server takes the next job (also with --queue 0).
+            if len(self._waiting) + (self._running is not None) > self.queue_size:
                 wait = max(1, math.ceil(self._mean_seconds * (len(self._waiting) + 1)))
                 raise ApiError(
                     503,
