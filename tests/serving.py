@@ -19,6 +19,9 @@ import httpx2 as httpx
 
 ANNOUNCE = re.compile(r"nudge-local: serving (\S+) at http://127\.0\.0\.1:(\d+)/v1 ")
 START_TIMEOUT = 30.0  # seconds for the models to load and the port to open
+# One thread per model: the tiny models gain nothing from more, and llama.cpp's threads spin-wait for
+# each other, so on a machine whose cores are all busy (CI, tests side by side) every decode stalls.
+THREADS = ("--threads", "1")
 
 
 def command(*args: str) -> list[str]:
@@ -30,11 +33,12 @@ class Served:
     """One running `nudge-local serve`; its stderr is read on a thread so no wait can block."""
 
     def __init__(self, base: Path, nudger: Path, *flags: str, env: dict | None = None) -> None:
-        argv = command("serve", "--base", str(base), "--nudge", str(nudger), "--port", "0", *flags)
+        argv = command("serve", "--base", str(base), "--nudge", str(nudger), "--port", "0", *THREADS, *flags)
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         self.model_id, self.port = self._wait_for_announce()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -76,11 +80,13 @@ class Served:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                return self.proc.wait(timeout)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout)
+                self._reader.join(timeout)
                 return None
+        self._reader.join(timeout)  # all of stderr is in self.lines
         return self.proc.returncode
 
 

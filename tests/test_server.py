@@ -21,7 +21,7 @@ import pytest
 from conftest import load
 from nudge_local.bench import make_pair
 from nudge_local.prompts import Turn, render_prompts
-from serving import Served, command, read_stream
+from serving import THREADS, Served, command, read_stream
 
 SHAPES = ((64, 2, 128), (32, 1, 64))  # tiny: thousands of tokens per second on one core
 ROOMY = ("--ctx", "65536")  # room for answers that last seconds (cancel, queue and shutdown tests)
@@ -120,7 +120,7 @@ def health(http: httpx.Client) -> dict:
     return r.json()
 
 
-def idle(http: httpx.Client, timeout: float = 0.2) -> float:
+def idle(http: httpx.Client, timeout: float = 5.0) -> float:
     """Seconds until /health shows the engine idle and nothing waiting (the engine thread clears
     `busy` just after it hands over an answer's last event)."""
     return wait_until(lambda: {k: health(http)[k] for k in ("busy", "queue")} == {"busy": False, "queue": 0}, timeout)
@@ -146,7 +146,7 @@ def test_models_list_the_pair_and_refuse_another_id(http, server, pair):
     models = server.openai().models.list()
     assert [m.id for m in models.data] == [server.model_id] == [f"{pair[0].name}+{pair[1].name}"]
     assert models.data[0].model_extra["nudge"] == {"base": str(pair[0]), "nudger": str(pair[1])}
-    assert http.get(f"/v1/models/{server.model_id}").json()["id"] == server.model_id
+    assert server.openai().models.retrieve(server.model_id).id == server.model_id
     assert_error(http.get("/v1/models/other.gguf"), 404, code="model_not_found")
 
 
@@ -228,7 +228,7 @@ def run_answers(pair):
     out = {}
     for case, (flags, _) in PARITY.items():
         argv = command("run", QUESTION, "--base", str(base), "--nudge", str(nudger), "--json",
-                       "--max-tokens", str(PARITY_TOKENS), *flags)  # fmt: skip
+                       "--max-tokens", str(PARITY_TOKENS), *THREADS, *flags)  # fmt: skip
         p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         out[case] = json.loads(p.stdout)
@@ -351,6 +351,16 @@ def test_completions_legacy_logprobs(http):
     assert [max(t.values()) for t in lp["top_logprobs"]] == lp["token_logprobs"]
     assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(20)]
     check_entries(lp["content"], c["nudge"]["spans"])
+
+
+def test_aliases_of_fields(http):
+    """max_completion_tokens (the newer name), a prompt as a list of one text, a single stop text."""
+    assert ok(http, "/v1/chat/completions", chat(max_completion_tokens=5))["usage"]["completion_tokens"] == 5
+    one = ok(http, "/v1/completions", {"prompt": QUESTION, "max_tokens": 9})["choices"][0]
+    listed = ok(http, "/v1/completions", {"prompt": [QUESTION], "max_tokens": 9})["choices"][0]
+    assert listed["nudge"]["spans"] == one["nudge"]["spans"] and listed["text"] == one["text"]
+    stopped = ok(http, "/v1/completions", {"prompt": QUESTION, "max_tokens": 40, "stop": "Step"})["choices"][0]
+    assert stopped["finish_reason"] == "stop" and "Step" not in stopped["text"] and stopped["text"]
 
 
 def test_no_logprobs_unless_asked(http):
@@ -635,7 +645,7 @@ def declared_too_large(port: int) -> str:
 
 def test_prompt_longer_than_the_context_and_body_over_the_limit(start, pair):
     served = start("--ctx", "64", "--max-body", "2000")
-    argv = command("run", LONG_PROMPT, "--base", str(pair[0]), "--nudge", str(pair[1]), "--ctx", "64")
+    argv = command("run", LONG_PROMPT, "--base", str(pair[0]), "--nudge", str(pair[1]), "--ctx", "64", *THREADS)
     run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stdout == ""
     sentence = run.stderr.strip()
@@ -860,6 +870,14 @@ def test_a_signal_during_a_whole_answer_is_503_and_exits_0(start):
     assert answer, "no answer within 5 s of SIGTERM"
     assert_error(answer[0], 503, code="shutting_down")
     assert served.proc.wait(5) == 0
+
+
+def test_sigterm_on_an_idle_server_exits_0_quietly(start):
+    served = start()
+    t0 = time.monotonic()
+    assert served.stop() == 0 and time.monotonic() - t0 < 5
+    assert served.stderr.splitlines() == [f"nudge-local: serving {served.model_id} at {served.url}/v1 "
+                                          "(OpenAI API; Ctrl+C stops)"]  # fmt: skip
 
 
 # --- 11. a port in use ---
