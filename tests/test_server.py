@@ -550,6 +550,39 @@ def test_a_dropped_whole_request_is_cancelled(start):
         assert ok(http, "/v1/chat/completions", SMALL)["choices"][0]["nudge"]["stats"]["tokens"] == 8
 
 
+def test_a_client_that_leaves_while_waiting_costs_nothing(start):
+    """A request whose client leaves while it waits in line is skipped: its prompt is never even read
+    (the caches still hold the answer before it, which the next request reuses)."""
+    served = start(*ROOMY)
+    first = chat("Tell me everything about the sky, the sea and the stars, and then some more.", max_tokens=LONG)
+    left: list[float] = []
+
+    def leave_while_waiting() -> None:
+        with served.client(timeout=httpx.Timeout(10, read=0.3)) as c:
+            try:
+                with c.stream("POST", "/v1/chat/completions", json={**chat("Other things?", max_tokens=LONG),
+                                                                        "stream": True}):  # fmt: skip
+                    pass
+            except httpx.ReadTimeout:  # no headers yet: it was still in line
+                left.append(time.monotonic())
+
+    with served.client(timeout=10) as http, served.client() as c:
+        with c.stream("POST", "/v1/chat/completions", json={**first, "stream": True}) as running:
+            lines = running.iter_lines()
+            next(lines)
+            t = threading.Thread(target=leave_while_waiting, daemon=True)
+            t.start()
+            t.join(5)
+            assert left and health(http)["queue"] == 1  # it left; its job still holds its place
+        gone = time.monotonic()
+        idle(http)
+        assert time.monotonic() - gone < 0.2
+        again = {**first, "max_tokens": 4, "speculative": False}  # token mode: no drafts evaluated
+        stats = ok(http, "/v1/chat/completions", again)["choices"][0]["nudge"]["stats"]
+    for role in ("base", "nudger"):  # the first prompt was still in the caches: the other one never ran
+        assert stats["evaluated_tokens"][role] <= 8 < stats["prompt_tokens"][role], stats
+
+
 # --- 7. every bad request: an OpenAI error object, never a traceback ---
 
 BAD_FIELDS = [  # (endpoint, body, param)
@@ -630,6 +663,45 @@ def test_the_server_stays_healthy_after_every_refusal(http):
                                                                        "queue": 0}  # fmt: skip
     r = ok(http, "/v1/chat/completions", chat(max_tokens=12))["choices"][0]
     assert r["finish_reason"] == "length" and r["nudge"]["stats"]["tokens"] == 12
+
+
+class _BrokenPair:
+    """A pair whose engine fails: at once, or after one token."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def generate(self, request):
+        from nudge_local.events import TokenEvent
+
+        for _ in range(self.after):
+            yield TokenEvent(text="x", source="base", token=1, base_p=0.9, p=0.9)
+        raise RuntimeError("secret internals /home/user/models")
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_an_engine_failure_is_500_with_no_details_and_the_log_has_them(caplog, after):
+    import asyncio
+
+    from nudge_local.events import TokenEvent
+    from nudge_local.server.requests import ApiError
+    from nudge_local.server.worker import Job, Worker
+
+    async def items() -> list:
+        worker = Worker(_BrokenPair(after), queue_size=1)
+        worker.start()
+        job = Job(request=None, loop=asyncio.get_running_loop())
+        worker.submit(job)
+        out = [await asyncio.wait_for(job.items.get(), 5) for _ in range(after + 1)]
+        worker.stop()
+        return out
+
+    got = asyncio.run(items())
+    assert [type(i) for i in got] == [TokenEvent] * after + [ApiError]
+    err = got[-1].body()["error"]
+    assert got[-1].status == 500 and err["type"] == "server_error" and "log" in err["message"]
+    assert "secret" not in json.dumps(err) and "Traceback" not in json.dumps(err)
+    assert "secret internals" in caplog.text  # the server's log has what happened
 
 
 LONG_PROMPT = " ".join(["the total cost of the supplies is found step by step"] * 12)
