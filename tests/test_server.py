@@ -280,9 +280,9 @@ def test_the_parity_cases_differ(run_answers):
 # --- 3. logprobs, with who wrote each token ---
 
 
-def check_entries(content: list[dict], spans: list[dict], *, greedy: bool = True) -> None:
-    """OpenAI's fields, 3 alternatives sorted descending (the first the token itself where greedy),
-    bytes that decode to the token, and `source` that makes the spans."""
+def check_entries(content: list[dict], spans: list[dict]) -> None:
+    """OpenAI's fields, 3 alternatives sorted descending (the first the token itself: greedy), bytes
+    that decode to the token, and `source` that makes the spans."""
     for e in content:
         assert {"token", "logprob", "bytes", "top_logprobs", "source", "base_p"} <= set(e)
         assert bytes(e["bytes"]).decode("utf-8") == e["token"]
@@ -293,8 +293,7 @@ def check_entries(content: list[dict], spans: list[dict], *, greedy: bool = True
         assert len({a["token"] for a in top}) == 3
         for a in top:
             assert set(a) == {"token", "logprob", "bytes"} and bytes(a["bytes"]).decode("utf-8") == a["token"]
-        if greedy:
-            assert top[0]["token"] == e["token"] and top[0]["logprob"] == e["logprob"]
+        assert top[0]["token"] == e["token"] and top[0]["logprob"] == e["logprob"]
     merged: list[dict] = []
     for e in content:
         if merged and merged[-1]["source"] == e["source"]:
