@@ -135,11 +135,13 @@ def _fetch_missing(choice, yes: bool) -> None:
     fetch(missing([choice.base, choice.nudger]), yes=yes, what=what, confirm=confirm)
 
 
-def _load(args, s: Settings):
-    choice = choose_models(s, args.mode)
-    _fetch_missing(choice, args.yes)
+def _load(s: Settings, mode: str, yes: bool):
+    """The chosen pair (downloaded first where asked), its loaded models and the nudger's chat template."""
+    choice = choose_models(s, mode)
+    _fetch_missing(choice, yes)
     chat_template = read_chat_template(s)
-    return load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s), chat_template
+    models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
+    return choice, models, chat_template
 
 
 def run(args) -> int:
@@ -147,7 +149,7 @@ def run(args) -> int:
     for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds)):
         if value < 1:
             raise NudgeError(f"option {flag} must be a whole number of at least 1 (got {value}).")
-    models, chat_template = _load(args, s)
+    _, models, chat_template = _load(s, args.mode, args.yes)
     try:
         base, nudger = models.get("base"), models.get("nudger")
         prompts = render_prompts(
@@ -220,17 +222,17 @@ def serve(args) -> int:
     from nudge_local.server.app import serve as serve_pair
     from nudge_local.server.worker import Pair
 
-    for flag, value, least in (("--port", args.port, 0), ("--queue", args.queue, 0), ("--max-body", args.max_body, 1)):
-        if value < least or (flag == "--port" and value > 65535):
+    if not 0 <= args.port <= 65535:
+        raise NudgeError(f"option --port must be a whole number from 0 to 65535 (got {args.port}).")
+    for flag, value, least in (("--queue", args.queue, 0), ("--max-body", args.max_body, 1)):
+        if value < least:
             raise NudgeError(f"option {flag} must be a whole number of at least {least} (got {value}).")
     check_address(args.host, args.port)
     api_key = args.api_key or os.environ.get("NUDGE_LOCAL_API_KEY") or None
-    s = load_settings({**{k: v for k, v in vars(args).items() if k in FIELDS}, "pair": args.pair})
-    choice = choose_models(s, "nudged")
-    _fetch_missing(choice, args.yes)
-    models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
+    s = _settings(args)
+    choice, models, chat_template = _load(s, "nudged", args.yes)
     name = choice.pair.alias if choice.pair else f"{models['base'].path.name}+{models['nudger'].path.name}"
-    pair = Pair(models, s, read_chat_template(s), name)
+    pair = Pair(models, s, chat_template, name)
     return serve_pair(pair, host=args.host, port=args.port, api_key=api_key, queue_size=args.queue,
                       max_body=args.max_body, log_level=args.log_level)  # fmt: skip
 

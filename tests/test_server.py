@@ -965,3 +965,14 @@ def test_a_port_in_use_is_one_sentence_and_exit_code_2(pair):
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert p.stderr.startswith(f"nudge-local: error: Cannot listen on 127.0.0.1:{port} ")
     assert "--port" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, value, allowed",
+    [("--port", "70000", "from 0 to 65535"), ("--queue", "-1", "of at least 0"), ("--max-body", "0", "of at least 1")],
+)
+def test_serve_options_out_of_range_are_one_sentence(pair, flag, value, allowed):
+    argv = command("serve", "--base", str(pair[0]), "--nudge", str(pair[1]), flag, value)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
+    assert p.stderr == f"nudge-local: error: option {flag} must be a whole number {allowed} (got {value}).\n"
