@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from nudge_local.gguf_check import check_gguf
 from nudge_local.hub import cached_path, download, human_size, not_cached_error, offline, remote_size
 from nudge_local.model import Model
 from nudge_local.paths import cache_dir
+from nudge_local.remote import Endpoint, connect, is_url
 
 
 @dataclass
@@ -36,8 +38,8 @@ def choose_models(s: Settings, mode: str) -> Choice:
             if needed and not explicit[flag]:
                 raise NudgeError(f"Mode {mode} needs a {flag} model too: give --{flag} PATH or org/repo:file.gguf.")
         return Choice(
-            parse_ref(s.base) if need_base else None,
-            parse_ref(s.nudge) if need_nudge else None,
+            _ref(s.base) if need_base else None,
+            _ref(s.nudge) if need_nudge else None,
         )
     catalog = load_catalog()
     pair = catalog.pair(s.pair or catalog.default)
@@ -46,6 +48,19 @@ def choose_models(s: Settings, mode: str) -> Choice:
     if s.sources["base_format"] == "default":
         s.values["base_format"], s.sources["base_format"] = pair.base_format, f"pair {pair.alias}"
     return Choice(pair.base if need_base else None, pair.nudger if need_nudge else None, pair)
+
+
+def _ref(ref: str) -> Path | HubFile | str:
+    """A server's URL stays text; anything else is a file reference."""
+    return ref if is_url(ref) else parse_ref(ref)
+
+
+def endpoint(s: Settings, role: str, url: str) -> Endpoint:
+    """Where the `role` model is served: the URL and the settings for it; its API key from
+    $NUDGE_LOCAL_BASE_API_KEY or $NUDGE_LOCAL_NUDGE_API_KEY (never a flag: flags show in `ps`)."""
+    flag = "base" if role == "base" else "nudge"
+    key = os.environ.get(f"NUDGE_LOCAL_{flag.upper()}_API_KEY") or None
+    return Endpoint(url, s.values[f"{flag}_model"], s.values[f"{flag}_api"], key, s.timeout)
 
 
 def missing(files: list[Path | HubFile | None]) -> list[HubFile]:
@@ -76,9 +91,9 @@ def fetch(
         download(f)
 
 
-def local_path(ref: Path | HubFile | None) -> Path | None:
-    """The file on disk for a reference (after `fetch`)."""
-    if ref is None or isinstance(ref, Path):
+def local_path(ref: Path | HubFile | str | None) -> Path | str | None:
+    """The file on disk for a reference (after `fetch`); a server's URL as it is."""
+    if ref is None or isinstance(ref, (Path, str)):
         return ref
     p = cached_path(ref)
     if p is None:
@@ -100,13 +115,17 @@ def load_models(
     paths: dict[str, Path | None], s: Settings, progress: Callable[[str, float], None] | None = None
 ) -> dict[str, Model]:
     """Check the files, size the context to memory and load each model given (closing what was
-    loaded if one fails). Shared by the command line and the chat."""
-    given = {role: p for role, p in paths.items() if p is not None}
+    loaded if one fails); connect to each one given as a server's URL. Shared by the command line,
+    the chat and the server."""
+    given = {role: p for role, p in paths.items() if p is not None and not is_url(p)}
     for role, path in given.items():
         check_gguf(path, role=role)  # before plan_context reads their headers
-    n_ctx = plan_context(list(given.values()), s.context_size)
+    n_ctx = plan_context(list(given.values()), s.context_size) if given else 0
     models: dict[str, Model] = {}
     try:
+        for role, url in paths.items():
+            if is_url(url):
+                models[role] = connect(endpoint(s, role, url), role)
         for role, path in given.items():
             models[role] = Model(
                 path,

@@ -44,6 +44,12 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", dest="context_size", type=int, help="context size per model (default: what the pair needs)")
     p.add_argument("--threads", type=int, help="CPU threads per model (default: all cores)")
     p.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU (default: all where the build can)")
+    p.add_argument("--base-model", help="with --base URL: the model's name where the server serves several")
+    p.add_argument("--nudge-model", help="with --nudge URL: the model's name where the server serves several")
+    p.add_argument("--base-api", help="with --base URL: auto (default), llama-server, openai or ollama")
+    p.add_argument("--nudge-api", help="with --nudge URL: auto (default), llama-server, openai or ollama")
+    p.add_argument("--timeout", type=float, help="seconds a model server may take per request (default 60); "
+                   "API keys come from $NUDGE_LOCAL_BASE_API_KEY / $NUDGE_LOCAL_NUDGE_API_KEY")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="answer one prompt and print it with nudged words in [brackets]")
     run.add_argument("prompt", help="the question")
     run.add_argument("--pair", help="a catalog pair (default: the configured pair, else the catalog's default)")
-    run.add_argument("--base", help="base model: a GGUF path or org/repo:file.gguf (pretrained only)")
-    run.add_argument("--nudge", help="nudger model: a GGUF path or org/repo:file.gguf (instruction-tuned)")
+    run.add_argument(
+        "--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT of a server (pretrained only)"
+    )
+    run.add_argument(
+        "--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT (instruction-tuned)"
+    )
     run.add_argument("--yes", action="store_true", help="download missing model files without asking")
     run.add_argument("--mode", choices=MODES, default="nudged",
                      help="nudged (default), base only, nudger only, paper (the authors' algorithm)")  # fmt: skip
@@ -73,15 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="the terminal chat that shows who wrote every token")
     chat.add_argument("pair", nargs="?", help="a catalog alias (default: the configured pair, else the catalog's)")
-    chat.add_argument("--base", help="base model: a GGUF path or org/repo:file.gguf")
-    chat.add_argument("--nudge", help="nudger model: a GGUF path or org/repo:file.gguf")
+    chat.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
+    chat.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
     chat.add_argument("--yes", action="store_true", help="download missing model files without asking")
     _add_settings_flags(chat)
 
     serve = sub.add_parser("serve", help="serve the pair over the OpenAI HTTP API, with every token's provenance")
     serve.add_argument("pair", nargs="?", help="a catalog alias (default: the configured pair, else the catalog's)")
-    serve.add_argument("--base", help="base model: a GGUF path or org/repo:file.gguf")
-    serve.add_argument("--nudge", help="nudger model: a GGUF path or org/repo:file.gguf")
+    serve.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
+    serve.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
     serve.add_argument("--yes", action="store_true", help="download missing model files without asking")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
@@ -231,7 +241,7 @@ def serve(args) -> int:
     api_key = args.api_key or os.environ.get("NUDGE_LOCAL_API_KEY") or None
     s = _settings(args)
     choice, models, chat_template = _load(s, "nudged", args.yes)
-    name = choice.pair.alias if choice.pair else f"{models['base'].path.name}+{models['nudger'].path.name}"
+    name = choice.pair.alias if choice.pair else f"{models['base'].name}+{models['nudger'].name}"
     pair = Pair(models, s, chat_template, name)
     return serve_pair(pair, host=args.host, port=args.port, api_key=api_key, queue_size=args.queue,
                       max_body=args.max_body, log_level=args.log_level)  # fmt: skip

@@ -17,6 +17,7 @@ import yaml
 from nudge_local.errors import NudgeError
 from nudge_local.paths import config_path
 from nudge_local.prompts import DEFAULT_BASE_FORMAT, check_base_format
+from nudge_local.remote import APIS
 
 
 def _number(kind, lo=None, hi=None, auto=False):
@@ -69,6 +70,15 @@ def _keymap(v):
     return v
 
 
+def _choice(allowed):
+    def parse(v):
+        if v not in allowed:
+            raise ValueError("one of " + ", ".join(allowed))
+        return v
+
+    return parse
+
+
 def _optional_text(v):
     return None if v is None else _text(v)
 
@@ -76,8 +86,13 @@ def _optional_text(v):
 # name: (parser, default, help)
 FIELDS: dict[str, tuple[Any, Any, str]] = {
     "pair": (_optional_text, None, "default pair: a catalog alias (none: the catalog's default)"),
-    "base": (_optional_text, None, "base model reference: a path, org/repo:file.gguf"),
-    "nudge": (_optional_text, None, "nudger model reference: a path, org/repo:file.gguf"),
+    "base": (_optional_text, None, "base model reference: a path, org/repo:file.gguf, or a server's URL"),
+    "nudge": (_optional_text, None, "nudger model reference: a path, org/repo:file.gguf, or a server's URL"),
+    "base_model": (_optional_text, None, "the base's name on its server, where it serves several"),
+    "nudge_model": (_optional_text, None, "the nudger's name on its server, where it serves several"),
+    "base_api": (_choice(APIS), "auto", "the base server's API: auto (detected), llama-server, openai, ollama"),
+    "nudge_api": (_choice(APIS), "auto", "the nudger server's API: auto (detected), llama-server, openai, ollama"),
+    "timeout": (_number(float, 0.1), 60.0, "seconds a model server may take to answer one request"),
     "gamma": (_number(float, 0, 1), 0.4, "the nudger writes where the base's top-1 probability is below this"),
     "max_tokens": (_number(int, 0), 256, "answer length limit"),
     "temperature": (_number(float, 0), 0.0, "0 is greedy"),
@@ -93,7 +108,18 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "chat_template": (_optional_text, None, "Jinja chat template file for the nudger"),
     "keymap": (_keymap, {}, "chat key bindings by id, e.g. {compare: f4}"),
 }
-TEXT_FIELDS = {"pair", "base", "nudge", "base_format", "system", "chat_template"}
+TEXT_FIELDS = {
+    "pair",
+    "base",
+    "nudge",
+    "base_format",
+    "system",
+    "chat_template",
+    "base_model",
+    "nudge_model",
+    "base_api",
+    "nudge_api",
+}
 
 
 @dataclass

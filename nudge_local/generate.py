@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 from nudge_local.errors import NudgeError
@@ -14,7 +15,7 @@ from nudge_local.sampling import Chooser, Sampling
 from nudge_local.speculative import speculative_steps
 from nudge_local.stream import Steps, stream
 from nudge_local.token_mode import nudged_steps, single_steps
-from nudge_local.views import Answer, TokenSpaceView, make_views
+from nudge_local.views import Answer, TokenSpaceView, make_views, view_of
 
 Plan = tuple[Steps, dict[Role, Model], dict[Role, int]]  # a mode's steps, the models it uses, their prompt lengths
 
@@ -22,7 +23,14 @@ Plan = tuple[Steps, dict[Role, Model], dict[Role, int]]  # a mode's steps, the m
 def _nudged(prompts: Prompts, base: Model, nudger: Model, *, speculative: bool, draft: int | None,
             text_space: bool | None, **rule) -> Plan:  # fmt: skip
     answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)
-    if speculative and isinstance(bview, TokenSpaceView):  # drafts need shared token ids
+    drafts = speculative and isinstance(bview, TokenSpaceView)  # drafts need shared token ids
+    if drafts and not getattr(base, "scores_drafts", True):
+        note_once(
+            f"The base's server ({base.path}) cannot score a draft in one request; "
+            f"speculative nudging runs as token mode."
+        )
+        drafts = False
+    if drafts:
         steps = speculative_steps(base, nudger, bview, nview, answer, draft_len=draft, **rule)
     else:
         steps = nudged_steps(base, nudger, bview, nview, answer, **rule)
@@ -33,13 +41,28 @@ def _paper(prompts: Prompts, base: Model, nudger: Model, *, gamma: float, chunk:
            max_tokens: int) -> Plan:  # fmt: skip
     steps = paper_steps(base, nudger, prompts.base, prompts.nudge, gamma=gamma, chunk=chunk, max_rounds=max_rounds,
                         max_tokens=max_tokens)  # fmt: skip
-    prompt_tokens = {"base": len(base.tokenize(prompts.base)), "nudger": len(nudger.tokenize(prompts.nudge))}
+    prompt_tokens = {"base": prompt_length(base, prompts.base), "nudger": prompt_length(nudger, prompts.nudge)}
     return steps, {"base": base, "nudger": nudger}, prompt_tokens
+
+
+def prompt_length(model: Model, prompt: str) -> int:
+    """Tokens in `prompt` (a text-only served model counts them in its first answer: 0 here)."""
+    return 0 if getattr(model, "text_only", False) else len(model.tokenize(prompt))
+
+
+_noted: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """A fallback the user should know of, said once per process (on the nudge_local logger)."""
+    if message not in _noted:
+        _noted.add(message)
+        logging.getLogger("nudge_local").warning(message)
 
 
 def _single(role: Role, model: Model, prompt: str, *, max_tokens: int, choose: Chooser) -> Plan:
     answer = Answer()
-    view = TokenSpaceView(model, prompt, answer)
+    view = view_of(model, prompt, answer, text_space=False)
     source = "base" if role == "base" else "nudge"
     steps = single_steps(model, view, answer, source=source, max_tokens=max_tokens, choose=choose)
     return steps, {role: model}, {role: view.prompt_tokens}

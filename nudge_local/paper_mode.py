@@ -38,7 +38,10 @@ class Completion:
 def complete(model: Model, text: str, max_tokens: int) -> Completion:
     """What a completions server returns for `text`: up to `max_tokens` greedy tokens, each with
     its text and top-1 probability, ending early at end of generation (not reported, finish
-    "stop"). Only tokens the context does not already hold are evaluated."""
+    "stop"). Only tokens the context does not already hold are evaluated. A served model answers
+    it in one request, as the authors' client asks."""
+    if getattr(model, "remote", False):
+        return model.complete(text, max_tokens)
     seq = model.tokenize(text)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     out: list[CompletionToken] = []
@@ -53,6 +56,8 @@ def complete(model: Model, text: str, max_tokens: int) -> Completion:
 
 def api_style_complete(model: Model, text: str, n: int) -> Completion:
     """A completion call as the authors' API client makes it: the whole text evaluated again."""
+    if getattr(model, "remote", False):
+        return model.complete(text, n)  # the server's prefix cache decides what it re-reads
     model.reset()
     return complete(model, text, n)
 
@@ -191,8 +196,18 @@ def paper_steps(
     def call(model: Model, text: str) -> Completion:
         return complete(model, text, chunk)
 
+    written = 0  # tokens yielded: the budget of a text-only served base, which cannot tokenize
+
     def over_budget(text: str) -> bool:
+        if getattr(base, "text_only", False):
+            return max_tokens > 0 and written >= max_tokens
         return max_tokens > 0 and len(base.tokenize(text)) - (base.tokenize("") != []) >= max_tokens
+
+    def counted(events: Steps):
+        nonlocal written
+        for e in events:
+            written += 1
+            yield e
 
     for rnd in range(1, max_rounds + 1):
         draft = call(nudger, nudger_prompt + out.text)
@@ -200,7 +215,7 @@ def paper_steps(
             out.text += draft.text
             if draft.text:
                 out.nudging_words.append(draft.text)
-            yield from _events(draft.tokens, "nudge")
+            yield from counted(_events(draft.tokens, "nudge"))
             return out.result("nudging_model_stop", rnd)
         lead, words = split_words(draft.text)
         k, probe = choose_nudging_words(call, base, base_prompt + out.text + lead, words, gamma)
@@ -209,11 +224,11 @@ def paper_steps(
             return out.result("repeated_nudging_words", rnd)
         out.text += chosen
         out.nudging_words.append(chosen)
-        yield from _events(draft.tokens, "nudge", len(chosen))
+        yield from counted(_events(draft.tokens, "nudge", len(chosen)))
         if probe is not None and probe.text:
             taken = continue_with_base(call, base, base_prompt, out.text, probe, gamma, over_budget)
             out.text += "".join(t.text for t in taken)
-            yield from _events(taken, "base")
+            yield from counted(_events(taken, "base"))
         if over_budget(out.text):
             return out.result("length", rnd)
     return out.result("round", max_rounds)

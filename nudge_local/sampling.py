@@ -67,6 +67,12 @@ class Chooser:
             return int(logits.argmax()) if argmax is None else argmax
         z = logits.astype(np.float64) / s.temperature
         w = np.exp(z - z.max())
+        listed = getattr(logits, "listed", None)
+        if listed is not None:  # a served model's row: draw among the tokens its server listed
+            keep = np.zeros_like(w)
+            listed = listed[listed < len(w)]
+            keep[listed] = w[listed]
+            w = keep
         if s.top_p < 1.0:
             order = np.argsort(-w, kind="stable")
             mass = np.cumsum(w[order])

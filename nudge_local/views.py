@@ -66,18 +66,55 @@ class TextSpaceView:
         return self.model.logits(self.model.tokenize(self.prompt + self.answer.data))
 
 
+class RemoteTextView:
+    """A text-only served model (OpenAI /v1/completions) sees the prompt and the answer as text;
+    its rows are over its own numbering of the token texts its server returned."""
+
+    def __init__(self, model, prompt: str, answer: Answer) -> None:
+        self.model, self.answer = model, answer
+        self.prompt = prompt.encode("utf-8")
+
+    @property
+    def prompt_tokens(self) -> int:
+        """As the server counts them (its first answer tells)."""
+        if not self.model.last_prompt:
+            self.logits()
+        return self.model.last_prompt
+
+    def logits(self) -> np.ndarray:
+        return self.model.text_logits(self.prompt + self.answer.data)
+
+
+PROBE = "Hello, world! 1234 + 5678 = 6912.\nÉté, naïve café; 東京 — Привет 🙂\tdef f(x): return x**2"
+
+
 def same_vocabulary(a: Model, b: Model) -> bool:
     """llama.cpp's draft-model test: same tokenizer type, sizes within 128 padding ids,
-    the same token texts for every shared id."""
+    the same token texts for every shared id. A served model's vocabulary cannot be listed: there
+    the sizes, the type and the tokens and pieces of a probe text must agree."""
     key = (b.path, b.n_vocab)
     if key not in a.vocab_matches:  # compared once per pair: 128k texts take ~0.1 s
         n = min(a.n_vocab, b.n_vocab)
-        a.vocab_matches[key] = (
-            a.vocab_type == b.vocab_type
-            and abs(a.n_vocab - b.n_vocab) <= 128
-            and a.token_texts()[:n] == b.token_texts()[:n]
-        )
+        if getattr(a, "text_only", False) or getattr(b, "text_only", False):
+            same = False
+        elif getattr(a, "remote", False) or getattr(b, "remote", False):
+            ta, tb = a.tokenize(PROBE), b.tokenize(PROBE)
+            same = (a.vocab_type == b.vocab_type and abs(a.n_vocab - b.n_vocab) <= 128 and ta == tb
+                    and [a.piece(t) for t in ta] == [b.piece(t) for t in tb])  # fmt: skip
+        else:
+            same = (a.vocab_type == b.vocab_type and abs(a.n_vocab - b.n_vocab) <= 128
+                    and a.token_texts()[:n] == b.token_texts()[:n])  # fmt: skip
+        a.vocab_matches[key] = same
     return a.vocab_matches[key]
+
+
+def view_of(model: Model, prompt: str, answer: Answer, *, text_space: bool, n_shared: int | None = None) -> View:
+    """One model's view: token or text space, or text for a text-only served model."""
+    if getattr(model, "text_only", False):
+        return RemoteTextView(model, prompt, answer)
+    if text_space:
+        return TextSpaceView(model, prompt, answer)
+    return TokenSpaceView(model, prompt, answer, n_shared)
 
 
 def make_views(
@@ -86,9 +123,10 @@ def make_views(
     """Both models' views of one shared Answer; token space when the vocabularies match unless
     `text_space` forces a choice."""
     answer = Answer()
-    if text_space is None:
+    if getattr(base, "text_only", False) or getattr(nudger, "text_only", False):
+        text_space = True
+    elif text_space is None:
         text_space = not same_vocabulary(base, nudger)
-    if text_space:
-        return answer, TextSpaceView(base, base_prompt, answer), TextSpaceView(nudger, nudger_prompt, answer)
-    n = min(base.n_vocab, nudger.n_vocab)
-    return answer, TokenSpaceView(base, base_prompt, answer, n), TokenSpaceView(nudger, nudger_prompt, answer, n)
+    n = None if text_space else min(base.n_vocab, nudger.n_vocab)
+    return (answer, view_of(base, base_prompt, answer, text_space=text_space, n_shared=n),
+            view_of(nudger, nudger_prompt, answer, text_space=text_space, n_shared=n))  # fmt: skip

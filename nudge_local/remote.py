@@ -1,0 +1,594 @@
+"""A model on a serving engine (docs/remote.md): the same interface as a local GGUF Model, answered
+by HTTP requests to llama.cpp's llama-server (native API: token ids, top-N probabilities) or to any
+OpenAI-compatible /v1/completions endpoint (vLLM, SGLang, llama-cpp-python's server: text only).
+
+A server reports only the top-k probabilities of each position, so a logits row from it is a
+`TopRow`: the listed tokens carry their true log-probabilities and the rest of the mass is spread
+evenly over the unlisted ids. The plain softmax of such a row gives every listed token its reported
+probability (so the top-1 probability nudging gates on is exact), and greedy choice is the server's
+argmax. Sampling with temperature draws among the listed tokens only (`Chooser`).
+
+Requests are few: asked for the row after a prefix, a model asks its server for a greedy chunk of
+tokens after it with their top-k probabilities, and keeps the rows of the whole chunk (`Lookahead`).
+While the answer follows the server's own greedy tokens (the base writing in token mode, the nudger
+writing a word), the next rows are already there; a prefix that leaves the chunk asks again, and the
+server's prefix cache re-reads only the new suffix.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import httpx2 as httpx
+import numpy as np
+
+from nudge_local.errors import ContextFull, NudgeError
+
+APIS = ("auto", "llama-server", "openai", "ollama")
+TOP_K = 8  # probabilities asked per position (vLLM's default cap is 20)
+CHUNK_MAX = 64
+TEXT_TAIL = 4096  # unlisted ids in a text-only model's rows
+
+
+def is_url(ref: str | None) -> bool:
+    return isinstance(ref, str) and ref.startswith(("http://", "https://"))
+
+
+class RemoteError(NudgeError):
+    """A serving engine failed or answered something nudging cannot use; one sentence."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a model is served and how to talk to it."""
+
+    url: str
+    model: str | None = None  # the served model's name, where the server holds several
+    api: str = "auto"
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 60.0  # seconds for one request
+    retries: int = 2  # extra tries of a request that failed in transit
+
+    @property
+    def root(self) -> str:
+        """The URL without a trailing slash or /v1 (the APIs' paths are added to it)."""
+        u = self.url.rstrip("/")
+        return u[:-3] if u.endswith("/v1") else u
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+
+class TopRow(np.ndarray):
+    """A logits row built from a server's top-k log-probabilities: `listed` holds their ids."""
+
+    listed: np.ndarray
+
+    def __array_finalize__(self, obj) -> None:
+        self.listed = getattr(obj, "listed", np.empty(0, dtype=np.int64))
+
+
+def top_row(n: int, top: list[tuple[int, float]]) -> TopRow:
+    """A row of n log-probabilities: each listed (id, logprob) exact, the remaining mass spread
+    evenly over the other ids (so softmax(row) gives each listed id its reported probability)."""
+    ids = np.array([i for i, _ in top], dtype=np.int64)
+    lps = np.array([lp for _, lp in top], dtype=np.float64)
+    rest = max(0.0, 1.0 - float(np.exp(lps).sum())) if len(top) else 1.0
+    unlisted = n - len(top)
+    fill = math.log(rest / unlisted) if rest > 0 and unlisted > 0 else -1e30
+    row = np.full(n, fill, dtype=np.float32).view(TopRow)
+    row[ids] = lps
+    row.listed = ids
+    return row
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+class Http:
+    """One connection pool to one server; every failure is one RemoteError sentence. Requests are
+    idempotent (greedy completions, tokenization), so a connection that fails or a 502/503/504 is
+    tried again, `retries` times, after 0.25 s, 0.5 s, 1 s, ..."""
+
+    def __init__(self, endpoint: Endpoint, role: str) -> None:
+        self.endpoint, self.role = endpoint, role
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+        self.client = httpx.Client(base_url=endpoint.root, headers=headers, timeout=endpoint.timeout)
+        self.requests = 0
+        self.seconds = 0.0
+
+    @property
+    def who(self) -> str:
+        return f"The {self.role} server at {self.endpoint.root}"
+
+    def get(self, path: str) -> dict:
+        return self._send("GET", path, None)
+
+    def post(self, path: str, body: dict) -> dict:
+        return self._send("POST", path, body)
+
+    def _send(self, method: str, path: str, body: dict | None) -> dict:
+        for attempt in range(self.endpoint.retries + 1):
+            last = attempt == self.endpoint.retries
+            t0 = time.perf_counter()
+            try:
+                r = self.client.request(method, path, json=body)
+            except httpx.TimeoutException:
+                raise RemoteError(
+                    f"{self.who} did not answer within {self.endpoint.timeout:g} s; "
+                    f"raise --timeout or check the server."
+                ) from None
+            except httpx.ConnectError:
+                if last:
+                    raise RemoteError(
+                        f"{self.who} cannot be reached (connection refused or no route); start it or check the URL."
+                    ) from None
+            except httpx.TransportError:
+                if last:
+                    raise RemoteError(f"{self.who} closed the connection mid-answer; did it stop or crash?") from None
+            else:
+                self.requests += 1
+                self.seconds += time.perf_counter() - t0
+                if r.status_code in (502, 503, 504) and not last:
+                    pass
+                else:
+                    return self._json(r, path)
+            time.sleep(0.25 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _json(self, r: httpx.Response, path: str) -> dict:
+        if r.status_code >= 400:
+            raise RemoteError(f"{self.who} answered {path} with HTTP {r.status_code}: {error_message(r)}")
+        try:
+            return r.json()
+        except ValueError:
+            raise RemoteError(
+                f"{self.who} answered {path} with something that is not JSON; is it the right URL?"
+            ) from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def error_message(r: httpx.Response) -> str:
+    """The server's own error sentence (OpenAI error objects, FastAPI's `detail`), or its status text."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.reason_phrase or "no details"
+    err = body.get("error", body.get("detail")) if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        err = err.get("message")
+    text = str(err or r.reason_phrase or "no details").strip().rstrip(".")
+    return (text[:300] + "...") if len(text) > 300 else text + "."
+
+
+def detect_api(http: Http) -> str:
+    """llama-server has /props; Ollama /api/tags; anything else answering /v1/models is OpenAI-compatible."""
+    for path, api in (("/props", "llama-server"), ("/api/tags", "ollama"), ("/v1/models", "openai")):
+        try:
+            body = http.get(path)
+        except RemoteError as e:
+            if "cannot be reached" in str(e) or "did not answer" in str(e):
+                raise
+            continue
+        if api != "llama-server" or "default_generation_settings" in body:
+            return api
+    raise RemoteError(
+        f"{http.who} does not answer llama-server's /props nor OpenAI's /v1/models; is it a serving engine?"
+    )
+
+
+def connect(endpoint: Endpoint, role: str) -> RemoteModel | TextRemoteModel:
+    """The model served at `endpoint`, checked to answer with probabilities."""
+    if endpoint.api not in APIS:
+        raise NudgeError(f"Unknown --{role}-api {endpoint.api!r}; choose one of {', '.join(APIS)}.")
+    http = Http(endpoint, role)
+    try:
+        api = detect_api(http) if endpoint.api == "auto" else endpoint.api
+        if api == "ollama":
+            raise RemoteError(
+                f"{http.who} is Ollama, which nudge-local does not drive yet (it could not be tested here); "
+                f"serve the model with llama-server or an OpenAI-compatible engine."
+            )
+        model = RemoteModel(http) if api == "llama-server" else TextRemoteModel(http)
+        model.check()
+        return model
+    except BaseException:
+        http.close()
+        raise
+
+
+# -- lookahead ----------------------------------------------------------------------------------
+
+
+class ChunkSizer:
+    """How many tokens to ask ahead: twice the recent run of rows used, doubled while whole chunks
+    are used, between 1 and CHUNK_MAX."""
+
+    def __init__(self) -> None:
+        self.size = 8
+        self.mean_used = 4.0
+
+    def used(self, used: int, asked: int) -> None:
+        if used >= asked:
+            self.size = min(CHUNK_MAX, max(self.size, asked) * 2)
+            return
+        self.mean_used = 0.7 * self.mean_used + 0.3 * used
+        self.size = max(1, min(CHUNK_MAX, round(2 * self.mean_used) + 1))
+
+
+@dataclass
+class Chunk:
+    """What one request returned: the rows after key[:n], key[:n] + ahead[:1], ... (key is the
+    prefix sent; ahead the server's greedy tokens after it)."""
+
+    key: list | bytes
+    ahead: list
+    rows: list[TopRow]
+    used: int = 0
+
+
+# -- llama-server -------------------------------------------------------------------------------
+
+
+class RemoteModel:
+    """A model on llama.cpp's llama-server, through its native API (token ids in and out)."""
+
+    remote = True
+    text_only = False
+    scores_drafts = False  # llama-server has no prompt logprobs: speculative nudging falls back
+
+    def __init__(self, http: Http) -> None:
+        self.http, self.role = http, http.role
+        self.path = http.endpoint.root
+        self._pieces: dict[int, bytes] = {}
+        self._eog: set[int] = set()
+        self._chunk: Chunk | None = None
+        self.sizer = ChunkSizer()
+        self.vocab_matches: dict = {}
+        self.evaluated_tokens = 0  # prompt tokens the server reports reading, plus tokens it generated
+        self.prompt_read = 0  # ... of which prompt tokens
+        self.forward_calls = 0  # requests that evaluated something
+        self.decode_seconds = 0.0
+
+    def check(self) -> None:
+        props = self.http.get("/props")
+        models = self.http.get("/v1/models").get("data") or [{}]
+        meta = models[0].get("meta") or {}
+        if not meta.get("n_vocab"):
+            raise RemoteError(f"{self.http.who} has not loaded its model yet; try again when it is ready.")
+        self.n_vocab, self.vocab_type = int(meta["n_vocab"]), meta.get("vocab_type")
+        self.n_ctx = int((props.get("default_generation_settings") or {}).get("n_ctx") or meta.get("n_ctx") or 0)
+        self._name = str(models[0].get("id") or self.path)
+        self._template = props.get("chat_template") or None
+        bos, eos = props.get("bos_token") or "", props.get("eos_token") or ""
+        special = self._tokenize(bos + eos)
+        with_bos = self.http.post("/tokenize", {"content": "a", "add_special": True})["tokens"]
+        plain = self.http.post("/tokenize", {"content": "a", "add_special": False})["tokens"]
+        self.add_bos = len(with_bos) > len(plain) and with_bos[0] != plain[0]
+        self.bos = with_bos[0] if self.add_bos else (special[0] if bos and special else -1)
+        self.eos = special[-1] if eos and special else -1
+        if self.eos >= 0:
+            self._eog.add(self.eos)
+
+    # -- metadata ---------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self._name).name or self._name
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._template
+
+    def metadata(self, key: str) -> str | None:  # noqa: ARG002 - the native API exposes no GGUF metadata
+        return None
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def _tokenize(self, text: str) -> list[int]:
+        out = self.http.post("/tokenize", {"content": text, "add_special": False, "parse_special": True,
+                                           "with_pieces": True})["tokens"]  # fmt: skip
+        ids = []
+        for t in out:
+            p = t["piece"]
+            self._pieces[t["id"]] = p.encode("utf-8") if isinstance(p, str) else bytes(p)
+            ids.append(t["id"])
+        return ids
+
+    def tokenize(self, text: str | bytes) -> list[int]:
+        """As Model.tokenize, by the server's /tokenize: special tokens parsed, BOS added where the
+        vocabulary asks. Bytes ending inside a UTF-8 character are decoded with a replacement
+        character (JSON carries text, not bytes)."""
+        data = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        ids = self._tokenize(data) if data else []
+        if self.add_bos and self.bos >= 0 and (not ids or ids[0] != self.bos):
+            ids.insert(0, self.bos)
+        return ids
+
+    def piece(self, token: int) -> bytes:
+        p = self._pieces.get(token)
+        if p is None:
+            text = self.http.post("/detokenize", {"tokens": [token]}).get("content", "")
+            p = self._pieces[token] = text.encode("utf-8")
+        return p
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog
+
+    def token_texts(self) -> list[bytes]:
+        raise NudgeError("A served model's vocabulary is compared by probe texts, not listed.")
+
+    # -- rows -------------------------------------------------------------------------------------
+
+    def logits(self, tokens: list[int]) -> TopRow:
+        """The row after `tokens`: from the current chunk when it holds that prefix, else from a new
+        greedy chunk the server writes after `tokens`."""
+        if len(tokens) >= self.n_ctx > 0:
+            raise ContextFull(
+                f"The {self.role} model needs {len(tokens) + 1} tokens but its server's context holds "
+                f"{self.n_ctx}; shorten the prompt or start the server with a larger -c."
+            )
+        c = self._chunk
+        if c is not None:
+            n = len(c.key)
+            i = len(tokens) - n
+            if 0 <= i < len(c.rows) and tokens[:n] == c.key and tokens[n:] == c.ahead[:i]:
+                c.used = max(c.used, i + 1)
+                return c.rows[i]
+            self.sizer.used(c.used, len(c.rows))
+        size = max(1, min(self.sizer.size, self.n_ctx - len(tokens))) if self.n_ctx else self.sizer.size
+        self._chunk = self._generate(list(tokens), size)
+        self._chunk.used = 1
+        return self._chunk.rows[0]
+
+    def _generate(self, tokens: list[int], n: int) -> Chunk:
+        body = {"prompt": tokens, "n_predict": n, "n_probs": TOP_K, "temperature": 0.0, "top_k": 1,
+                "samplers": ["top_k"], "cache_prompt": True, "return_tokens": True, "stream": False}  # fmt: skip
+        r = self.http.post("/completion", body)
+        self._count(r)
+        probs = r.get("completion_probabilities") or []
+        ahead, rows = [], []
+        for i, p in enumerate(probs):
+            top = p.get("top_logprobs")
+            if top is None:
+                raise RemoteError(f"{self.http.who} answered without token log-probabilities; is it llama-server?")
+            for t in top:
+                if t["id"] not in self._pieces:
+                    self._pieces[t["id"]] = bytes(t["bytes"])
+            rows.append(top_row(self.n_vocab, [(t["id"], t["logprob"]) for t in top]))
+            ahead.append(p["id"])
+            if i == len(probs) - 1 and r.get("stop_type") == "eos":
+                self._eog.add(p["id"])
+        if not rows:
+            raise RemoteError(
+                f"{self.http.who} wrote nothing after a {len(tokens)}-token prompt; its context may be full."
+            )
+        return Chunk(tokens, ahead, rows)
+
+    def _count(self, r: dict) -> None:
+        timings = r.get("timings") or {}
+        read = int(timings.get("prompt_n", r.get("tokens_evaluated", 0)) or 0)
+        self.prompt_read += read
+        self.evaluated_tokens += read + int(timings.get("predicted_n", 0) or 0)
+        self.forward_calls += 1
+        self.decode_seconds += (float(timings.get("prompt_ms", 0)) + float(timings.get("predicted_ms", 0))) / 1000
+
+    def evaluate(self, tokens: list[int], rows: list[int]) -> np.ndarray:  # noqa: ARG002
+        raise NudgeError(f"{self.http.who} cannot score given tokens (llama-server has no prompt log-probabilities).")
+
+    def complete(self, text: str, max_tokens: int):
+        """A completion call as paper mode makes it: one request, greedy, top-1 probabilities."""
+        from nudge_local.paper_mode import Completion, CompletionToken
+
+        body = {"prompt": text, "n_predict": max_tokens, "n_probs": 1, "temperature": 0.0, "top_k": 1,
+                "samplers": ["top_k"], "cache_prompt": True, "return_tokens": True, "stream": False}  # fmt: skip
+        r = self.http.post("/completion", body)
+        self._count(r)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        out = []
+        for p in r.get("completion_probabilities") or []:
+            if p["id"] in self._eog or (r.get("stop_type") == "eos" and p is r["completion_probabilities"][-1]):
+                self._eog.add(p["id"])
+                return Completion(out, "stop")
+            top = p.get("top_logprobs") or [p]
+            out.append(CompletionToken(p["id"], decoder.decode(bytes(p["bytes"])), math.exp(top[0]["logprob"])))
+        return Completion(out, "stop" if r.get("stop_type") == "eos" else "length")
+
+    # -- cache ------------------------------------------------------------------------------------
+
+    @property
+    def held_tokens(self) -> list[int]:
+        """What the server's prefix cache is believed to hold: the last prompt and what it wrote."""
+        c = self._chunk
+        return list(c.key) + list(c.ahead) if c else []
+
+    def reset(self) -> None:
+        """Forget the chunk (the server keeps its own prefix cache)."""
+        if self._chunk is not None:
+            self.sizer.used(self._chunk.used, len(self._chunk.rows))
+        self._chunk = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- OpenAI /v1/completions ---------------------------------------------------------------------
+
+
+END = 0  # a text-only model's id for its end of generation
+
+
+class TextRemoteModel:
+    """A model behind OpenAI's /v1/completions: text in, token texts and their log-probabilities
+    out. Its token ids are this process's own numbering of the texts the server returned, so it
+    works in text space only."""
+
+    remote = True
+    text_only = True
+    scores_drafts = False
+
+    def __init__(self, http: Http) -> None:
+        self.http, self.role = http, http.role
+        self.path = http.endpoint.root
+        self._ids: dict[str, int] = {"": END}
+        self._texts: list[str] = [""]
+        self._chunk: Chunk | None = None
+        self.sizer = ChunkSizer()
+        self.vocab_matches: dict = {}
+        self.evaluated_tokens = self.prompt_read = self.forward_calls = 0
+        self.decode_seconds = 0.0
+        self.prompt_sent = 0  # prompt tokens the server reports per request (usage.prompt_tokens)
+        self.last_prompt = 0  # ... in the last request
+        self.n_ctx = 0
+        self.chat_template = None
+
+    def check(self) -> None:
+        data = self.http.get("/v1/models").get("data") or []
+        names = [str(m.get("id")) for m in data if m.get("id")]
+        want = self.http.endpoint.model
+        if want:
+            if names and want not in names:
+                raise RemoteError(
+                    f"{self.http.who} serves {', '.join(names)}, not {want}; give --{self.role}-model one of them."
+                )
+            self.model = want
+        elif len(names) == 1:
+            self.model = names[0]
+        else:
+            raise RemoteError(
+                f"{self.http.who} serves {len(names)} models ({', '.join(names) or 'none listed'}); "
+                f"name one with --{self.role}-model."
+            )
+        self._completion("a", 1)  # answers with log-probabilities, or says which option enables them
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.model).name or self.model
+
+    def metadata(self, key: str) -> str | None:  # noqa: ARG002
+        return None
+
+    def _id(self, text: str) -> int:
+        i = self._ids.get(text)
+        if i is None:
+            i = self._ids[text] = len(self._texts)
+            self._texts.append(text)
+        return i
+
+    def piece(self, token: int) -> bytes:
+        return self._texts[token].encode("utf-8")
+
+    def is_eog(self, token: int) -> bool:
+        return token == END
+
+    def tokenize(self, text: str | bytes) -> list[int]:  # noqa: ARG002
+        raise NudgeError(f"The {self.role} model behind {self.path} is served by text only; it runs in text space.")
+
+    def _completion(self, prompt: str, max_tokens: int, logprobs: int = TOP_K) -> dict:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "logprobs": logprobs,
+                "temperature": 0.0, "stream": False}  # fmt: skip
+        try:
+            r = self.http.post("/v1/completions", body)
+        except RemoteError as e:
+            if "logits_all" in str(e) or "logprobs" in str(e).lower():
+                raise RemoteError(
+                    f"{self.http.who} does not return log-probabilities; start it with them on "
+                    f"(llama-cpp-python's server: --logits_all true; vLLM: --max-logprobs {TOP_K} or more)."
+                ) from None
+            raise
+        choice = (r.get("choices") or [{}])[0]
+        lp = choice.get("logprobs")
+        if max_tokens and choice.get("text") and not (lp and lp.get("top_logprobs")):
+            raise RemoteError(
+                f"{self.http.who} answered without log-probabilities; start it with them on "
+                f"(llama-cpp-python's server: --logits_all true; vLLM: --max-logprobs {TOP_K} or more)."
+            )
+        usage = r.get("usage") or {}
+        self.forward_calls += 1
+        self.prompt_sent += int(usage.get("prompt_tokens", 0) or 0)
+        self.last_prompt = int(usage.get("prompt_tokens", 0) or 0)
+        cached = int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
+        self.prompt_read += int(usage.get("prompt_tokens", 0) or 0) - cached
+        self.evaluated_tokens += (
+            int(usage.get("prompt_tokens", 0) or 0) - cached + int(usage.get("completion_tokens", 0) or 0)
+        )
+        return choice
+
+    def _rows(self, choice: dict, max_tokens: int) -> tuple[list[str], list[TopRow]]:
+        lp = choice.get("logprobs") or {}
+        texts, tops = lp.get("tokens") or [], lp.get("top_logprobs") or []
+        rows = []
+        for tok, top in zip(texts, tops, strict=False):
+            listed = sorted(((self._id(t), v) for t, v in (top or {}).items()), key=lambda x: -x[1])
+            if self._id(tok) not in dict(listed):
+                listed.append((self._id(tok), -1e30))
+            rows.append(listed)
+        if choice.get("finish_reason") == "stop" and len(texts) < max_tokens:
+            rows.append([(END, 0.0)])  # the server stopped: its end of text was the argmax
+            texts = [*texts, ""]
+        n = len(self._texts) + TEXT_TAIL
+        return texts, [top_row(n, r) for r in rows]
+
+    def text_logits(self, data: bytes) -> TopRow:
+        """The row after the text `data` (a prompt and the answer so far)."""
+        c = self._chunk
+        if c is not None and data.startswith(c.key):
+            rest, i = data[len(c.key) :], 0
+            while i < len(c.rows):
+                if not rest:
+                    c.used = max(c.used, i + 1)
+                    return c.rows[i]
+                p = c.ahead[i].encode("utf-8")
+                if not p or not rest.startswith(p):
+                    break
+                rest, i = rest[len(p) :], i + 1
+        if c is not None:
+            self.sizer.used(c.used, len(c.rows))
+        n = self.sizer.size
+        choice = self._completion(data.decode("utf-8", "replace"), n)
+        texts, rows = self._rows(choice, n)
+        if not rows:
+            raise RemoteError(f"{self.http.who} wrote nothing; its context may be full.")
+        self._chunk = Chunk(bytes(data), texts, rows, used=1)
+        return rows[0]
+
+    def complete(self, text: str, max_tokens: int):
+        """A completion call exactly as the authors' run_api.py makes it: the prompt text,
+        max_tokens, logprobs 1, temperature 0."""
+        from nudge_local.paper_mode import Completion, CompletionToken
+
+        choice = self._completion(text, max_tokens, 1)
+        lp = choice.get("logprobs") or {}
+        out = []
+        for tok, top in zip(lp.get("tokens") or [], lp.get("top_logprobs") or [], strict=False):
+            p = math.exp(max((top or {tok: 0.0}).values()))
+            out.append(CompletionToken(self._id(tok), tok, p))
+        return Completion(out, "stop" if choice.get("finish_reason") == "stop" else "length")
+
+    @property
+    def held_tokens(self) -> list[int]:
+        return []
+
+    def reset(self) -> None:
+        self._chunk = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
