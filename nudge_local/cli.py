@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from nudge_local.catalog import HubFile, load_catalog, parse_ref
@@ -327,6 +328,17 @@ def doctor(args) -> int:
     return 0
 
 
+def _notes(command: str) -> None:
+    """The engine's notes (a fallback it took) as `nudge-local: note: ...` lines on stderr; the chat,
+    which owns the terminal, does not print them."""
+    log = logging.getLogger("nudge_local.notes")
+    if not log.handlers:
+        handler = logging.NullHandler() if command == "chat" else logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("nudge-local: note: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -336,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:  # named against the command given, not the top-level parser
             parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    _notes(args.command if args else "bench")
     try:
         if args is None:
             return bench(argv[1:])

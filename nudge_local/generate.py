@@ -54,10 +54,11 @@ _noted: set[str] = set()
 
 
 def note_once(message: str) -> None:
-    """A fallback the user should know of, said once per process (on the nudge_local logger)."""
+    """A fallback the user should know of, said once per process (on the nudge_local.notes logger:
+    the command line prints it on stderr)."""
     if message not in _noted:
         _noted.add(message)
-        logging.getLogger("nudge_local").warning(message)
+        logging.getLogger("nudge_local.notes").warning(message)
 
 
 def _single(role: Role, model: Model, prompt: str, *, max_tokens: int, choose: Chooser) -> Plan:

@@ -183,6 +183,19 @@ def detect_api(http: Http) -> str:
     )
 
 
+def check_api(http: Http, api: str) -> None:
+    """A server named as llama-server that is not one is told so (its /props is what it lacks)."""
+    if api == "llama-server":
+        try:
+            body = http.get("/props")
+        except RemoteError as e:
+            if "HTTP 4" not in str(e):
+                raise
+            body = {}
+        if "default_generation_settings" not in body:
+            raise RemoteError(f"{http.who} is not llama-server (no /props); use --{http.role}-api auto or openai.")
+
+
 def connect(endpoint: Endpoint, role: str) -> RemoteModel | TextRemoteModel:
     """The model served at `endpoint`, checked to answer with probabilities."""
     if endpoint.api not in APIS:
@@ -190,6 +203,7 @@ def connect(endpoint: Endpoint, role: str) -> RemoteModel | TextRemoteModel:
     http = Http(endpoint, role)
     try:
         api = detect_api(http) if endpoint.api == "auto" else endpoint.api
+        check_api(http, api)
         if api == "ollama":
             raise RemoteError(
                 f"{http.who} is Ollama, which nudge-local does not drive yet (it could not be tested here); "
@@ -430,6 +444,19 @@ class RemoteModel:
 END = 0  # a text-only model's id for its end of generation
 
 
+def token_logprobs(lp: dict | None) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Each generated token's text and its listed (text, logprob) alternatives, from either shape a
+    /v1/completions `logprobs` takes: OpenAI's legacy lists (`tokens`, `top_logprobs` as mappings:
+    vLLM, SGLang, llama-cpp-python) or the chat-style `content` list (llama-server)."""
+    if not lp:
+        return []
+    if isinstance(lp.get("content"), list):
+        return [(c.get("token", ""), [(t.get("token", ""), float(t["logprob"])) for t in c.get("top_logprobs") or []])
+                for c in lp["content"]]  # fmt: skip
+    tops = lp.get("top_logprobs") or []
+    return [(tok, list((top or {}).items())) for tok, top in zip(lp.get("tokens") or [], tops, strict=False)]
+
+
 class TextRemoteModel:
     """A model behind OpenAI's /v1/completions: text in, token texts and their log-probabilities
     out. Its token ids are this process's own numbering of the texts the server returned, so it
@@ -509,8 +536,7 @@ class TextRemoteModel:
                 ) from None
             raise
         choice = (r.get("choices") or [{}])[0]
-        lp = choice.get("logprobs")
-        if max_tokens and choice.get("text") and not (lp and lp.get("top_logprobs")):
+        if max_tokens and choice.get("text") and not any(top for _, top in token_logprobs(choice.get("logprobs"))):
             raise RemoteError(
                 f"{self.http.who} answered without log-probabilities; start it with them on "
                 f"(llama-cpp-python's server: --logits_all true; vLLM: --max-logprobs {TOP_K} or more)."
@@ -527,17 +553,17 @@ class TextRemoteModel:
         return choice
 
     def _rows(self, choice: dict, max_tokens: int) -> tuple[list[str], list[TopRow]]:
-        lp = choice.get("logprobs") or {}
-        texts, tops = lp.get("tokens") or [], lp.get("top_logprobs") or []
+        steps = token_logprobs(choice.get("logprobs"))
         rows = []
-        for tok, top in zip(texts, tops, strict=False):
-            listed = sorted(((self._id(t), v) for t, v in (top or {}).items()), key=lambda x: -x[1])
+        for tok, top in steps:
+            listed = sorted(((self._id(t), v) for t, v in top), key=lambda x: -x[1])
             if self._id(tok) not in dict(listed):
                 listed.append((self._id(tok), -1e30))
             rows.append(listed)
+        texts = [tok for tok, _ in steps]
         if choice.get("finish_reason") == "stop" and len(texts) < max_tokens:
             rows.append([(END, 0.0)])  # the server stopped: its end of text was the argmax
-            texts = [*texts, ""]
+            texts.append("")
         n = len(self._texts) + TEXT_TAIL
         return texts, [top_row(n, r) for r in rows]
 
@@ -570,10 +596,9 @@ class TextRemoteModel:
         from nudge_local.paper_mode import Completion, CompletionToken
 
         choice = self._completion(text, max_tokens, 1)
-        lp = choice.get("logprobs") or {}
         out = []
-        for tok, top in zip(lp.get("tokens") or [], lp.get("top_logprobs") or [], strict=False):
-            p = math.exp(max((top or {tok: 0.0}).values()))
+        for tok, top in token_logprobs(choice.get("logprobs")):
+            p = math.exp(max(v for _, v in top)) if top else 1.0
             out.append(CompletionToken(self._id(tok), tok, p))
         return Completion(out, "stop" if choice.get("finish_reason") == "stop" else "length")
 
