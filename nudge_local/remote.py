@@ -39,7 +39,12 @@ def is_url(ref: str | None) -> bool:
 
 
 class RemoteError(NudgeError):
-    """A serving engine failed or answered something nudging cannot use; one sentence."""
+    """A serving engine failed or answered something nudging cannot use; one sentence (`status`:
+    the HTTP status it answered with, where it answered)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,11 @@ class Http:
 
     def _json(self, r: httpx.Response, path: str) -> dict:
         if r.status_code >= 400:
-            raise RemoteError(f"{self.who} answered {path} with HTTP {r.status_code}: {error_message(r)}")
+            hint = ""
+            if r.status_code in (401, 403):
+                hint = f" Its key comes from $NUDGE_LOCAL_{'BASE' if self.role == 'base' else 'NUDGE'}_API_KEY."
+            raise RemoteError(f"{self.who} answered {path} with HTTP {r.status_code}: {error_message(r)}{hint}",
+                              r.status_code)  # fmt: skip
         try:
             return r.json()
         except ValueError:
@@ -173,7 +182,7 @@ def detect_api(http: Http) -> str:
         try:
             body = http.get(path)
         except RemoteError as e:
-            if "cannot be reached" in str(e) or "did not answer" in str(e):
+            if e.status is None or e.status in (401, 403):  # unreachable, too slow, or refusing us
                 raise
             continue
         if api != "llama-server" or "default_generation_settings" in body:
@@ -189,7 +198,7 @@ def check_api(http: Http, api: str) -> None:
         try:
             body = http.get("/props")
         except RemoteError as e:
-            if "HTTP 4" not in str(e):
+            if e.status is None or e.status in (401, 403) or e.status >= 500:
                 raise
             body = {}
         if "default_generation_settings" not in body:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from nudge_local.config import Settings
 from nudge_local.errors import ContextFull, NudgeError
+from nudge_local.remote import RemoteError
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import generate
 from nudge_local.model import Model
@@ -180,6 +181,8 @@ class Worker:
         except ContextFull as e:  # the field that holds the prompt: messages, or a completion's prompt
             param = "messages" if job.request.kind == "chat" else "prompt"
             job.post(ApiError(400, str(e), param=param, code="context_length_exceeded"))
+        except RemoteError as e:  # a model's own server failed: the gateway's error, not the client's
+            job.post(ApiError(502, str(e), kind="server_error", code="model_server_error"))
         except NudgeError as e:
             job.post(ApiError(400, str(e)))
         except Exception:  # never reaches the client as a traceback; the server's log has it
