@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 from nudge_local.config import Settings
 from nudge_local.errors import ContextFull, NudgeError
-from nudge_local.remote import RemoteError
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import generate
 from nudge_local.model import Model
 from nudge_local.prompts import Prompts, render_prompts
+from nudge_local.remote import RemoteError
 from nudge_local.sampling import Sampling
 from nudge_local.server.requests import ApiError, Request
 
