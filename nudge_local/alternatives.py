@@ -8,7 +8,7 @@ from nudge_local.events import TokenEvent
 from nudge_local.model import Model
 from nudge_local.prompts import Prompts
 from nudge_local.sampling import top_k
-from nudge_local.views import Answer, TokenSpaceView, make_views
+from nudge_local.views import Answer, make_views, view_of
 
 
 def alternatives(
@@ -28,7 +28,7 @@ def alternatives(
     else:
         answer = Answer()
         model, prompt, role = (base, prompts.base, "base") if base is not None else (nudger, prompts.nudge, "nudger")
-        views = {role: (model, TokenSpaceView(model, prompt, answer))}
+        views = {role: (model, view_of(model, prompt, answer, text_space=False))}
     for t in tokens[:index]:
         writer = base if t.source == "base" else nudger
         answer.add(t.token, writer.piece(t.token))

@@ -17,6 +17,7 @@ from nudge_local.generate import generate
 from nudge_local.hub import cached_path, human_size, offline
 from nudge_local.paths import cache_dir, catalog_path, config_path
 from nudge_local.prompts import render_prompts
+from nudge_local.remote import label
 from nudge_local.render import BracketWriter, spans
 from nudge_local.sampling import Sampling
 
@@ -242,7 +243,7 @@ def serve(args) -> int:
     api_key = args.api_key or os.environ.get("NUDGE_LOCAL_API_KEY") or None
     s = _settings(args)
     choice, models, chat_template = _load(s, "nudged", args.yes)
-    name = choice.pair.alias if choice.pair else f"{models['base'].name}+{models['nudger'].name}"
+    name = choice.pair.alias if choice.pair else f"{label(models['base'])}+{label(models['nudger'])}"
     pair = Pair(models, s, chat_template, name)
     return serve_pair(pair, host=args.host, port=args.port, api_key=api_key, queue_size=args.queue,
                       max_body=args.max_body, log_level=args.log_level)  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nudge_local.errors import NudgeError
@@ -99,7 +100,8 @@ def nudger_prompt(
     template = chat_template or nudger.chat_template
     if not template:
         raise NudgeError(
-            f"The nudger {nudger.path.name} has no chat template in its GGUF; give one with --chat-template FILE."
+            f"The nudger {Path(str(nudger.path)).name} has no chat template in its GGUF or server; "
+            f"give one with --chat-template FILE."
         )
     bos = nudger.piece(nudger.bos).decode("utf-8", "replace") if nudger.bos >= 0 else ""
     eos = nudger.piece(nudger.eos).decode("utf-8", "replace") if nudger.eos >= 0 else ""

@@ -34,6 +34,11 @@ CHUNK_MAX = 64
 TEXT_TAIL = 4096  # unlisted ids in a text-only model's rows
 
 
+def label(model) -> str:
+    """The name a user knows a model by: its file's name, or the name its server gives it."""
+    return model.name if getattr(model, "remote", False) else PurePosixPath(str(model.path)).name
+
+
 def is_url(ref: str | None) -> bool:
     return isinstance(ref, str) and ref.startswith(("http://", "https://"))
 
@@ -487,8 +492,9 @@ class TextRemoteModel:
         self.decode_seconds = 0.0
         self.prompt_sent = 0  # prompt tokens the server reports per request (usage.prompt_tokens)
         self.last_prompt = 0  # ... in the last request
-        self.n_ctx = 0
+        self.n_ctx = 0  # not reported by the OpenAI API: the server says when a prompt is too long
         self.chat_template = None
+        self.bos = self.eos = -1
 
     def check(self) -> None:
         data = self.http.get("/v1/models").get("data") or []

@@ -30,6 +30,7 @@ from nudge_local.generate import generate
 from nudge_local.prompts import render_prompts
 from nudge_local.remote import Endpoint, Http, RemoteError, RemoteModel, TextRemoteModel, connect, top_row
 from nudge_local.sampling import Chooser, Sampling, prob, top1, top_k
+from serving import Served, events, read_stream
 
 SHAPES = ((64, 2, 128), (32, 1, 64))  # tiny: thousands of tokens per second on one core
 QUESTION = "Why is the sky blue?"
@@ -358,3 +359,40 @@ def test_a_failed_request_is_tried_again_a_bounded_number_of_times():
         assert Flaky.seen == 3  # two retries, then the answer stands
     finally:
         server.shutdown()
+
+
+# -- nudge-local serve with a served base -------------------------------------------------------
+
+
+def test_serve_with_a_served_base_answers_and_a_dead_base_server_is_a_502_and_an_error_event(pair, logs, local):
+    e = llama_server(pair[0], logs, ctx=65536)
+    served = Served(e.url, pair[1], "--ctx", "65536")
+    try:
+        base, nudger = local
+        prompts = render_prompts(base, nudger, QUESTION)
+        want = list(generate(prompts, base=base, nudger=nudger, max_tokens=30, speculative=False))[-1].text
+        msg = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 30}
+        with served.client(timeout=60) as http:
+            r = http.post("/v1/chat/completions", json=msg)
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"] == want
+            long = {**msg, "max_tokens": 60000, "stream": True}
+            with http.stream("POST", "/v1/chat/completions", json=long) as r:
+                lines = r.iter_lines()
+                next(events(lines))  # it runs
+                e.kill()
+                rest, done = read_stream(lines)
+            assert done and "error" in rest[-1], rest[-1:]
+            err = rest[-1]["error"]
+            assert err["code"] == "model_server_error" and "closed the connection" in err["message"] or (
+                "cannot be reached" in err["message"]
+            )
+            assert all("choices" in x for x in rest[:-1])  # the tokens written before it stay sent
+            r = http.post("/v1/chat/completions", json=msg)
+            assert r.status_code == 502 and "Traceback" not in r.text
+            err = r.json()["error"]
+            assert err["code"] == "model_server_error" and "cannot be reached" in err["message"]
+    finally:
+        served.stop()
+        e.stop()
+    assert "Traceback" not in served.stderr, served.stderr

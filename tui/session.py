@@ -18,6 +18,7 @@ from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import generate
 from nudge_local.model import Model
 from nudge_local.prompts import Prompts, Turn, render_prompts
+from nudge_local.remote import label
 from nudge_local.sampling import Sampling
 
 
@@ -61,7 +62,7 @@ class ChatSession:
     def pair_name(self) -> str:
         if self.choice and self.choice.pair:
             return self.choice.pair.alias
-        names = [m.path.name for m in self.models.values()]
+        names = [label(m) for m in self.models.values()]
         return " + ".join(names) if names else "no models"
 
     @property
@@ -76,7 +77,7 @@ class ChatSession:
         self.chat_template = read_chat_template(self.settings)
         with self.lock:
             self.models = load_models(paths, self.settings, progress)
-            self.n_ctx = min(m.n_ctx for m in self.models.values())
+            self.n_ctx = min((m.n_ctx for m in self.models.values() if m.n_ctx), default=0)
 
     def prompts(self, question: str, history: list[Turn], options: Options) -> Prompts:
         base, nudger = self.models["base"], self.models["nudger"]
