@@ -100,8 +100,8 @@ def nudger_prompt(
     template = chat_template or nudger.chat_template
     if not template:
         raise NudgeError(
-            f"The nudger {Path(str(nudger.path)).name} has no chat template in its GGUF or server; "
-            f"give one with --chat-template FILE."
+            f"The nudger {Path(str(nudger.path)).name} has no chat template in its "
+            f"{'server' if getattr(nudger, 'remote', False) else 'GGUF'}; give one with --chat-template FILE."
         )
     bos = nudger.piece(nudger.bos).decode("utf-8", "replace") if nudger.bos >= 0 else ""
     eos = nudger.piece(nudger.eos).decode("utf-8", "replace") if nudger.eos >= 0 else ""

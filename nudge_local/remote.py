@@ -34,6 +34,11 @@ CHUNK_MAX = 64
 TEXT_TAIL = 4096  # unlisted ids in a text-only model's rows
 
 
+def flag(role: str) -> str:
+    """The command line's name for a role's options: --base-..., --nudge-..."""
+    return "base" if role == "base" else "nudge"
+
+
 def label(model) -> str:
     """The name a user knows a model by: its file's name, or the name its server gives it."""
     return model.name if getattr(model, "remote", False) else PurePosixPath(str(model.path)).name
@@ -154,7 +159,7 @@ class Http:
         if r.status_code >= 400:
             hint = ""
             if r.status_code in (401, 403):
-                hint = f" Its key comes from $NUDGE_LOCAL_{'BASE' if self.role == 'base' else 'NUDGE'}_API_KEY."
+                hint = f" Its key comes from $NUDGE_LOCAL_{flag(self.role).upper()}_API_KEY."
             raise RemoteError(f"{self.who} answered {path} with HTTP {r.status_code}: {error_message(r)}{hint}",
                               r.status_code)  # fmt: skip
         try:
@@ -187,7 +192,10 @@ def detect_api(http: Http) -> str:
         try:
             body = http.get(path)
         except RemoteError as e:
-            if e.status is None or e.status in (401, 403):  # unreachable, too slow, or refusing us
+            if e.status == 503:  # llama-server while it loads its model
+                raise RemoteError(f"{http.who} is not ready ({str(e).split(' with ', 1)[-1].rstrip('.')}); try again when its "
+                                  f"/health answers 200.", 503) from None  # fmt: skip
+            if e.status is None or e.status in (401, 403) or e.status >= 500:  # unreachable, slow, refusing
                 raise
             continue
         if api != "llama-server" or "default_generation_settings" in body:
@@ -207,13 +215,15 @@ def check_api(http: Http, api: str) -> None:
                 raise
             body = {}
         if "default_generation_settings" not in body:
-            raise RemoteError(f"{http.who} is not llama-server (no /props); use --{http.role}-api auto or openai.")
+            raise RemoteError(
+                f"{http.who} is not llama-server (no /props); use --{flag(http.role)}-api auto or openai."
+            )
 
 
 def connect(endpoint: Endpoint, role: str) -> RemoteModel | TextRemoteModel:
     """The model served at `endpoint`, checked to answer with probabilities."""
     if endpoint.api not in APIS:
-        raise NudgeError(f"Unknown --{role}-api {endpoint.api!r}; choose one of {', '.join(APIS)}.")
+        raise NudgeError(f"Unknown --{flag(role)}-api {endpoint.api!r}; choose one of {', '.join(APIS)}.")
     http = Http(endpoint, role)
     try:
         api = detect_api(http) if endpoint.api == "auto" else endpoint.api
@@ -259,6 +269,8 @@ class Chunk:
     ahead: list
     rows: list[TopRow]
     used: int = 0
+    written: int = 0  # text-only models: answer tokens written when it was asked
+    prompt_n: int = 0  # ... and the prompt tokens its server counted
 
 
 # -- llama-server -------------------------------------------------------------------------------
@@ -292,7 +304,14 @@ class RemoteModel:
             raise RemoteError(f"{self.http.who} has not loaded its model yet; try again when it is ready.")
         self.n_vocab, self.vocab_type = int(meta["n_vocab"]), meta.get("vocab_type")
         self.n_ctx = int((props.get("default_generation_settings") or {}).get("n_ctx") or meta.get("n_ctx") or 0)
-        self._name = str(models[0].get("id") or self.path)
+        names = [str(m.get("id")) for m in models if m.get("id")]
+        want = self.http.endpoint.model
+        if want and names and want not in names:
+            raise RemoteError(
+                f"{self.http.who} serves {', '.join(names)}, not {want}; give --{flag(self.role)}-model one of them."
+            )
+        self._name = want or (names[0] if names else self.path)
+        self._model = {"model": want} if want else {}  # a llama-server routing several models
         self._template = props.get("chat_template") or None
         bos, eos = props.get("bos_token") or "", props.get("eos_token") or ""
         special = self._tokenize(bos + eos)
@@ -377,27 +396,49 @@ class RemoteModel:
 
     def _generate(self, tokens: list[int], n: int) -> Chunk:
         body = {"prompt": tokens, "n_predict": n, "n_probs": TOP_K, "temperature": 0.0, "top_k": 1,
-                "samplers": ["top_k"], "cache_prompt": True, "return_tokens": True, "stream": False}  # fmt: skip
+                "samplers": ["top_k"], "cache_prompt": True, "return_tokens": True, "stream": False,
+                **self._model}  # fmt: skip
         r = self.http.post("/completion", body)
         self._count(r)
         probs = r.get("completion_probabilities") or []
-        ahead, rows = [], []
-        for i, p in enumerate(probs):
-            top = p.get("top_logprobs")
-            if top is None:
-                raise RemoteError(f"{self.http.who} answered without token log-probabilities; is it llama-server?")
-            for t in top:
-                if t["id"] not in self._pieces:
-                    self._pieces[t["id"]] = bytes(t["bytes"])
-            rows.append(top_row(self.n_vocab, [(t["id"], t["logprob"]) for t in top]))
-            ahead.append(p["id"])
-            if i == len(probs) - 1 and r.get("stop_type") == "eos":
-                self._eog.add(p["id"])
+        written = r.get("tokens") or [p["id"] for p in probs]
+        ahead, rows, pending, j = [], [], [], 0
+        for t in written:
+            ahead.append(t)
+            if j < len(probs) and probs[j]["id"] == t:
+                p, j = probs[j], j + 1
+                top = p.get("top_logprobs")
+                if top is None:
+                    raise RemoteError(f"{self.http.who} answered without token log-probabilities; is it llama-server?")
+                for alt in top:
+                    self._pieces.setdefault(alt["id"], bytes(alt["bytes"]))
+                rows.append(top_row(self.n_vocab, [(alt["id"], alt["logprob"]) for alt in top]))
+                if pending:
+                    self._learn_pieces(pending, t, bytes(p["bytes"]))
+                    pending = []
+            else:  # part of a character: llama-server reports nothing until the character is whole
+                rows.append(top_row(self.n_vocab, [(t, 0.0)]))  # its greedy token, taken as sure
+                pending.append(t)
+        if pending:  # the chunk ended inside a character: those tokens are asked again next time
+            del ahead[-len(pending) :], rows[-len(pending) :]
+        if r.get("stop_type") == "eos" and ahead and ahead[-1] == written[-1]:
+            self._eog.add(ahead[-1])
         if not rows:
             raise RemoteError(
                 f"{self.http.who} wrote nothing after a {len(tokens)}-token prompt; its context may be full."
             )
         return Chunk(tokens, ahead, rows)
+
+    def _learn_pieces(self, pending: list[int], last: int, whole: bytes) -> None:
+        """The bytes of tokens that wrote part of a character: llama-server reports the whole
+        character on the token that completes it (and that token's own bytes in its top list)."""
+        own = self._pieces.get(last, b"")
+        rest = whole[: len(whole) - len(own)] if whole.endswith(own) else b""
+        if len(pending) == 1 and rest:
+            self._pieces.setdefault(pending[0], rest)
+        elif len(rest) == len(pending):  # byte tokens, one byte each
+            for t, b in zip(pending, rest, strict=True):
+                self._pieces.setdefault(t, bytes([b]))
 
     def _count(self, r: dict) -> None:
         timings = r.get("timings") or {}
@@ -415,7 +456,8 @@ class RemoteModel:
         from nudge_local.paper_mode import Completion, CompletionToken
 
         body = {"prompt": text, "n_predict": max_tokens, "n_probs": 1, "temperature": 0.0, "top_k": 1,
-                "samplers": ["top_k"], "cache_prompt": True, "return_tokens": True, "stream": False}  # fmt: skip
+                "samplers": ["top_k"], "cache_prompt": True, "return_tokens": True, "stream": False,
+                **self._model}  # fmt: skip
         r = self.http.post("/completion", body)
         self._count(r)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -458,17 +500,31 @@ class RemoteModel:
 END = 0  # a text-only model's id for its end of generation
 
 
-def token_logprobs(lp: dict | None) -> list[tuple[str, list[tuple[str, float]]]]:
+def token_logprobs(lp: dict | None, full_text: str | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
     """Each generated token's text and its listed (text, logprob) alternatives, from either shape a
     /v1/completions `logprobs` takes: OpenAI's legacy lists (`tokens`, `top_logprobs` as mappings:
-    vLLM, SGLang, llama-cpp-python) or the chat-style `content` list (llama-server)."""
+    vLLM, SGLang, llama-cpp-python) or the chat-style `content` list (llama-server). Given the
+    prompt and completion text, the legacy `text_offset`s say each token's text: llama-cpp-python
+    names a token that is part of a character "" (so the character would be lost), while its
+    offsets give the whole character to the token that completes it."""
     if not lp:
         return []
     if isinstance(lp.get("content"), list):
         return [(c.get("token", ""), [(t.get("token", ""), float(t["logprob"])) for t in c.get("top_logprobs") or []])
                 for c in lp["content"]]  # fmt: skip
-    tops = lp.get("top_logprobs") or []
-    return [(tok, list((top or {}).items())) for tok, top in zip(lp.get("tokens") or [], tops, strict=False)]
+    raw, tops, offsets = lp.get("tokens") or [], lp.get("top_logprobs") or [], lp.get("text_offset") or []
+    chosen = lp.get("token_logprobs") or [None] * len(raw)
+    tokens = raw
+    if full_text is not None and len(offsets) == len(raw) and offsets == sorted(offsets):
+        ends = [*offsets[1:], len(full_text)]
+        tokens = [full_text[a:b] for a, b in zip(offsets, ends, strict=True)]
+    out = []
+    for tok, was, top, lp_tok in zip(tokens, raw, tops, chosen, strict=False):
+        alts = list((top or {}).items())
+        if tok != was and lp_tok is not None:  # the chosen token listed under its lossy name
+            alts = [(t, v) for t, v in alts if not (t == was and v == lp_tok)] + [(tok, float(lp_tok))]
+        out.append((tok, alts))
+    return out
 
 
 class TextRemoteModel:
@@ -483,8 +539,8 @@ class TextRemoteModel:
     def __init__(self, http: Http) -> None:
         self.http, self.role = http, http.role
         self.path = http.endpoint.root
-        self._ids: dict[str, int] = {"": END}
-        self._texts: list[str] = [""]
+        self._ids: dict[str, int] = {}
+        self._texts: list[str] = [""]  # id 0 is END: no text has it
         self._chunk: Chunk | None = None
         self.sizer = ChunkSizer()
         self.vocab_matches: dict = {}
@@ -503,7 +559,8 @@ class TextRemoteModel:
         if want:
             if names and want not in names:
                 raise RemoteError(
-                    f"{self.http.who} serves {', '.join(names)}, not {want}; give --{self.role}-model one of them."
+                    f"{self.http.who} serves {', '.join(names)}, not {want}; "
+                    f"give --{flag(self.role)}-model one of them."
                 )
             self.model = want
         elif len(names) == 1:
@@ -511,7 +568,7 @@ class TextRemoteModel:
         else:
             raise RemoteError(
                 f"{self.http.who} serves {len(names)} models ({', '.join(names) or 'none listed'}); "
-                f"name one with --{self.role}-model."
+                f"name one with --{flag(self.role)}-model."
             )
         self._completion("a", 1)  # answers with log-probabilities, or says which option enables them
 
@@ -551,6 +608,7 @@ class TextRemoteModel:
                 ) from None
             raise
         choice = (r.get("choices") or [{}])[0]
+        choice["full_text"] = prompt + (choice.get("text") or "")  # what text_offset counts in
         if max_tokens and choice.get("text") and not any(top for _, top in token_logprobs(choice.get("logprobs"))):
             raise RemoteError(
                 f"{self.http.who} answered without log-probabilities; start it with them on "
@@ -568,7 +626,7 @@ class TextRemoteModel:
         return choice
 
     def _rows(self, choice: dict, max_tokens: int) -> tuple[list[str], list[TopRow]]:
-        steps = token_logprobs(choice.get("logprobs"))
+        steps = token_logprobs(choice.get("logprobs"), choice.get("full_text"))
         rows = []
         for tok, top in steps:
             listed = sorted(((self._id(t), v) for t, v in top), key=lambda x: -x[1])
@@ -582,28 +640,29 @@ class TextRemoteModel:
         n = len(self._texts) + TEXT_TAIL
         return texts, [top_row(n, r) for r in rows]
 
-    def text_logits(self, data: bytes) -> TopRow:
-        """The row after the text `data` (a prompt and the answer so far)."""
+    def text_logits(self, data: bytes, written: int) -> TopRow:
+        """The row after the text `data`: a prompt and an answer of `written` tokens so far. From
+        the chunk when the answer's last tokens are its greedy ones (a token whose text is empty,
+        part of a character, counts too), else from a new request."""
         c = self._chunk
-        if c is not None and data.startswith(c.key):
-            rest, i = data[len(c.key) :], 0
-            while i < len(c.rows):
-                if not rest:
-                    c.used = max(c.used, i + 1)
-                    return c.rows[i]
-                p = c.ahead[i].encode("utf-8")
-                if not p or not rest.startswith(p):
-                    break
-                rest, i = rest[len(p) :], i + 1
         if c is not None:
+            i = written - c.written
+            if 0 <= i < len(c.rows) and data == c.key + "".join(c.ahead[:i]).encode("utf-8"):
+                c.used = max(c.used, i + 1)
+                return c.rows[i]
             self.sizer.used(c.used, len(c.rows))
         n = self.sizer.size
         choice = self._completion(data.decode("utf-8", "replace"), n)
         texts, rows = self._rows(choice, n)
         if not rows:
             raise RemoteError(f"{self.http.who} wrote nothing; its context may be full.")
-        self._chunk = Chunk(bytes(data), texts, rows, used=1)
+        self._chunk = Chunk(bytes(data), texts, rows, used=1, written=written, prompt_n=self.last_prompt)
         return rows[0]
+
+    def chunk_prompt_tokens(self, prompt: bytes) -> int:
+        """The prompt tokens the server counted for `prompt`, when the current chunk was asked for it."""
+        c = self._chunk
+        return c.prompt_n if c is not None and c.key == prompt else 0
 
     def complete(self, text: str, max_tokens: int):
         """A completion call exactly as the authors' run_api.py makes it: the prompt text,
@@ -612,7 +671,7 @@ class TextRemoteModel:
 
         choice = self._completion(text, max_tokens, 1)
         out = []
-        for tok, top in token_logprobs(choice.get("logprobs")):
+        for tok, top in token_logprobs(choice.get("logprobs"), choice.get("full_text")):
             p = math.exp(max(v for _, v in top)) if top else 1.0
             out.append(CompletionToken(self._id(tok), tok, p))
         return Completion(out, "stop" if choice.get("finish_reason") == "stop" else "length")

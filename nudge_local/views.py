@@ -73,16 +73,19 @@ class RemoteTextView:
     def __init__(self, model, prompt: str, answer: Answer) -> None:
         self.model, self.answer = model, answer
         self.prompt = prompt.encode("utf-8")
+        self._prompt_tokens: int | None = None
 
     @property
     def prompt_tokens(self) -> int:
-        """As the server counts them (its first answer tells)."""
-        if not self.model.last_prompt:
-            self.logits()
-        return self.model.last_prompt
+        """As its server counts them, in its answer to the prompt alone (asked for before the answer
+        starts, when it is the first row needed anyway)."""
+        if self._prompt_tokens is None:
+            self.model.text_logits(self.prompt, 0)
+            self._prompt_tokens = self.model.chunk_prompt_tokens(self.prompt)
+        return self._prompt_tokens
 
     def logits(self) -> np.ndarray:
-        return self.model.text_logits(self.prompt + self.answer.data)
+        return self.model.text_logits(self.prompt + self.answer.data, len(self.answer.ids))
 
 
 PROBE = "Hello, world! 1234 + 5678 = 6912.\nÉté, naïve café; 東京 — Привет 🙂\tdef f(x): return x**2"

@@ -162,10 +162,18 @@ def test_speculative_with_llama_server_runs_as_token_mode_and_says_so_once(base_
     prompts = render_prompts(base, nudger, QUESTION)
     want = list(generate(prompts, base=base, nudger=nudger, max_tokens=60, speculative=False))
     generate_module._noted.clear()
-    with caplog.at_level(logging.WARNING, logger="nudge_local.notes"), remote(base_server.url, "base") as rbase:
-        for _ in range(2):
-            got = list(generate(prompts, base=rbase, nudger=nudger, max_tokens=60, speculative=True))
-            assert ids(got) == ids(want)
+    notes = logging.getLogger("nudge_local.notes")  # the CLI, run in this process before, may stop propagation
+    added = not notes.propagate
+    if added:
+        notes.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="nudge_local.notes"), remote(base_server.url, "base") as rbase:
+            for _ in range(2):
+                got = list(generate(prompts, base=rbase, nudger=nudger, max_tokens=60, speculative=True))
+                assert ids(got) == ids(want)
+    finally:
+        if added:
+            notes.removeHandler(caplog.handler)
     assert [r.getMessage() for r in caplog.records if "cannot score a draft" in r.getMessage()] == [
         f"The base's server ({base_server.url}) cannot score a draft in one request; speculative nudging runs as "
         f"token mode."
@@ -192,6 +200,45 @@ def test_the_base_through_rpc_server_writes_the_same(pair, logs, local):
     assert ids(got) == ids(want)
 
 
+@pytest.fixture(scope="module")
+def accented(tmp_path_factory):
+    """A base that writes " café" with "é" as two byte tokens (C3, A9), then ends; and a nudger."""
+    from nudge_local.synthetic import CHATML, Table, write_model
+    from pairs import vocab
+
+    v = vocab("bpe0")
+    caf, c3, a9, dot = v.find(b" caf"), v.find(b"\xc3"), v.find(b"\xa9"), v.find(b".")
+    tmp = tmp_path_factory.mktemp("accented")
+    base = write_model(tmp / "accented.gguf", v,
+                       Table(rows={caf: {c3: 6.0}, c3: {a9: 6.0}, a9: {dot: 6.0}, dot: {v.eos: 6.0}},
+                             default={caf: 6.0}))  # fmt: skip
+    nudger = write_model(tmp / "n.gguf", v, Table(rows={}, default={dot: 3.0}), chat_template=CHATML)
+    return base, nudger
+
+
+@pytest.mark.parametrize("api", ["llama-server", "openai"])
+def test_a_character_written_over_two_tokens_comes_out_whole(api, accented, logs):
+    """llama-server reports no probabilities for a token that leaves a character incomplete, and
+    llama-cpp-python's server gives it the text "": the answer must still be the local one. (The
+    base is sure throughout, so the nudger never writes: over the OpenAI API the base goes on from
+    its own tokens, as it does locally in token space; local text space would re-tokenize " café".)"""
+    base, nudger = (load(p, role, 512) for p, role in zip(accented, ("base", "nudger"), strict=True))
+    e = (llama_server if api == "llama-server" else llama_cpp_python_server)(accented[0], logs)
+    try:
+        prompts = render_prompts(base, nudger, QUESTION)
+        want = list(generate(prompts, base=base, nudger=nudger, max_tokens=12, speculative=False))
+        with remote(e.url, "base") as rbase:
+            got = list(generate(prompts, base=rbase, nudger=nudger, max_tokens=12, speculative=False))
+    finally:
+        e.stop()
+        base.close()
+        nudger.close()
+    assert " café" in want[-1].text
+    assert got[-1].text == want[-1].text and got[-1].stop_reason == want[-1].stop_reason
+    if api == "llama-server":
+        assert ids(got) == ids(want)
+
+
 # -- OpenAI /v1/completions ---------------------------------------------------------------------
 
 
@@ -210,6 +257,8 @@ def test_openai_completions_base_writes_what_local_text_space_writes(mode, opena
         requests = rbase.forward_calls
     assert got[-1].text == want[-1].text and got[-1].text
     assert [(e.source, e.text) for e in got[:-1]][:40] == [(e.source, e.text) for e in want[:-1]][:40]
+    if mode != "paper":  # as the server counts them: the prompt alone, not a probe
+        assert got[-1].stats.prompt_tokens["base"] == want[-1].stats.prompt_tokens["base"]
     if mode != "paper":
         assert requests <= got[-1].stats.tokens / 3
 
@@ -260,6 +309,12 @@ def test_run_with_a_served_base_prints_the_answer_and_its_figures(base_server, p
     out = json.loads(r.stdout)
     assert out["text"] and out["stats"]["base_forward_calls"] >= 1
     assert "cannot score a draft" in r.stderr  # speculative was asked (the default) and fell back
+
+
+def test_a_wrong_model_name_names_the_flag_and_the_served_models(openai_server, pair):
+    r = cli("run", QUESTION, "--base", str(pair[0]), "--nudge", openai_server.url, "--nudge-model", "other")
+    assert r.returncode == 2
+    assert f"serves {pair[0]}, not other; give --nudge-model one of them." in one_sentence(r.stderr)
 
 
 def test_an_unreachable_server_is_one_sentence_and_exit_2(pair):
@@ -357,6 +412,9 @@ def test_a_failed_request_is_tried_again_a_bounded_number_of_times():
         with pytest.raises(RemoteError, match="HTTP 503"):
             Http(Endpoint(url, retries=2), "base").get("/v1/models")
         assert Flaky.seen == 3  # two retries, then the answer stands
+        Flaky.seen, Flaky.fails = 0, 99  # llama-server while it loads its model
+        with pytest.raises(RemoteError, match="is not ready .*HTTP 503.*try again when its /health answers 200"):
+            connect(Endpoint(url, retries=0), "nudger")
     finally:
         server.shutdown()
 
@@ -384,8 +442,10 @@ def test_serve_with_a_served_base_answers_and_a_dead_base_server_is_a_502_and_an
                 rest, done = read_stream(lines)
             assert done and "error" in rest[-1], rest[-1:]
             err = rest[-1]["error"]
-            assert err["code"] == "model_server_error" and "closed the connection" in err["message"] or (
-                "cannot be reached" in err["message"]
+            assert (
+                err["code"] == "model_server_error"
+                and "closed the connection" in err["message"]
+                or ("cannot be reached" in err["message"])
             )
             assert all("choices" in x for x in rest[:-1])  # the tokens written before it stay sent
             r = http.post("/v1/chat/completions", json=msg)
@@ -396,3 +456,66 @@ def test_serve_with_a_served_base_answers_and_a_dead_base_server_is_a_502_and_an
         served.stop()
         e.stop()
     assert "Traceback" not in served.stderr, served.stderr
+
+
+# -- the chat with a served base ----------------------------------------------------------------
+
+
+def test_the_chat_keeps_the_partial_answer_when_the_base_server_dies(tmp_path, logs, monkeypatch):
+    """A base that never ends, on llama-server; killed mid-answer, the chat shows one sentence and
+    keeps (and stores) every token already shown. Each row waits 2 ms (thousands of tokens a second
+    would outrun the test's polling)."""
+    rows = RemoteModel.logits
+
+    def slowed(self, tokens):
+        time.sleep(0.002)
+        return rows(self, tokens)
+
+    monkeypatch.setattr(RemoteModel, "logits", slowed)
+    import asyncio
+
+    from nudge_local.config import load_settings
+    from nudge_local.synthetic import CHATML, Table, write_model
+    from nudge_local.tui.app import NudgeApp
+    from nudge_local.tui.history import History
+    from pairs import vocab
+
+    v = vocab("bpe0")
+    the, ok = v.find(b" the"), v.find(b" ok")
+    endless = write_model(
+        tmp_path / "endless.gguf", v, Table(rows={the: {ok: 6.0}, ok: {the: 6.0}}, default={the: 6.0})
+    )
+    nudger = write_model(tmp_path / "n.gguf", v, Table(rows={}, default={ok: 3.0}), chat_template=CHATML)
+    e = llama_server(endless, logs, ctx=65536)
+    settings = load_settings({"base": e.url, "nudge": str(nudger), "threads": 1, "max_tokens": 60000,
+                              "context_size": 65536})  # fmt: skip
+    app = NudgeApp(settings, history=History(tmp_path / "history.sqlite3"), export_dir=tmp_path)
+
+    async def until(pilot, cond, timeout=30.0):
+        end = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < end, (
+                f"timed out: {[(v.stop_reason, len(v.tokens)) for v in app.query('AnswerView')]}, "
+                f"{app.query_one('#error').render()}"
+            )
+            await pilot.pause(0.02)
+
+    async def go():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            await pilot.press(*"Go", "enter")
+            await until(pilot, lambda: app.current is not None and len(app.current.tokens) > 20)
+            view = app.current
+            e.kill()
+            await until(pilot, lambda: view.done)
+            text = str(app.query_one("#error").render())
+            assert "closed the connection" in text or "cannot be reached" in text
+            assert "Traceback" not in text and text.count("\n") == 0
+            assert view.stop_reason == "error" and len(view.tokens) > 20
+            stored = app.history.messages(app.conversation)[-1]
+            assert len(stored.tokens) == len(view.tokens)  # nothing shown is lost
+
+    try:
+        asyncio.run(go())
+    finally:
+        e.stop()
