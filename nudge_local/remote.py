@@ -193,8 +193,8 @@ def detect_api(http: Http) -> str:
             body = http.get(path)
         except RemoteError as e:
             if e.status == 503:  # llama-server while it loads its model
-                raise RemoteError(f"{http.who} is not ready ({str(e).split(' with ', 1)[-1].rstrip('.')}); try again when its "
-                                  f"/health answers 200.", 503) from None  # fmt: skip
+                said = str(e).split(" with ", 1)[-1].rstrip(".")
+                raise RemoteError(f"{http.who} is not ready ({said}); try again when its /health answers 200.", 503) from None
             if e.status is None or e.status in (401, 403) or e.status >= 500:  # unreachable, slow, refusing
                 raise
             continue
