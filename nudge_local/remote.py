@@ -194,7 +194,9 @@ def detect_api(http: Http) -> str:
         except RemoteError as e:
             if e.status == 503:  # llama-server while it loads its model
                 said = str(e).split(" with ", 1)[-1].rstrip(".")
-                raise RemoteError(f"{http.who} is not ready ({said}); try again when its /health answers 200.", 503) from None
+                raise RemoteError(
+                    f"{http.who} is not ready ({said}); try again when its /health answers 200.", 503
+                ) from None
             if e.status is None or e.status in (401, 403) or e.status >= 500:  # unreachable, slow, refusing
                 raise
             continue
