@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -42,6 +43,7 @@ from nudge_local.gguf_check import check_gguf, read_header
 from nudge_local.model import Model, common_prefix
 from nudge_local.paper_mode import api_style_complete, paper_steps, trim_repeated_suffix
 from nudge_local.prompts import render_prompts
+from nudge_local.remote import Endpoint, connect, flag, is_url
 from nudge_local.stream import stream
 from nudge_local.synthetic import CHATML, Table, bpe_vocab, load_vocab, write_model
 
@@ -207,11 +209,17 @@ def run_rounds(base: Model, nudger: Model, prompt_sets: list, modes: list[str], 
     return runs
 
 
-def bench_pair(base_path: Path, nudger_path: Path, modes: list[str], args) -> dict:
-    with (
-        Model(base_path, role="base", n_threads=args.threads) as base,
-        Model(nudger_path, role="nudger", n_threads=args.threads) as nudger,
-    ):
+def open_model(ref: Path | str, role: str, args):
+    """A GGUF file loaded here, or a model on a server (its key from $NUDGE_LOCAL_BASE_API_KEY /
+    $NUDGE_LOCAL_NUDGE_API_KEY)."""
+    if is_url(ref):
+        key = os.environ.get(f"NUDGE_LOCAL_{flag(role).upper()}_API_KEY") or None
+        return connect(Endpoint(str(ref), getattr(args, f"{flag(role)}_model", None), api_key=key), role)
+    return Model(ref, role=role, n_threads=args.threads)
+
+
+def bench_pair(base_path: Path | str, nudger_path: Path | str, modes: list[str], args) -> dict:
+    with open_model(base_path, "base", args) as base, open_model(nudger_path, "nudger", args) as nudger:
         template = getattr(args, "chat_template", None)
         prompt_sets = [render_prompts(base, nudger, q, chat_template=template) for q in QUESTIONS[: args.questions]]
         runs = run_rounds(base, nudger, prompt_sets, modes, args)
@@ -330,10 +338,13 @@ def real_pair(args) -> tuple[Path, Path] | None:
     elif args.base or args.nudge:
         if not (args.base and args.nudge):
             raise NudgeError("A real pair needs both --base and --nudge (or --pair ALIAS).")
-        refs = (parse_ref(args.base), parse_ref(args.nudge))
+        refs = tuple(ref if is_url(ref) else parse_ref(ref) for ref in (args.base, args.nudge))
     else:
         return None
-    return check_gguf(local_path(refs[0]), role="base"), check_gguf(local_path(refs[1]), role="nudger")
+    return tuple(
+        r if is_url(r) else check_gguf(local_path(r), role=role)
+        for r, role in zip(refs, ("base", "nudger"), strict=True)
+    )
 
 
 def _shape(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -411,8 +422,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--vocab", type=_vocab, help="vocabulary GGUF for the generated pair (default: a small built-in BPE)"
     )
-    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
-    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
+    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path, org/repo:file.gguf "
+                    "or a server's URL")  # fmt: skip
+    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path, org/repo:file.gguf or a URL")
+    ap.add_argument("--base-model", help="with --base URL: the model's name where its server serves several")
+    ap.add_argument("--nudge-model", help="with --nudge URL: the model's name where its server serves several")
     ap.add_argument("--pair", help="a catalog pair instead of the generated pair (its files downloaded beforehand)")
     ap.add_argument(
         "--agreement",

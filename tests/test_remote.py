@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -519,3 +520,11 @@ def test_the_chat_keeps_the_partial_answer_when_the_base_server_dies(tmp_path, l
         asyncio.run(go())
     finally:
         e.stop()
+
+
+def test_bench_takes_a_served_base(base_server, pair):
+    r = cli("bench", "--base", base_server.url, "--nudge", str(pair[1]), "--modes", "base,nudged", "--rounds", "1",
+            "--questions", "1", "--max-tokens", "16", "--threads", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"== {base_server.url} + {pair[1]}" in r.stdout
+    assert re.search(r"^nudged +16 ", r.stdout, re.M), r.stdout
