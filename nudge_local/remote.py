@@ -18,6 +18,7 @@ server's prefix cache re-reads only the new suffix.
 from __future__ import annotations
 
 import codecs
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from nudge_local.errors import ContextFull, NudgeError
 APIS = ("auto", "llama-server", "openai", "ollama")
 TOP_K = 8  # probabilities asked per position (vLLM's default cap is 20)
 CHUNK_MAX = 64
+STREAM_MAX = 512  # tokens a stream may write ahead before it is asked again
 TEXT_TAIL = 4096  # unlisted ids in a text-only model's rows
 
 
@@ -126,12 +128,17 @@ class Http:
     def post(self, path: str, body: dict) -> dict:
         return self._send("POST", path, body)
 
-    def _send(self, method: str, path: str, body: dict | None) -> dict:
+    def events(self, path: str, body: dict) -> Events:
+        """A POST answered with server-sent events, read one at a time (close() ends it)."""
+        r = self._send("POST", path, body, stream=True)
+        return Events(self, r, path)
+
+    def _send(self, method: str, path: str, body: dict | None, stream: bool = False):
         for attempt in range(self.endpoint.retries + 1):
             last = attempt == self.endpoint.retries
             t0 = time.perf_counter()
             try:
-                r = self.client.request(method, path, json=body)
+                r = self.client.send(self.client.build_request(method, path, json=body), stream=stream)
             except httpx.TimeoutException:
                 raise RemoteError(
                     f"{self.who} did not answer within {self.endpoint.timeout:g} s; "
@@ -149,8 +156,13 @@ class Http:
                 self.requests += 1
                 self.seconds += time.perf_counter() - t0
                 if r.status_code in (502, 503, 504) and not last:
-                    pass
+                    r.close()
+                elif stream and r.status_code < 400:
+                    return r
                 else:
+                    if stream:
+                        r.read()
+                        r.close()
                     return self._json(r, path)
             time.sleep(0.25 * 2**attempt)
         raise AssertionError("unreachable")
@@ -171,6 +183,37 @@ class Http:
 
     def close(self) -> None:
         self.client.close()
+
+
+class Events:
+    """An open event stream: next() is the next `data:` object, None at its end; a dropped
+    connection or a silent server is one RemoteError sentence."""
+
+    def __init__(self, http: Http, r: httpx.Response, path: str) -> None:
+        self.http, self.r, self.path = http, r, path
+        self.lines = r.iter_lines()
+
+    def next(self) -> dict | None:
+        try:
+            for line in self.lines:
+                if line.startswith("data:"):
+                    data = line[5:].strip()
+                    return None if data == "[DONE]" else json.loads(data)
+                if line.startswith("error:"):
+                    raise RemoteError(f"{self.http.who} failed mid-answer: {line[6:].strip()[:300]}")
+        except httpx.TimeoutException:
+            raise RemoteError(
+                f"{self.http.who} did not answer within {self.http.endpoint.timeout:g} s; "
+                f"raise --timeout or check the server."
+            ) from None
+        except httpx.TransportError:
+            raise RemoteError(f"{self.http.who} closed the connection mid-answer; did it stop or crash?") from None
+        except ValueError:
+            raise RemoteError(f"{self.http.who} sent an event that is not JSON on {self.path}.") from None
+        return None
+
+    def close(self) -> None:
+        self.r.close()
 
 
 def error_message(r: httpx.Response) -> str:
@@ -273,6 +316,8 @@ class Chunk:
     used: int = 0
     written: int = 0  # text-only models: answer tokens written when it was asked
     prompt_n: int = 0  # ... and the prompt tokens its server counted
+    events: Events | None = None  # a stream still open: more rows to come
+    timings: dict = field(default_factory=dict)  # the server's latest figures for it
 
 
 # -- llama-server -------------------------------------------------------------------------------
@@ -291,6 +336,7 @@ class RemoteModel:
         self._pieces: dict[int, bytes] = {}
         self._eog: set[int] = set()
         self._chunk: Chunk | None = None
+        self._split_at: list[int] | None = None  # where a stream stopped inside a character
         self.sizer = ChunkSizer()
         self.vocab_matches: dict = {}
         self.evaluated_tokens = 0  # prompt tokens the server reports reading, plus tokens it generated
@@ -387,14 +433,75 @@ class RemoteModel:
         if c is not None:
             n = len(c.key)
             i = len(tokens) - n
-            if 0 <= i < len(c.rows) and tokens[:n] == c.key and tokens[n:] == c.ahead[:i]:
-                c.used = max(c.used, i + 1)
-                return c.rows[i]
-            self.sizer.used(c.used, len(c.rows))
-        size = max(1, min(self.sizer.size, self.n_ctx - len(tokens))) if self.n_ctx else self.sizer.size
-        self._chunk = self._generate(list(tokens), size)
+            if 0 <= i <= len(c.rows) and tokens[:n] == c.key and tokens[n:] == c.ahead[:i]:
+                if i == len(c.rows) and c.events is not None:
+                    self._pull(c)  # the server is writing it, or has
+                if i < len(c.rows):
+                    c.used = max(c.used, i + 1)
+                    return c.rows[i]
+            self._end(c)
+        if tokens == self._split_at:  # inside a character: a whole response says which tokens wrote it
+            size = max(1, min(self.sizer.size, self.n_ctx - len(tokens))) if self.n_ctx else self.sizer.size
+            self._chunk = self._generate(list(tokens), size)
+        else:
+            self._chunk = self._stream(list(tokens))
         self._chunk.used = 1
         return self._chunk.rows[0]
+
+    def _stream(self, tokens: list[int]) -> Chunk:
+        """A greedy continuation of `tokens`, streamed: its rows are read as the answer asks for them,
+        and the stream is closed (the server stops) once the answer leaves it. Only what the answer
+        used is generated, give or take the token in flight."""
+        room = self.n_ctx - len(tokens) if self.n_ctx else STREAM_MAX
+        body = {"prompt": tokens, "n_predict": max(1, min(STREAM_MAX, room)), "n_probs": TOP_K, "temperature": 0.0,
+                "top_k": 1, "samplers": ["top_k"], "cache_prompt": True, "stream": True, "timings_per_token": True,
+                **self._model}  # fmt: skip
+        c = Chunk(tokens, [], [], events=self.http.events("/completion", body))
+        self._pull(c)
+        if not c.rows:
+            self._end(c)
+            raise RemoteError(
+                f"{self.http.who} wrote nothing after a {len(tokens)}-token prompt; its context may be full."
+            )
+        return c
+
+    def _pull(self, c: Chunk) -> None:
+        """Read the stream's next token and row (nothing at its end); a token that completes a
+        character written over several tokens ends the stream there (the stream does not say which
+        tokens came before it: a whole response will)."""
+        while c.events is not None:
+            e = c.events.next()
+            if e is None:
+                self._end(c)
+                return
+            c.timings = e.get("timings") or c.timings
+            probs = e.get("completion_probabilities") or []
+            if e.get("stop"):
+                if e.get("stop_type") == "eos" and c.ahead:
+                    self._eog.add(c.ahead[-1])
+                self._end(c)
+                return
+            if not probs:
+                continue
+            p = probs[0]
+            top = p.get("top_logprobs") or []
+            for alt in top:
+                self._pieces.setdefault(alt["id"], bytes(alt["bytes"]))
+            if bytes(p.get("bytes") or []) != self._pieces.get(p["id"]):
+                self._split_at = c.key + c.ahead
+                self._end(c)
+                return
+            c.rows.append(top_row(self.n_vocab, [(alt["id"], alt["logprob"]) for alt in top]))
+            c.ahead.append(p["id"])
+            return
+
+    def _end(self, c: Chunk) -> None:
+        """Close the chunk's stream, if open, and count what the server did for it."""
+        if c.events is not None:
+            c.events.close()
+            c.events = None
+            self._count({"timings": c.timings})
+            c.timings = {}
 
     def _generate(self, tokens: list[int], n: int) -> Chunk:
         body = {"prompt": tokens, "n_predict": n, "n_probs": TOP_K, "temperature": 0.0, "top_k": 1,
@@ -457,7 +564,8 @@ class RemoteModel:
         """A completion call as paper mode makes it: one request, greedy, top-1 probabilities."""
         from nudge_local.paper_mode import Completion, CompletionToken
 
-        body = {"prompt": text, "n_predict": max_tokens, "n_probs": 1, "temperature": 0.0, "top_k": 1,
+        # as ids: a text prompt that starts with the BOS text would get a second BOS from the server
+        body = {"prompt": self.tokenize(text), "n_predict": max_tokens, "n_probs": 1, "temperature": 0.0, "top_k": 1,
                 "samplers": ["top_k"], "cache_prompt": True, "return_tokens": True, "stream": False,
                 **self._model}  # fmt: skip
         r = self.http.post("/completion", body)
@@ -482,11 +590,16 @@ class RemoteModel:
 
     def reset(self) -> None:
         """Forget the chunk (the server keeps its own prefix cache)."""
-        if self._chunk is not None:
-            self.sizer.used(self._chunk.used, len(self._chunk.rows))
+        self.settle()
         self._chunk = None
 
+    def settle(self) -> None:
+        """An answer ended: stop the server writing ahead."""
+        if self._chunk is not None:
+            self._end(self._chunk)
+
     def close(self) -> None:
+        self.settle()
         self.http.close()
 
     def __enter__(self):

@@ -165,6 +165,8 @@ def stream(
             yield event
     finally:
         events.close()
+        for m in models.values():
+            getattr(m, "settle", lambda: None)()  # a served model stops writing ahead
         stats.seconds = time.perf_counter() - t0
         for r, m in models.items():
             stats.evaluated_tokens[r] = m.evaluated_tokens - start[r][0]

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from nudge_local.bench import BASE_SHAPE, NUDGER_SHAPE, QUESTIONS, _positive, _shape, _vocab, make_pair
+from nudge_local.bench import BASE_SHAPE, NUDGER_SHAPE, QUESTIONS, _positive, _shape, _template, _vocab, make_pair
 from nudge_local.catalog import parse_ref
 from nudge_local.choose import local_path
 from nudge_local.cli import Parser
@@ -114,6 +114,11 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+# --swa-full: a whole-context cache for sliding-window layers (Gemma 2 and 3), as llama-cpp-python keeps
+# locally; without it llama-server cannot cut its cache back and re-reads the whole prompt after each
+# nudged word (docs/remote.md).
+SERVER_FLAGS = ("--swa-full",)
+
 class LlamaServer:
     """llama.cpp's llama-server for one model on a free loopback port, with one slot (so every
     request finds its prefix cache) that can be erased (--slot-save-path); its log in a file."""
@@ -124,7 +129,7 @@ class LlamaServer:
         self.log = folder / f"llama-server-{role}.log"
         argv = [str(binary), "-m", str(model), "-c", str(CTX), "-t", str(threads), "-tb", str(threads),
                 "-np", "1", "--host", "127.0.0.1", "--port", str(self.port), "--no-webui",
-                "--slot-save-path", str(folder)]  # fmt: skip
+                "--slot-save-path", str(folder), *SERVER_FLAGS]  # fmt: skip
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                          preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # fmt: skip
@@ -333,7 +338,8 @@ def bench(base_path: Path, nudger_path: Path, folder: Path, args, real: bool) ->
         served["nudger_text"] = connect(Endpoint(servers["nudger"].url, api="openai"), "nudger")
         systems = make_systems(local, served, args.max_tokens, real)
         questions = QUESTIONS[: min(args.rounds, len(QUESTIONS))]
-        prompt_sets = [render_prompts(local["base"], local["nudger"], q) for q in questions]
+        template = args.chat_template  # a base used as its own nudger has none in its GGUF
+        prompt_sets = [render_prompts(local["base"], local["nudger"], q, chat_template=template) for q in questions]
         runs = run_rounds(systems, prompt_sets, list(servers.values()), args.rounds)
     except (RemoteError, httpx.HTTPError) as e:  # a server went away or answered an error: its log says why
         logs = "; ".join(f"{s.role}: {s.tail()}" for s in servers.values())
@@ -365,6 +371,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
     ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
     ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
+    ap.add_argument(
+        "--chat-template", type=_template, help="Jinja chat template file for the nudger (default: its GGUF's)"
+    )
     ap.add_argument("--max-tokens", type=_positive, default=96)
     ap.add_argument("--rounds", type=_positive, default=5)
     ap.add_argument("--threads", type=_positive, help="CPU threads per model, local and served (default: all cores)")

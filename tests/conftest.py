@@ -11,8 +11,10 @@ from nudge_local.model import Model
 from nudge_local.prompts import render_prompts
 from pairs import vocab_dir, why_no_vocab
 
-# Tests never read the developer's own settings: no config file, no NUDGE_LOCAL_* overrides.
-for _var in [v for v in os.environ if v.startswith("NUDGE_LOCAL_") and v != "NUDGE_LOCAL_VOCAB_DIR"]:
+# Tests never read the developer's own settings: no config file, no NUDGE_LOCAL_* overrides (but where
+# the shared vocabularies are, and where scripts/build_llama_server.sh keeps its build).
+KEPT = {"NUDGE_LOCAL_VOCAB_DIR", "NUDGE_LOCAL_LLAMA_SERVER_DIR"}
+for _var in [v for v in os.environ if v.startswith("NUDGE_LOCAL_") and v not in KEPT]:
     del os.environ[_var]
 os.environ["NUDGE_LOCAL_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="nudge-local-test-"), "config.yaml")
 
