@@ -236,14 +236,18 @@ def answer(system: System, prompts, budget: dict, servers: list[LlamaServer]) ->
 def run_rounds(systems: list[System], prompt_sets: list, servers: list[LlamaServer], rounds: int) -> dict:
     """A warm-up answer each, then `rounds` rounds of one answer per system on the round's question,
     never at once, the order rotated each round so drift hits every system alike."""
+    def prompts_for(s: System, i: int):
+        """A nudger behind /v1/completions gets its prompt without the BOS text: its server adds BOS
+        to a text prompt, as the local model's tokenizer does once."""
+        return prompt_sets[i][1] if getattr(s.nudger, "text_only", False) else prompt_sets[i][0]
+
     for s in systems:
-        answer(s, prompt_sets[-1], s.warm_up, servers)
+        answer(s, prompts_for(s, -1), s.warm_up, servers)
     runs = {s.name: [] for s in systems}
     for i in range(rounds):
-        prompts = prompt_sets[i % len(prompt_sets)]
         k = i % len(systems)
         for s in systems[k:] + systems[:k]:
-            runs[s.name].append(answer(s, prompts, s.budget, servers))
+            runs[s.name].append(answer(s, prompts_for(s, i % len(prompt_sets)), s.budget, servers))
     return runs
 
 
@@ -339,7 +343,10 @@ def bench(base_path: Path, nudger_path: Path, folder: Path, args, real: bool) ->
         systems = make_systems(local, served, args.max_tokens, real)
         questions = QUESTIONS[: min(args.rounds, len(QUESTIONS))]
         template = args.chat_template  # a base used as its own nudger has none in its GGUF
-        prompt_sets = [render_prompts(local["base"], local["nudger"], q, chat_template=template) for q in questions]
+        text_template = template or local["nudger"].chat_template
+        prompt_sets = [(render_prompts(local["base"], local["nudger"], q, chat_template=template),
+                        render_prompts(local["base"], served["nudger_text"], q, chat_template=text_template))
+                       for q in questions]  # fmt: skip
         runs = run_rounds(systems, prompt_sets, list(servers.values()), args.rounds)
     except (RemoteError, httpx.HTTPError) as e:  # a server went away or answered an error: its log says why
         logs = "; ".join(f"{s.role}: {s.tail()}" for s in servers.values())
