@@ -87,7 +87,8 @@ class Stats:
     nudge_tokens: int = 0
     prompt_tokens: dict[Role, int] = field(default_factory=dict)  # by model role
     evaluated_tokens: dict[Role, int] = field(default_factory=dict)
-    forward_calls: dict[Role, int] = field(default_factory=dict)
+    forward_calls: dict[Role, int] = field(default_factory=dict)  # a served model: its requests
+    served_prompt_read: dict[Role, int] = field(default_factory=dict)  # prompt tokens a server reported reading
     seconds: float = 0.0
     draft_proposed: int = 0  # speculative nudging: tokens the nudger drafted
     draft_accepted: int = 0  # ... and that token mode's rule then wrote
@@ -117,6 +118,7 @@ class Stats:
             f"{self.tokens_per_second:.1f} tok/s in {self.seconds:.2f} s; evaluated "
             f"base {self.evaluated_tokens.get('base', 0)} / nudger {self.evaluated_tokens.get('nudger', 0)} "
             f"tokens in {self.forward_calls.get('base', 0)} / {self.forward_calls.get('nudger', 0)} calls"
+            + "".join(f"; {r}'s server read {n} prompt tokens" for r, n in self.served_prompt_read.items())
         )
 
 

@@ -136,6 +136,7 @@ def test_llama_server_base_reads_few_requests_and_only_new_suffixes(base_server,
         assert rbase.forward_calls == done.stats.forward_calls["base"]
         assert rbase.forward_calls <= done.stats.tokens / 3, (rbase.forward_calls, done.stats.tokens)
         assert rbase.prompt_read <= n_prompt + done.stats.tokens  # nothing read twice but the last token
+        assert done.stats.served_prompt_read == {"base": rbase.prompt_read} and rbase.prompt_read >= n_prompt
 
 
 def test_a_nudger_on_llama_server_and_both_served(base_server, nudger_server, local):
@@ -309,6 +310,8 @@ def test_run_with_a_served_base_prints_the_answer_and_its_figures(base_server, p
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["text"] and out["stats"]["base_forward_calls"] >= 1
+    assert out["stats"]["served_prompt_read"]["base"] >= 1  # (the server may hold the prompt from before)
+    assert "nudger" not in out["stats"]["served_prompt_read"]  # the local one reads its own
     assert "cannot score a draft" in r.stderr  # speculative was asked (the default) and fell back
 
 
