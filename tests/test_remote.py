@@ -204,15 +204,16 @@ def test_the_base_through_rpc_server_writes_the_same(pair, logs, local):
 
 @pytest.fixture(scope="module")
 def accented(tmp_path_factory):
-    """A base that writes " café" with "é" as two byte tokens (C3, A9), then ends; and a nudger."""
+    """A base that writes " caf한." with "한" as three byte tokens (ED, 95, 9C), then ends; and a nudger.
+    (Not a character of the vocabulary probe, whose tokens' bytes /tokenize would tell.)"""
     from nudge_local.synthetic import CHATML, Table, write_model
     from pairs import vocab
 
     v = vocab("bpe0")
-    caf, c3, a9, dot = v.find(b" caf"), v.find(b"\xc3"), v.find(b"\xa9"), v.find(b".")
+    caf, ed, x95, x9c, dot = (v.find(b) for b in (b" caf", b"\xed", b"\x95", b"\x9c", b"."))
     tmp = tmp_path_factory.mktemp("accented")
     base = write_model(tmp / "accented.gguf", v,
-                       Table(rows={caf: {c3: 6.0}, c3: {a9: 6.0}, a9: {dot: 6.0}, dot: {v.eos: 6.0}},
+                       Table(rows={caf: {ed: 6.0}, ed: {x95: 6.0}, x95: {x9c: 6.0}, x9c: {dot: 6.0}, dot: {v.eos: 6.0}},
                              default={caf: 6.0}))  # fmt: skip
     nudger = write_model(tmp / "n.gguf", v, Table(rows={}, default={dot: 3.0}), chat_template=CHATML)
     return base, nudger
@@ -223,7 +224,7 @@ def test_a_character_written_over_two_tokens_comes_out_whole(api, accented, logs
     """llama-server reports no probabilities for a token that leaves a character incomplete, and
     llama-cpp-python's server gives it the text "": the answer must still be the local one. (The
     base is sure throughout, so the nudger never writes: over the OpenAI API the base goes on from
-    its own tokens, as it does locally in token space; local text space would re-tokenize " café".)"""
+    its own tokens, as it does locally in token space; local text space would re-tokenize " caf한".)"""
     base, nudger = (load(p, role, 512) for p, role in zip(accented, ("base", "nudger"), strict=True))
     e = (llama_server if api == "llama-server" else llama_cpp_python_server)(accented[0], logs)
     try:
@@ -235,7 +236,7 @@ def test_a_character_written_over_two_tokens_comes_out_whole(api, accented, logs
         e.stop()
         base.close()
         nudger.close()
-    assert " café" in want[-1].text
+    assert " caf한." in want[-1].text
     assert got[-1].text == want[-1].text and got[-1].stop_reason == want[-1].stop_reason
     if api == "llama-server":
         assert ids(got) == ids(want)
