@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from engines import llama_cpp_bin
 from nudge_local.bench import _shape, make_pair
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_remote.py"
@@ -25,6 +26,12 @@ TINY = ["--shape", "64,2", "--max-tokens", "16", "--threads", "1"]
 ROWS = ("local token", "token, remote base", "speculative local", "paper local", "paper remote (OpenAI API)")
 SERVED = {"token, remote base": "local token", "paper remote (OpenAI API)": "paper local"}
 URLS = re.compile(r"^llama-server \(.*\): base at (http://\S+), nudger at (http://\S+);", re.M)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    """llama-server built before any run is timed: a first build takes minutes (~6 on 2 cores)."""
+    return llama_cpp_bin()
 
 
 def refused(url: str) -> bool:
