@@ -42,7 +42,9 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", help="system prompt for both models")
     p.add_argument("--base-format", help="the base's prompt, with {system} and {question}")
     p.add_argument("--chat-template", help="Jinja chat template file for the nudger (default: its GGUF's)")
-    p.add_argument("--stop", action="append", metavar="TEXT", help="stop before TEXT (repeatable; none by default)")
+    p.add_argument("--stop", action="append", metavar="TEXT",
+                   help="stop before TEXT (repeatable; default: the base format's next-turn marker, "
+                   "'\\nQuestion:')")  # fmt: skip
     p.add_argument("--ctx", dest="context_size", type=int, help="context size per model (default: what the pair needs)")
     p.add_argument("--threads", type=int, help="CPU threads per model (default: all cores)")
     p.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU (default: all where the build can)")
@@ -100,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $NUDGE_LOCAL_API_KEY)")
     serve.add_argument("--queue", type=int, default=32, help="most requests waiting behind the running one (503 after)")
     serve.add_argument("--max-body", type=int, default=4 << 20, help="largest request body in bytes (413 beyond)")
+    serve.add_argument("--context-overflow", choices=["stop", "drop_oldest"], default="stop",
+                       help="messages longer than the context: stop (a 400, default) or drop_oldest (the oldest turns "
+                       "leave; a request may ask with its own 'context_overflow' field)")  # fmt: skip
     serve.add_argument("--log-level", choices=["warning", "info", "debug"], default="warning",
                        help="uvicorn's log; info adds one line per request")  # fmt: skip
     _add_settings_flags(serve)
@@ -176,7 +181,7 @@ def run(args) -> int:
             max_tokens=s.max_tokens,
             word_cap=s.word_cap,
             sampling=Sampling(s.temperature, s.top_p, s.seed),
-            stop_strings=s.stop,
+            stop_strings=s.stop_strings,
             chunk=args.chunk,
             max_rounds=args.max_rounds,
             speculative=args.speculative,
@@ -293,7 +298,10 @@ def models(args) -> int:
 def _print_settings(s: Settings) -> None:
     width = max(map(len, FIELDS))
     for key in FIELDS:
-        print(f"  {key:{width}}  {s.values[key]!r:40}  ({s.sources[key]})")
+        if key == "stop":
+            print(f"  {key:{width}}  {s.stop_strings!r:40}  ({s.stop_source})")
+        else:
+            print(f"  {key:{width}}  {s.values[key]!r:40}  ({s.sources[key]})")
 
 
 def config(args) -> int:

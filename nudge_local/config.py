@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
+from nudge_local.context import POLICIES
 from nudge_local.errors import NudgeError
 from nudge_local.paths import config_path
-from nudge_local.prompts import DEFAULT_BASE_FORMAT, check_base_format
+from nudge_local.prompts import DEFAULT_BASE_FORMAT, check_base_format, next_turn_marker
 from nudge_local.remote import APIS
 
 
@@ -93,6 +94,8 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "base_api": (_choice(APIS), "auto", "the base server's API: auto (detected), llama-server, openai, ollama"),
     "nudge_api": (_choice(APIS), "auto", "the nudger server's API: auto (detected), llama-server, openai, ollama"),
     "timeout": (_number(float, 0.1), 60.0, "seconds a model server may take to answer one request"),
+    "context_overflow": (_choice(POLICIES), "drop_oldest",
+                         "a conversation longer than the context: drop_oldest (its oldest turns leave) or stop"),
     "gamma": (_number(float, 0, 1), 0.4, "the nudger writes where the base's top-1 probability is below this"),
     "max_tokens": (_number(int, 0), 256, "answer length limit"),
     "temperature": (_number(float, 0), 0.0, "0 is greedy"),
@@ -104,7 +107,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "threads": (_number(int, 1, auto=True), None, "CPU threads per model (auto: all cores)"),
     "base_format": (_base_format, DEFAULT_BASE_FORMAT, "the base's prompt, with {system} and {question}"),
     "system": (_text, "", "system prompt for both models"),
-    "stop": (_texts, [], "stop strings (none by default)"),
+    "stop": (_texts, [], "stop strings (default: the base format's next-turn marker; [] for none)"),
     "chat_template": (_optional_text, None, "Jinja chat template file for the nudger"),
     "keymap": (_keymap, {}, "chat key bindings by id, e.g. {compare: f4}"),
 }
@@ -119,6 +122,7 @@ TEXT_FIELDS = {
     "nudge_model",
     "base_api",
     "nudge_api",
+    "context_overflow",
 }
 
 
@@ -126,6 +130,22 @@ TEXT_FIELDS = {
 class Settings:
     values: dict[str, Any] = field(default_factory=lambda: {k: v[1] for k, v in FIELDS.items()})
     sources: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FIELDS, "default"))
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """The stop strings in force: the `stop` setting where one was given (`[]`: none), else
+        the base format's own next-turn marker, so an answer ends where the base would start the
+        next "Question:" itself."""
+        if self.sources["stop"] != "default":
+            return list(self.values["stop"])
+        marker = next_turn_marker(self.values["base_format"])
+        return [marker] if marker else []
+
+    @property
+    def stop_source(self) -> str:
+        if self.sources["stop"] != "default":
+            return self.sources["stop"]
+        return f"the next-turn marker of base_format ({self.sources['base_format']})"
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -89,6 +89,7 @@ class Stats:
     evaluated_tokens: dict[Role, int] = field(default_factory=dict)
     forward_calls: dict[Role, int] = field(default_factory=dict)  # a served model: its requests
     served_prompt_read: dict[Role, int] = field(default_factory=dict)  # prompt tokens a server reported reading
+    turns_dropped: int = 0  # a conversation's oldest turns its prompts left out (set by the caller)
     seconds: float = 0.0
     draft_proposed: int = 0  # speculative nudging: tokens the nudger drafted
     draft_accepted: int = 0  # ... and that token mode's rule then wrote

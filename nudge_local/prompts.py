@@ -43,6 +43,15 @@ def check_base_format(fmt: str) -> None:
         raise NudgeError(f"The base prompt format {fmt!r} has no {{question}} field; add one.")
 
 
+def next_turn_marker(fmt: str = DEFAULT_BASE_FORMAT) -> str | None:
+    """Where the base would start the next turn itself: the base format's turn text before
+    {question}, trailing spaces dropped ("\nQuestion:" for the default format); None where that is
+    empty or only whitespace (nothing marks a turn)."""
+    head, sep, turn = fmt.partition("{system}")
+    marker = (turn if sep else fmt).partition("{question}")[0].rstrip(" \t")
+    return marker if marker.strip() else None
+
+
 def base_prompt(
     question: str, *, history: Sequence[Turn] = (), system: str = "", fmt: str = DEFAULT_BASE_FORMAT
 ) -> str:

@@ -34,7 +34,7 @@ def test_every_setting_can_come_from_each_layer(cfg, monkeypatch):
         "top_p": 0.9, "seed": 4, "word_cap": 3, "context_size": 512, "gpu_layers": 0, "threads": 2,
         "base_format": "Q: {question}\nA:", "system": "hi", "stop": ["x", "y"], "chat_template": "t.jinja",
         "keymap": {"cancel": "ctrl+c"}, "base_model": "big", "nudge_model": "small", "base_api": "openai",
-        "nudge_api": "llama-server", "timeout": 5.0,
+        "nudge_api": "llama-server", "timeout": 5.0, "context_overflow": "stop",
     }  # fmt: skip
     assert set(good) == set(FIELDS)
     import yaml

@@ -114,6 +114,7 @@ class NudgeApp(App):
         self.ready = False
         self.loading = "starting"
         self.context_used = 0
+        self.dropped = 0  # the conversation's oldest turns left out of the prompts so far
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -152,6 +153,11 @@ class NudgeApp(App):
         self.query_one("#status", Static).update(
             f"{self.session.pair_name} · {backend} · gamma {o.gamma:.2f} · {o.mode} · {ctx} · {state}"
         )
+
+    def _within(self, used: int) -> int:
+        """The status bar's count of the context: never more than the total (what does not fit is
+        left out of the next question's prompts)."""
+        return min(used, self.session.n_ctx) if self.session.n_ctx else used
 
     def show_error(self, text: str | None) -> None:
         err = self.query_one("#error", Static)
@@ -203,16 +209,21 @@ class NudgeApp(App):
     def ask(self, question: str) -> None:
         o = self.options
         try:
-            prompts = self.session.prompts(question, self.turns(), o)
+            fitted = self.session.fit(question, self.turns(), o, self.dropped)
         except NudgeError as e:
             self.show_error(str(e))
             return
         self.show_error(None)
+        self.dropped, prompts = fitted.dropped, fitted.prompts
         if self.conversation is None:
             self.conversation = self.history.new_conversation(question[:60], {"pair": self.session.pair_name})
-        msg_id = self.history.start_answer(self.conversation, question, mode=o.mode, settings=o.as_dict())
-        view = AnswerView(question, mode=o.mode, gamma=o.gamma, brackets=self.brackets, msg_id=msg_id)
+        settings = {**o.as_dict(), "turns_held": fitted.held, "turns_dropped": fitted.dropped}
+        msg_id = self.history.start_answer(self.conversation, question, mode=o.mode, settings=settings)
+        view = AnswerView(question, mode=o.mode, gamma=o.gamma, brackets=self.brackets, msg_id=msg_id,
+                          dropped=fitted.dropped)  # fmt: skip
+        view.settings = settings
         view.prompts = prompts
+        view.prompt_tokens = max(fitted.tokens.values(), default=0)
         chat = self.query_one("#chat", VerticalScroll)
         chat.mount(view)
         chat.scroll_end(animate=False)
@@ -260,7 +271,7 @@ class NudgeApp(App):
         if m.view.msg_id is not None:
             self.history.append_tokens(m.view.msg_id, m.tokens)
         if m.view is self.current and m.view.prompts is not None:
-            self.context_used = len(m.view.tokens)
+            self.context_used = self._within(m.view.prompt_tokens + len(m.view.tokens))
         now = time.monotonic()
         if now - getattr(m.view, "_summary_at", 0.0) > 0.25:  # the counts move at 4 Hz, not per batch
             m.view._summary_at = now
@@ -286,7 +297,7 @@ class NudgeApp(App):
                 )
             if m.done:
                 # the fuller of the two contexts: its prompt plus the answer
-                self.context_used = max(m.done.stats.prompt_tokens.values()) + m.done.stats.tokens
+                self.context_used = self._within(max(m.done.stats.prompt_tokens.values()) + m.done.stats.tokens)
         if view is self.current:
             self.current = None
         self.update_status()
@@ -369,6 +380,7 @@ class NudgeApp(App):
         self.conversation = None
         self.query("#chat AnswerView").remove()
         self.context_used = 0
+        self.dropped = 0
         self.update_status()
 
     def action_export(self) -> None:
@@ -399,10 +411,13 @@ class NudgeApp(App):
             self.action_cancel()
         self.query("#chat AnswerView").remove()
         self.conversation = conv_id
+        self.dropped = 0
         chat = self.query_one("#chat", VerticalScroll)
         for msg in self.history.messages(conv_id):
             gamma = msg.settings.get("gamma", self.options.gamma)
-            view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, brackets=self.brackets, msg_id=msg.id)
+            self.dropped = msg.settings.get("turns_dropped", self.dropped)
+            view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, brackets=self.brackets, msg_id=msg.id,
+                              dropped=msg.settings.get("turns_dropped", 0))  # fmt: skip
             view.settings = msg.settings
             chat.mount(view)
             view.add(list(msg.tokens))
@@ -455,9 +470,11 @@ class NudgeApp(App):
         if view.prompts is None:  # a reopened answer: its prompts from the turns before it
             views = list(self.query("#chat AnswerView").results(AnswerView))
             before = [Turn(v.question, "".join(t.text for t in v.tokens)) for v in views[: views.index(view)]]
-            opts = Options(**{**self.options.as_dict(), **getattr(view, "settings", {})})
+            given = {**self.options.as_dict(), **getattr(view, "settings", {})}
+            opts = Options(**{k: v for k, v in given.items() if k in Options.__dataclass_fields__})
             try:
-                view.prompts = self.session.prompts(view.question, before, opts)
+                dropped = getattr(view, "settings", {}).get("turns_dropped", 0)
+                view.prompts = self.session.prompts(view.question, before, opts, dropped=dropped)
             except NudgeError as e:
                 self.post_message(Inspected(view, m.index, None, str(e)))
                 return

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from nudge_local.alternatives import alternatives
 from nudge_local.choose import Choice, choose_models, load_models, local_path, read_chat_template
 from nudge_local.config import Settings
+from nudge_local.context import Fitted, fit_history
 from nudge_local.devices import backend
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import generate
@@ -33,6 +34,7 @@ class Options:
     seed: int = 0
     max_tokens: int = 256
     system: str = ""
+    context_overflow: str = "drop_oldest"
 
     @classmethod
     def from_settings(cls, s: Settings) -> Options:
@@ -43,6 +45,7 @@ class Options:
             seed=s.seed,
             max_tokens=s.max_tokens,
             system=s.system,
+            context_overflow=s.context_overflow,
         )
 
     def as_dict(self) -> dict:
@@ -79,13 +82,29 @@ class ChatSession:
             self.models = load_models(paths, self.settings, progress)
             self.n_ctx = min((m.n_ctx for m in self.models.values() if m.n_ctx), default=0)
 
-    def prompts(self, question: str, history: list[Turn], options: Options) -> Prompts:
+    def fit(self, question: str, history: list[Turn], options: Options, dropped: int = 0) -> Fitted:
+        """Both prompts of `question`, the oldest turns left out (at least `dropped` of them) where
+        the conversation outgrows a context and the policy is drop_oldest."""
+        return fit_history(
+            self.models["base"],
+            self.models["nudger"],
+            question,
+            history,
+            system=options.system,
+            base_format=self.settings.base_format,
+            chat_template=self.chat_template,
+            max_tokens=options.max_tokens,
+            policy=options.context_overflow,
+            dropped=dropped,
+        )
+
+    def prompts(self, question: str, history: list[Turn], options: Options, dropped: int = 0) -> Prompts:
         base, nudger = self.models["base"], self.models["nudger"]
         return render_prompts(
             base,
             nudger,
             question,
-            history=history,
+            history=history[dropped:],
             system=options.system,
             base_format=self.settings.base_format,
             chat_template=self.chat_template,
@@ -103,7 +122,7 @@ class ChatSession:
             max_tokens=options.max_tokens,
             word_cap=self.settings.word_cap,
             sampling=Sampling(options.temperature, options.top_p, options.seed),
-            stop_strings=self.settings.stop,
+            stop_strings=self.settings.stop_strings,
         )
 
     def alternatives(self, prompts: Prompts, tokens: list[TokenEvent], index: int, mode: str) -> dict:

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from nudge_local.config import Settings
+from nudge_local.context import POLICIES
 from nudge_local.events import MODES, Mode
 from nudge_local.prompts import Turn
 
@@ -51,6 +52,7 @@ class Request:
     include_usage: bool
     logprobs: bool
     top_logprobs: int
+    context_overflow: str = "stop"  # messages longer than the context: "stop" (a 400) or "drop_oldest"
 
 
 def _bad(message: str, param: str, code: str | None = None) -> ApiError:
@@ -92,6 +94,13 @@ def _stops(body: dict, default: list[str]) -> tuple[str, ...]:
     return tuple(s for s in v if s)
 
 
+def _policy(body: dict, default: str) -> str:
+    v = body.get("context_overflow", default)
+    if v not in POLICIES:
+        raise _bad(f"'context_overflow' must be one of {', '.join(POLICIES)} (got {v!r}).", "context_overflow")
+    return v
+
+
 def _common(body: dict, s: Settings) -> dict:
     """The settings both endpoints share; absent fields take the server's settings (greedy by default)."""
     n = _number(body, "n", 1, kind=int)
@@ -111,10 +120,11 @@ def _common(body: dict, s: Settings) -> dict:
         temperature=_number(body, "temperature", s.temperature, lo=0, hi=2),
         top_p=_number(body, "top_p", s.top_p, lo=0, hi=1, lo_open=True),
         seed=_number(body, "seed", s.seed, kind=int, lo=0),
-        stop=_stops(body, s.stop),
+        stop=_stops(body, s.stop_strings),
         word_cap=_number(body, "word_cap", s.word_cap, kind=int, lo=1),
         speculative=_bool(body, "speculative", True),
         stream=_bool(body, "stream", False),
+        context_overflow=_policy(body, s.context_overflow),
         include_usage=_bool(options or {}, "include_usage", False),
     )
 

@@ -75,6 +75,7 @@ class Answer:
             "stop_reason": done.stop_reason,
             "mode": self.request.mode,
             "gamma": self.request.gamma,
+            "turns_dropped": done.stats.turns_dropped,
             **done.result.figures(),
         }
 

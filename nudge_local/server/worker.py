@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nudge_local.config import Settings
+from nudge_local.context import Fitted, fit_history
 from nudge_local.errors import ContextFull, NudgeError
 from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import generate
 from nudge_local.model import Model
-from nudge_local.prompts import Prompts, render_prompts
+from nudge_local.prompts import Prompts
 from nudge_local.remote import RemoteError
 from nudge_local.sampling import Sampling
 from nudge_local.server.requests import ApiError, Request
@@ -43,16 +44,26 @@ class Pair:
     chunk: int = 16  # paper mode's L and round limit, as `run`'s defaults
     max_rounds: int = 150
 
-    def prompts(self, r: Request) -> Prompts:
+    def prompts(self, r: Request) -> Fitted:
+        """The request's prompts; its oldest turns left out where they do not fit and it asks so."""
         s = self.settings
         base, nudger = self.models.get("base"), self.models.get("nudger")
-        return render_prompts(base, nudger, r.question, history=r.history, system=r.system,
-                              base_format=s.base_format, chat_template=self.chat_template)  # fmt: skip
+        policy = r.context_overflow if base is not None and nudger is not None else "stop"
+        return fit_history(base, nudger, r.question, r.history, system=r.system, base_format=s.base_format,
+                           chat_template=self.chat_template, max_tokens=r.max_tokens, policy=policy)  # fmt: skip
 
     def generate(self, r: Request) -> Iterator[TokenEvent | Done]:
-        """The request's event stream, exactly as `nudge-local run` would produce it."""
+        """The request's event stream, exactly as `nudge-local run` would produce it; its Done's
+        stats say how many of the oldest turns its prompts left out."""
+        fitted = self.prompts(r)
+        for item in self._events(r, fitted.prompts):
+            if isinstance(item, Done):
+                item.stats.turns_dropped = fitted.dropped
+            yield item
+
+    def _events(self, r: Request, prompts: Prompts) -> Iterator[TokenEvent | Done]:
         return generate(
-            self.prompts(r),
+            prompts,
             mode=r.mode,
             base=self.models.get("base"),
             nudger=self.models.get("nudger"),

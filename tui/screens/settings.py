@@ -1,4 +1,4 @@
-"""The live settings: mode, gamma, temperature, max tokens, system prompt."""
+"""The live settings: mode, gamma, temperature, max tokens, system prompt, context policy."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ class SettingsScreen(ModalScreen[Options | None]):
                 yield Input(str(value), id=name)
             yield Label("System prompt")
             yield Input(o.system, id="system")
+            yield Label("When the conversation outgrows the context")
+            yield Select([("drop the oldest turns", "drop_oldest"), ("stop", "stop")], value=o.context_overflow,
+                         allow_blank=False, id="context_overflow")  # fmt: skip
             yield Static("", id="error")
             with Horizontal():
                 yield Button("Apply", variant="primary", id="apply")
@@ -51,6 +54,7 @@ class SettingsScreen(ModalScreen[Options | None]):
         values = dict(self.options.as_dict())
         values["mode"] = self.query_one("#mode", Select).value
         values["system"] = self.query_one("#system", Input).value
+        values["context_overflow"] = self.query_one("#context_overflow", Select).value
         try:
             for name, kind in (("gamma", float), ("temperature", float), ("max_tokens", int)):
                 raw = self.query_one(f"#{name}", Input).value.strip()

@@ -21,16 +21,25 @@ def summary(
     return f"{mode} · {tokens} tokens · {share:.0%} nudged{speed} · {end}"
 
 
+def notice(dropped: int) -> str:
+    """The line above an answer whose prompts left earlier turns out."""
+    return f"{dropped} earlier turn{'s are' if dropped != 1 else ' is'} outside the models' context"
+
+
 class AnswerView(Vertical):
     DEFAULT_CSS = """
     AnswerView { height: auto; margin: 0 0 1 0; }
     AnswerView > .question { color: $text-muted; text-style: bold; }
     AnswerView > .summary { color: $text-muted; text-style: italic; }
+    AnswerView > .notice { color: $warning; text-style: italic; }
     AnswerView > Markdown { margin: 0; padding: 0; }
     """
 
-    def __init__(self, question: str, *, mode: str, gamma: float, brackets: bool, msg_id: int | None = None) -> None:
+    def __init__(self, question: str, *, mode: str, gamma: float, brackets: bool, msg_id: int | None = None,
+                 dropped: int = 0) -> None:  # fmt: skip
         super().__init__()
+        self.dropped = dropped  # earlier turns outside the models' context for this answer
+        self.prompt_tokens = 0  # the fuller prompt's tokens, for the status bar
         self.question, self.mode, self.gamma, self.brackets = question, mode, gamma, brackets
         self.msg_id = msg_id
         self.tokens: list[TokenEvent] = []
@@ -50,6 +59,8 @@ class AnswerView(Vertical):
 
     def compose(self):
         yield Static(f"› {self.question}", classes="question", markup=False)
+        if self.dropped:
+            yield Static(notice(self.dropped), classes="notice", markup=False)
         yield self._summary
 
     def on_mount(self) -> None:
