@@ -12,6 +12,12 @@ DIR=${NUDGE_LOCAL_LLAMA_SERVER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nudge-local/
 if [ -x "$DIR/bin/llama-server" ] && [ -x "$DIR/bin/rpc-server" ]; then
   echo "$DIR/bin"; exit 0
 fi
+mkdir -p "$(dirname "$DIR")"
+exec 9>"$DIR.lock"
+flock 9  # one build at a time (tests and scripts may ask at once); the next finds it done
+if [ -x "$DIR/bin/llama-server" ] && [ -x "$DIR/bin/rpc-server" ]; then
+  echo "$DIR/bin"; exit 0
+fi
 command -v cmake >/dev/null || { echo "cmake is needed to build llama-server; install it (apt install cmake ninja-build)" >&2; exit 2; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

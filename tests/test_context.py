@@ -251,7 +251,7 @@ def test_twelve_turns_in_a_small_context_all_answer_and_say_what_was_left_out(pa
             await until(pilot, lambda: app.ready)
             for i in range(12):
                 await pilot.press(*f"Question {i} about the sky and the sea?", "enter")
-                await until(pilot, lambda: app.current is None and len(app.query(AnswerView)) == i + 1)
+                await until(pilot, lambda n=i + 1: app.current is None and len(app.query(AnswerView)) == n)
                 statuses.append(status())
             views = list(app.query(AnswerView).results(AnswerView))
             assert all(v.tokens and v.stop_reason in ("length", "eos") for v in views)  # every turn answered
