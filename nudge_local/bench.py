@@ -384,6 +384,28 @@ def _agreements(text: str) -> list[float]:
     return values
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share from 0 to 1 expected (like 0.7), not {text!r}")
+    return value
+
+
+def add_pair_options(ap: argparse.ArgumentParser) -> None:
+    """The pair options of the side-by-side scripts (scripts/bench_serve.py, bench_remote.py): one
+    generated pair (vocabulary, weights, agreement, shape), or a real one (--base and --nudge)."""
+    ap.add_argument("--vocab", type=_vocab, help="vocabulary GGUF for the generated pair (default: built-in BPE)")
+    ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"), help="weights of the generated pair")
+    ap.add_argument("--agreement", type=_share, default=0.7, help="the generated pair's agreement (default 0.7)")
+    ap.add_argument("--shape", type=_shape, default=(BASE_SHAPE, NUDGER_SHAPE), metavar="WIDTH,LAYERS",
+                    help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
+    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
+    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
+
+
 def _modes(text: str) -> list[str]:
     modes = [m for m in text.split(",") if m]
     unknown = [m for m in modes if m not in SYSTEMS]

@@ -30,7 +30,7 @@ def prompt_sizes(models: Mapping[str, object], prompts: Prompts) -> dict[str, in
     out = {}
     for role, model in models.items():
         text = prompts.base if role == "base" else prompts.nudge
-        if text is not None and model is not None and not getattr(model, "text_only", False):
+        if text is not None and model is not None and not model.text_only:
             out[role] = len(model.tokenize(text))
     return out
 

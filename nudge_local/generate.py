@@ -24,7 +24,7 @@ def _nudged(prompts: Prompts, base: Model, nudger: Model, *, speculative: bool, 
             text_space: bool | None, **rule) -> Plan:  # fmt: skip
     answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)
     drafts = speculative and isinstance(bview, TokenSpaceView)  # drafts need shared token ids
-    if drafts and not getattr(base, "scores_drafts", True):
+    if drafts and not base.scores_drafts:
         note_once(
             f"The base's server ({base.path}) cannot score a draft in one request; "
             f"speculative nudging runs as token mode."
@@ -47,7 +47,7 @@ def _paper(prompts: Prompts, base: Model, nudger: Model, *, gamma: float, chunk:
 
 def prompt_length(model: Model, prompt: str) -> int:
     """Tokens in `prompt` (a text-only served model counts them in its first answer: 0 here)."""
-    return 0 if getattr(model, "text_only", False) else len(model.tokenize(prompt))
+    return 0 if model.text_only else len(model.tokenize(prompt))
 
 
 _noted: set[str] = set()

@@ -65,6 +65,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Model:
     """A GGUF model loaded into one llama.cpp context (sequence 0), used from one thread."""
 
+    # What a served model (remote.py) answers differently: a local file is no server, has token ids,
+    # scores a draft in one batch, and reads its own prompts (no server reports reading them).
+    remote = False
+    text_only = False
+    scores_drafts = True
+    prompt_read = 0
+
     def __init__(
         self,
         path: str | os.PathLike,
@@ -314,6 +321,9 @@ class Model:
             for p in [p for p in self._batch_ends if p >= keep]:
                 del self._batch_ends[p]
         return keep
+
+    def settle(self) -> None:
+        """An answer ended (a served model stops its server writing ahead; nothing to do here)."""
 
     def reset(self) -> None:
         """Forget everything the context holds."""

@@ -40,7 +40,7 @@ def complete(model: Model, text: str, max_tokens: int) -> Completion:
     its text and top-1 probability, ending early at end of generation (not reported, finish
     "stop"). Only tokens the context does not already hold are evaluated. A served model answers
     it in one request, as the authors' client asks."""
-    if getattr(model, "remote", False):
+    if model.remote:
         return model.complete(text, max_tokens)
     seq = model.tokenize(text)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -56,7 +56,7 @@ def complete(model: Model, text: str, max_tokens: int) -> Completion:
 
 def api_style_complete(model: Model, text: str, n: int) -> Completion:
     """A completion call as the authors' API client makes it: the whole text evaluated again."""
-    if getattr(model, "remote", False):
+    if model.remote:
         return model.complete(text, n)  # the server's prefix cache decides what it re-reads
     model.reset()
     return complete(model, text, n)
@@ -199,7 +199,7 @@ def paper_steps(
     written = 0  # tokens yielded: the budget of a text-only served base, which cannot tokenize
 
     def over_budget(text: str) -> bool:
-        if getattr(base, "text_only", False):
+        if base.text_only:
             return max_tokens > 0 and written >= max_tokens
         return max_tokens > 0 and len(base.tokenize(text)) - (base.tokenize("") != []) >= max_tokens
 

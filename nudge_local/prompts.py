@@ -110,7 +110,7 @@ def nudger_prompt(
     if not template:
         raise NudgeError(
             f"The nudger {Path(str(nudger.path)).name} has no chat template in its "
-            f"{'server' if getattr(nudger, 'remote', False) else 'GGUF'}; give one with --chat-template FILE."
+            f"{'server' if nudger.remote else 'GGUF'}; give one with --chat-template FILE."
         )
     bos = nudger.piece(nudger.bos).decode("utf-8", "replace") if nudger.bos >= 0 else ""
     eos = nudger.piece(nudger.eos).decode("utf-8", "replace") if nudger.eos >= 0 else ""

@@ -43,7 +43,7 @@ def flag(role: str) -> str:
 
 def label(model) -> str:
     """The name a user knows a model by: its file's name, or the name its server gives it."""
-    return model.name if getattr(model, "remote", False) else PurePosixPath(str(model.path)).name
+    return model.name if model.remote else PurePosixPath(str(model.path)).name
 
 
 def is_url(ref: str | None) -> bool:
@@ -308,16 +308,23 @@ class ChunkSizer:
 @dataclass
 class Chunk:
     """What one request returned: the rows after key[:n], key[:n] + ahead[:1], ... (key is the
-    prefix sent; ahead the server's greedy tokens after it)."""
+    prefix sent; ahead the server's greedy tokens after it). Rows are kept as the server listed them
+    (ids and log-probabilities) and made `width`-long TopRows only when asked: a stream may hold
+    hundreds, and a full row of a 262k vocabulary is a megabyte."""
 
     key: list | bytes
     ahead: list
-    rows: list[TopRow]
+    rows: list[list[tuple[int, float]]]
+    width: int
     used: int = 0
     written: int = 0  # text-only models: answer tokens written when it was asked
     prompt_n: int = 0  # ... and the prompt tokens its server counted
     events: Events | None = None  # a stream still open: more rows to come
     timings: dict = field(default_factory=dict)  # the server's latest figures for it
+
+    def row(self, i: int) -> TopRow:
+        self.used = max(self.used, i + 1)
+        return top_row(self.width, self.rows[i])
 
 
 # -- llama-server -------------------------------------------------------------------------------
@@ -416,9 +423,6 @@ class RemoteModel:
     def is_eog(self, token: int) -> bool:
         return token in self._eog
 
-    def token_texts(self) -> list[bytes]:
-        raise NudgeError("A served model's vocabulary is compared by probe texts, not listed.")
-
     # -- rows -------------------------------------------------------------------------------------
 
     def logits(self, tokens: list[int]) -> TopRow:
@@ -437,16 +441,14 @@ class RemoteModel:
                 if i == len(c.rows) and c.events is not None:
                     self._pull(c)  # the server is writing it, or has
                 if i < len(c.rows):
-                    c.used = max(c.used, i + 1)
-                    return c.rows[i]
+                    return c.row(i)
             self._end(c)
         if tokens == self._split_at:  # inside a character: a whole response says which tokens wrote it
             size = max(1, min(self.sizer.size, self.n_ctx - len(tokens))) if self.n_ctx else self.sizer.size
             self._chunk = self._generate(list(tokens), size)
         else:
             self._chunk = self._stream(list(tokens))
-        self._chunk.used = 1
-        return self._chunk.rows[0]
+        return self._chunk.row(0)
 
     def _stream(self, tokens: list[int]) -> Chunk:
         """A greedy continuation of `tokens`, streamed: its rows are read as the answer asks for them,
@@ -456,7 +458,7 @@ class RemoteModel:
         body = {"prompt": tokens, "n_predict": max(1, min(STREAM_MAX, room)), "n_probs": TOP_K, "temperature": 0.0,
                 "top_k": 1, "samplers": ["top_k"], "cache_prompt": True, "stream": True, "timings_per_token": True,
                 **self._model}  # fmt: skip
-        c = Chunk(tokens, [], [], events=self.http.events("/completion", body))
+        c = Chunk(tokens, [], [], self.n_vocab, events=self.http.events("/completion", body))
         self._pull(c)
         if not c.rows:
             self._end(c)
@@ -491,7 +493,7 @@ class RemoteModel:
                 self._split_at = c.key + c.ahead
                 self._end(c)
                 return
-            c.rows.append(top_row(self.n_vocab, [(alt["id"], alt["logprob"]) for alt in top]))
+            c.rows.append([(alt["id"], alt["logprob"]) for alt in top])
             c.ahead.append(p["id"])
             return
 
@@ -521,12 +523,12 @@ class RemoteModel:
                     raise RemoteError(f"{self.http.who} answered without token log-probabilities; is it llama-server?")
                 for alt in top:
                     self._pieces.setdefault(alt["id"], bytes(alt["bytes"]))
-                rows.append(top_row(self.n_vocab, [(alt["id"], alt["logprob"]) for alt in top]))
+                rows.append([(alt["id"], alt["logprob"]) for alt in top])
                 if pending:
                     self._learn_pieces(pending, t, bytes(p["bytes"]))
                     pending = []
             else:  # part of a character: llama-server reports nothing until the character is whole
-                rows.append(top_row(self.n_vocab, [(t, 0.0)]))  # its greedy token, taken as sure
+                rows.append([(t, 0.0)])  # its greedy token, taken as sure
                 pending.append(t)
         if pending:  # the chunk ended inside a character: those tokens are asked again next time
             del ahead[-len(pending) :], rows[-len(pending) :]
@@ -536,7 +538,7 @@ class RemoteModel:
             raise RemoteError(
                 f"{self.http.who} wrote nothing after a {len(tokens)}-token prompt; its context may be full."
             )
-        return Chunk(tokens, ahead, rows)
+        return Chunk(tokens, ahead, rows, self.n_vocab)
 
     def _learn_pieces(self, pending: list[int], last: int, whole: bytes) -> None:
         """The bytes of tokens that wrote part of a character: llama-server reports the whole
@@ -740,7 +742,7 @@ class TextRemoteModel:
         )
         return choice
 
-    def _rows(self, choice: dict, max_tokens: int) -> tuple[list[str], list[TopRow]]:
+    def _rows(self, choice: dict, max_tokens: int) -> tuple[list[str], list[list[tuple[int, float]]]]:
         steps = token_logprobs(choice.get("logprobs"), choice.get("full_text"))
         rows = []
         for tok, top in steps:
@@ -752,8 +754,7 @@ class TextRemoteModel:
         if choice.get("finish_reason") == "stop" and len(texts) < max_tokens:
             rows.append([(END, 0.0)])  # the server stopped: its end of text was the argmax
             texts.append("")
-        n = len(self._texts) + TEXT_TAIL
-        return texts, [top_row(n, r) for r in rows]
+        return texts, rows
 
     def text_logits(self, data: bytes, written: int) -> TopRow:
         """The row after the text `data`: a prompt and an answer of `written` tokens so far. From
@@ -763,16 +764,16 @@ class TextRemoteModel:
         if c is not None:
             i = written - c.written
             if 0 <= i < len(c.rows) and data == c.key + "".join(c.ahead[:i]).encode("utf-8"):
-                c.used = max(c.used, i + 1)
-                return c.rows[i]
+                return c.row(i)
             self.sizer.used(c.used, len(c.rows))
         n = self.sizer.size
         choice = self._completion(data.decode("utf-8", "replace"), n)
         texts, rows = self._rows(choice, n)
         if not rows:
             raise RemoteError(f"{self.http.who} wrote nothing; its context may be full.")
-        self._chunk = Chunk(bytes(data), texts, rows, used=1, written=written, prompt_n=self.last_prompt)
-        return rows[0]
+        width = len(self._texts) + TEXT_TAIL  # every id numbered so far, and unlisted ones
+        self._chunk = Chunk(bytes(data), texts, rows, width, written=written, prompt_n=self.last_prompt)
+        return self._chunk.row(0)
 
     def chunk_prompt_tokens(self, prompt: bytes) -> int:
         """The prompt tokens the server counted for `prompt`, when the current chunk was asked for it."""
@@ -797,6 +798,9 @@ class TextRemoteModel:
 
     def reset(self) -> None:
         self._chunk = None
+
+    def settle(self) -> None:
+        """An answer ended: nothing to stop (its chunks are whole responses)."""
 
     def close(self) -> None:
         self.http.close()

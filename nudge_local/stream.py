@@ -144,7 +144,7 @@ def stream(
     """Run a mode's `steps` to the end: one TokenEvent with text per token, then Done with the
     joined text, Stats (counts, each model's evaluated tokens and forward calls, time) and the
     mode's Result. Closing this iterator stops the mode."""
-    start = {r: (m.evaluated_tokens, m.forward_calls, getattr(m, "prompt_read", 0)) for r, m in models.items()}
+    start = {r: (m.evaluated_tokens, m.forward_calls, m.prompt_read) for r, m in models.items()}
     t0 = time.perf_counter()
     stats = Stats(prompt_tokens=dict(prompt_tokens))
     events = with_text(steps)
@@ -166,12 +166,12 @@ def stream(
     finally:
         events.close()
         for m in models.values():
-            getattr(m, "settle", lambda: None)()  # a served model stops writing ahead
+            m.settle()  # a served model stops writing ahead
         stats.seconds = time.perf_counter() - t0
         for r, m in models.items():
             stats.evaluated_tokens[r] = m.evaluated_tokens - start[r][0]
             stats.forward_calls[r] = m.forward_calls - start[r][1]
-            if getattr(m, "remote", False):
+            if m.remote:
                 stats.served_prompt_read[r] = m.prompt_read - start[r][2]
     if isinstance(result, DraftResult):
         stats.draft_proposed, stats.draft_accepted = result.draft_proposed, result.draft_accepted

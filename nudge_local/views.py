@@ -98,9 +98,9 @@ def same_vocabulary(a: Model, b: Model) -> bool:
     key = (b.path, b.n_vocab)
     if key not in a.vocab_matches:  # compared once per pair: 128k texts take ~0.1 s
         n = min(a.n_vocab, b.n_vocab)
-        if getattr(a, "text_only", False) or getattr(b, "text_only", False):
+        if a.text_only or b.text_only:
             same = False
-        elif getattr(a, "remote", False) or getattr(b, "remote", False):
+        elif a.remote or b.remote:
             ta, tb = a.tokenize(PROBE), b.tokenize(PROBE)
             same = (a.vocab_type == b.vocab_type and abs(a.n_vocab - b.n_vocab) <= 128 and ta == tb
                     and [a.piece(t) for t in ta] == [b.piece(t) for t in tb])  # fmt: skip
@@ -113,7 +113,7 @@ def same_vocabulary(a: Model, b: Model) -> bool:
 
 def view_of(model: Model, prompt: str, answer: Answer, *, text_space: bool, n_shared: int | None = None) -> View:
     """One model's view: token or text space, or text for a text-only served model."""
-    if getattr(model, "text_only", False):
+    if model.text_only:
         return RemoteTextView(model, prompt, answer)
     if text_space:
         return TextSpaceView(model, prompt, answer)
@@ -126,7 +126,7 @@ def make_views(
     """Both models' views of one shared Answer; token space when the vocabularies match unless
     `text_space` forces a choice."""
     answer = Answer()
-    if getattr(base, "text_only", False) or getattr(nudger, "text_only", False):
+    if base.text_only or nudger.text_only:
         text_space = True
     elif text_space is None:
         text_space = not same_vocabulary(base, nudger)

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from nudge_local.bench import BASE_SHAPE, NUDGER_SHAPE, QUESTIONS, _positive, _shape, _template, _vocab, make_pair
+from nudge_local.bench import QUESTIONS, _positive, _template, add_pair_options, make_pair
 from nudge_local.catalog import parse_ref
 from nudge_local.choose import local_path
 from nudge_local.cli import Parser
@@ -359,25 +359,9 @@ def bench(base_path: Path, nudger_path: Path, folder: Path, args, real: bool) ->
     return summarize(systems, runs)
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a share from 0 to 1 expected (like 0.7), not {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(prog="scripts/bench_remote.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vocab", type=_vocab, help="vocabulary GGUF for the generated pair (default: built-in BPE)")
-    ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"), help="weights of the generated pair")
-    ap.add_argument("--agreement", type=_share, default=0.7, help="the generated pair's agreement (default 0.7)")
-    ap.add_argument("--shape", type=_shape, default=(BASE_SHAPE, NUDGER_SHAPE), metavar="WIDTH,LAYERS",
-                    help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
-    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
-    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
+    add_pair_options(ap)
     ap.add_argument(
         "--chat-template", type=_template, help="Jinja chat template file for the nudger (default: its GGUF's)"
     )

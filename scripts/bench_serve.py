@@ -42,7 +42,7 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 
-from nudge_local.bench import BASE_SHAPE, NUDGER_SHAPE, QUESTIONS, _positive, _shape, _template, _vocab, make_pair
+from nudge_local.bench import QUESTIONS, _positive, _template, add_pair_options, make_pair
 from nudge_local.choose import choose_models, load_models, local_path, read_chat_template
 from nudge_local.cli import Parser
 from nudge_local.config import Settings, load_settings
@@ -276,16 +276,6 @@ def bench(base_path: Path | str, nudger_path: Path | str, args) -> dict:
     return summarize(local, served, batch)
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a share from 0 to 1 expected (like 0.7), not {text!r}")
-    return value
-
-
 def _template_file(text: str) -> str:
     """A readable Jinja chat template file, kept as its path: the server is given the path too."""
     _template(text)
@@ -294,13 +284,7 @@ def _template_file(text: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(prog="scripts/bench_serve.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vocab", type=_vocab, help="vocabulary GGUF for the generated pair (default: built-in BPE)")
-    ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"), help="weights of the generated pair")
-    ap.add_argument("--agreement", type=_share, default=0.7, help="the generated pair's agreement (default 0.7)")
-    ap.add_argument("--shape", type=_shape, default=(BASE_SHAPE, NUDGER_SHAPE), metavar="WIDTH,LAYERS",
-                    help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
-    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
-    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
+    add_pair_options(ap)
     ap.add_argument("--chat-template", type=_template_file, metavar="FILE", help="nudger chat template, both sides")
     ap.add_argument("--max-tokens", type=_positive, default=96)
     ap.add_argument("--rounds", type=_positive, default=5)
