@@ -1,0 +1,235 @@
+"""`nudge-local eval`: its options, the models it loads, the progress bar, and the report at the end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from nudge_local.choose import choose_models, fetch, load_models, local_path, missing, read_chat_template
+from nudge_local.config import FIELDS, Settings, load_settings
+from nudge_local.errors import NudgeError
+from nudge_local.evaluate.data import TASKS, data_digest, load_items, select
+from nudge_local.evaluate.report import write_report
+from nudge_local.evaluate.run import (
+    EVAL_MODES,
+    MANIFEST_VERSION,
+    EvalConfig,
+    Results,
+    check_manifest,
+    file_sha256,
+    parse_gammas,
+    parse_modes,
+    roles_needed,
+    run,
+    write_atomic,
+)
+from nudge_local.remote import label
+from nudge_local.sampling import Sampling
+
+PAPER_SEED = 609  # the authors drew their subsets with this seed
+PAPER_MAX_TOKENS = 512
+
+
+def add_parser(sub, add_settings_flags) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a pair on a task (GSM8K, SVAMP, MultiArith, multiple choice, open): accuracy, nudge "
+        "figures, which words were nudged, a report",
+        conflict_handler="resolve",  # its --gamma takes a sweep, its --seed and --max-tokens other defaults
+    )
+    p.add_argument("task", choices=list(TASKS), help="how answers are scored: " + ", ".join(TASKS))
+    p.add_argument("--data", required=True, metavar="FILE|hub:ORG/NAME[:SPLIT]",
+                   help="the questions: a JSONL (.jsonl, .jsonl.gz, .json, .parquet) file in the dataset's own "
+                   "field names, or a Hugging Face dataset (online, or already in the cache)")  # fmt: skip
+    p.add_argument("--field", action="append", default=[], metavar="NAME=KEY",
+                   help="where the file keeps NAME (id, question, answer, choices, label); KEY may be dotted "
+                   "(doc.question); repeatable")  # fmt: skip
+    p.add_argument("--pair", help="a catalog pair (default: the configured pair, else the catalog's default)")
+    p.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
+    p.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
+    p.add_argument("--yes", action="store_true", help="download missing model files without asking")
+    p.add_argument("--modes", default="base,nudger,nudged",
+                   help=f"comma-separated, from {', '.join(EVAL_MODES)} (default base,nudger,nudged); urial is "
+                   "the base alone, aligned in context by a preamble and three examples")  # fmt: skip
+    p.add_argument("--limit", type=int, help="evaluate a seeded sample of N items (default: all)")
+    p.add_argument("--prefix", help='before each question (default "Question: " for reasoning and choice tasks)')
+    p.add_argument("--out", help="the run's folder (default eval-TASK): results.jsonl, summary.json, report.md")
+    p.add_argument("--resume", action="store_true", help="go on with the run in --out, skipping what it holds")
+    p.add_argument("--judge", metavar="GGUF|URL",
+                   help="also score answers with a judge model (a local GGUF or a server) that sees the question, "
+                   "the gold answer and the answer, and replies {\"correct\": 0|1}")  # fmt: skip
+    p.add_argument("--judge-chat-template", metavar="FILE", help="Jinja chat template for the judge")
+    p.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=True,
+                   help="nudged mode drafts with the nudger (same output; on by default)")  # fmt: skip
+    p.add_argument("--chunk", type=int, default=16, help="paper mode: tokens per completion call (default 16)")
+    p.add_argument("--max-rounds", type=int, default=150, help="paper mode: most rounds (default 150)")
+    add_settings_flags(p)
+    p.add_argument("--gamma", help="the nudger writes where the base's top-1 probability is below this; a "
+                   "comma-separated list sweeps (0.1,0.2,0.3,0.4,0.5)")  # fmt: skip
+    p.add_argument("--seed", type=int, help=f"the sample's and sampling's seed (default {PAPER_SEED}, the paper's)")
+    p.add_argument("--max-tokens", type=int, help=f"answer length limit (default {PAPER_MAX_TOKENS}, the paper's)")
+    return p
+
+
+def parse_fields(pairs: list[str]) -> dict[str, str]:
+    fields = {}
+    for pair in pairs:
+        name, sep, key = pair.partition("=")
+        if not sep or not name.strip() or not key.strip():
+            raise NudgeError(f"option --field takes NAME=KEY, e.g. question=doc.question (got {pair!r}).")
+        fields[name.strip()] = key.strip()
+    return fields
+
+
+def _settings(args) -> Settings:
+    """The file's and the environment's settings under the flags; the paper's set-up (its system
+    prompt, 512 tokens, greedy, seed 609) wherever a flag does not say otherwise."""
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS and k != "gamma"}
+    s = load_settings(flags)
+    for key, value in (("max_tokens", PAPER_MAX_TOKENS), ("seed", PAPER_SEED), ("temperature", 0.0)):
+        if not s.sources[key].startswith("flag"):
+            s.values[key], s.sources[key] = value, "eval"
+    return s
+
+
+def _mode_for(roles: set[str]) -> str:
+    return "nudged" if roles == {"base", "nudger"} else "base" if roles == {"base"} else "nudger"
+
+
+def _model_id(model) -> str:
+    """How the manifest names a model: its file's name and size, or its server's URL and name."""
+    if model.remote:
+        return f"{model.path} ({label(model)})"
+    return f"{label(model)} ({Path(model.path).stat().st_size} bytes)"
+
+
+def main(args) -> int:
+    for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds), ("--limit", args.limit or 1)):
+        if value < 1:
+            raise NudgeError(f"option {flag} must be a whole number of at least 1 (got {value}).")
+    s = _settings(args)
+    task = TASKS[args.task]
+    modes = parse_modes(args.modes)
+    roles = roles_needed(modes)
+    system = s.system if s.sources["system"].startswith("flag") else task.system
+    prefix = task.prefix if args.prefix is None else args.prefix
+    fields = parse_fields(args.field)
+    items = select(load_items(task, args.data, fields), args.limit, s.seed)
+    if not items:
+        raise NudgeError(f"{args.data} holds no items.")
+    out = Path(args.out or f"eval-{task.name}")
+
+    choice = choose_models(s, _mode_for(roles))  # a catalog pair may set gamma and the base format
+    gammas = parse_gammas(args.gamma) if args.gamma else [s.gamma]
+    confirm = (lambda q: input(q).strip().lower() in ("y", "yes")) if sys.stdin and sys.stdin.isatty() else None
+    fetch(missing([choice.base, choice.nudger]), yes=args.yes, confirm=confirm)
+    chat_template = read_chat_template(s)
+    cfg = EvalConfig(
+        task=task,
+        items=items,
+        modes=modes,
+        gammas=gammas,
+        system=system,
+        prefix=prefix,
+        base_format=s.base_format,
+        chat_template=chat_template,
+        stop_strings=s.stop_strings,
+        max_tokens=s.max_tokens,
+        word_cap=s.word_cap,
+        sampling=Sampling(s.temperature, s.top_p, s.seed),
+        chunk=args.chunk,
+        max_rounds=args.max_rounds,
+        speculative=args.speculative,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
+    judge = None
+    try:
+        if args.judge:
+            from nudge_local.evaluate.judge import open_judge
+
+            judge_template = None
+            if args.judge_chat_template:
+                judge_template = read_chat_template(load_settings({"chat_template": args.judge_chat_template}))
+            judge = open_judge(args.judge, s, chat_template=judge_template)
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "task": task.name,
+            "data": args.data,
+            "data_sha256": data_digest(args.data),
+            "base": _model_id(models["base"]) if "base" in models else None,
+            "nudger": _model_id(models["nudger"]) if "nudger" in models else None,
+            "settings": {
+                "system": system,
+                "prefix": prefix,
+                "base_format": s.base_format,
+                "chat_template_sha256": file_sha256(s.chat_template) if s.chat_template else None,
+                "stop": cfg.stop_strings,
+                "max_tokens": s.max_tokens,
+                "word_cap": s.word_cap,
+                "temperature": s.temperature,
+                "top_p": s.top_p,
+                "seed": s.seed,
+                "limit": args.limit,
+                "fields": fields,
+                "chunk": args.chunk,
+                "max_rounds": args.max_rounds,
+            },
+            "judge": judge.label if judge else None,
+            "modes": modes,
+            "gammas": gammas,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        manifest = check_manifest(out, manifest, args.resume)
+        results = Results(out / "results.jsonl")
+        if results.cut:
+            print("nudge-local: the last line of results.jsonl was cut short; its answer is written again.",
+                  file=sys.stderr)  # fmt: skip
+        write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        try:
+            _run_with_progress(cfg, models, results, judge)
+        finally:
+            if results.rows:
+                paths = write_report(out, results.rows, manifest)
+                print(f"{len(results.rows)} answers in {out / 'results.jsonl'}", file=sys.stderr)
+                for p in paths:
+                    print(p)
+    finally:
+        if judge is not None:
+            judge.close()
+        for m in models.values():
+            m.close()
+    return 0
+
+
+def _run_with_progress(cfg: EvalConfig, models, results: Results, judge) -> None:
+    """The loop with one progress bar per mode and gamma (Rich, on stderr), each with its ETA and the
+    accuracy so far."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[figures]}"))  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        bars: dict[tuple, int] = {}
+        right: dict[tuple, list[int]] = {}
+
+        def on_start(mode, gamma, done, total):
+            name = mode if gamma is None else f"{mode} γ={gamma:g}"
+            bars[(mode, gamma)] = progress.add_task(name, total=total, completed=done, figures="")
+
+        for row in run(cfg, models, results, judge=judge, on_start=on_start):
+            group = (row["mode"], row["gamma"])
+            r = right.setdefault(group, [0, 0, 0, 0])
+            if row["correct"] is not None:
+                r[0] += bool(row["correct"])
+                r[1] += 1
+            r[2] += row["nudge_tokens"]
+            r[3] += row["tokens"]
+            figures = f"acc {r[0] / r[1]:.0%}" if r[1] else ""
+            if row["mode"] in ("nudged", "paper") and r[3]:
+                figures += f"  nudged {r[2] / r[3]:.0%}"
+            progress.update(bars[group], advance=1, figures=figures)
