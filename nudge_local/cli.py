@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="uvicorn's log; info adds one line per request")  # fmt: skip
     _add_settings_flags(serve)
 
+    from nudge_local.evaluate.cli import add_parser as add_eval_parser  # its options only; the run loads on use
+
+    add_eval_parser(sub, _add_settings_flags)
+
     pull = sub.add_parser("pull", help="download a catalog pair or a hub file into the Hugging Face cache")
     pull.add_argument("refs", nargs="+", metavar="ALIAS|REF", help="catalog alias or org/repo:file.gguf")
     pull.add_argument("--yes", action="store_true", help="do not ask before downloading")
@@ -254,6 +258,12 @@ def serve(args) -> int:
                       max_body=args.max_body, log_level=args.log_level)  # fmt: skip
 
 
+def evaluate(args) -> int:
+    from nudge_local.evaluate.cli import main as eval_main
+
+    return eval_main(args)
+
+
 def pull(args) -> int:
     files: list[HubFile] = []
     for ref in args.refs:
@@ -363,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             return bench(argv[1:])
         commands = {"run": run, "chat": chat, "serve": serve, "pull": pull, "models": models, "doctor": doctor}
         commands["config"] = config
+        commands["eval"] = evaluate
         return commands[args.command](args)
     except NudgeError as e:
         print(f"nudge-local: error: {e}", file=sys.stderr)

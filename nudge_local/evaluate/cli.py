@@ -12,7 +12,6 @@ from nudge_local.choose import choose_models, fetch, load_models, local_path, mi
 from nudge_local.config import FIELDS, Settings, load_settings
 from nudge_local.errors import NudgeError
 from nudge_local.evaluate.data import TASKS, data_digest, load_items, select
-from nudge_local.evaluate.report import write_report
 from nudge_local.evaluate.run import (
     EVAL_MODES,
     MANIFEST_VERSION,
@@ -107,6 +106,8 @@ def _model_id(model) -> str:
 
 
 def main(args) -> int:
+    from nudge_local.evaluate.report import write_report  # matplotlib and the rest load only for a run
+
     for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds), ("--limit", args.limit or 1)):
         if value < 1:
             raise NudgeError(f"option {flag} must be a whole number of at least 1 (got {value}).")
