@@ -1,0 +1,462 @@
+"""The eval report: DIR/summary.json (every figure), DIR/report.md (the same for people) and, for a
+gamma sweep, DIR/gamma.png. Pure arithmetic on results.jsonl rows and the run's manifest; no engine.
+
+Statistics are written out here (Wilson interval, McNemar's exact test with exact fractions, Cohen's
+kappa) so the package needs no scipy; tests check them against scipy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+MODE_ORDER = ("base", "urial", "nudger", "nudged", "paper")
+GAMMA_MODES = ("nudged", "paper")  # the modes gamma changes
+BASELINES = ("base", "nudger", "urial")  # what a nudged group is paired against
+TOP_WORDS = 20
+Z95 = 1.959963984540054  # the normal quantile at 0.975
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval for a proportion (95% by default); None for no trials."""
+    if n == 0:
+        return None
+    p = correct / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """McNemar's exact test: two-sided binomial on the discordant pairs b and c, X ~ Bin(b+c, 1/2),
+    p = min(1, 2 P[X <= min(b, c)]); 1 when there is no discordant pair."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = Fraction(sum(math.comb(n, k) for k in range(min(b, c) + 1)), 2**n)
+    return float(min(Fraction(1), 2 * tail))
+
+
+def cohen_kappa(pairs: list[tuple[bool, bool]]) -> float | None:
+    """Cohen's kappa of two yes/no raters; None without pairs or when chance agreement is total
+    (both raters gave one and the same verdict throughout, so kappa is undefined)."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    observed = sum(a == b for a, b in pairs) / n
+    a_yes = sum(a for a, _ in pairs) / n
+    b_yes = sum(b for _, b in pairs) / n
+    chance = a_yes * b_yes + (1 - a_yes) * (1 - b_yes)
+    if chance == 1:
+        return None
+    return (observed - chance) / (1 - chance)
+
+
+# ---- summary -------------------------------------------------------------------------------------
+
+
+def _group_key(key: tuple[str, float | None]) -> tuple:
+    mode, gamma = key
+    order = MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+    return (order, mode, -1.0 if gamma is None else gamma)
+
+
+def _groups(rows: list[dict]) -> dict[tuple[str, float | None], list[dict]]:
+    groups: dict[tuple[str, float | None], list[dict]] = {}
+    for row in rows:
+        gamma = row.get("gamma")
+        groups.setdefault((row["mode"], None if gamma is None else float(gamma)), []).append(row)
+    return {key: groups[key] for key in sorted(groups, key=_group_key)}
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _accuracy(verdicts: list[bool | None]) -> dict:
+    scored = [v for v in verdicts if v is not None]
+    right = sum(scored)
+    ci = wilson(right, len(scored))
+    return {
+        "scored": len(scored),
+        "correct": right,
+        "accuracy": _ratio(right, len(scored)),
+        "ci": list(ci) if ci else None,
+    }
+
+
+def _judge(rows: list[dict]) -> dict | None:
+    """The judge's accuracy and its agreement with the rule; None where no row was judged."""
+    if not any("judge" in row for row in rows):
+        return None
+    both = [(r["correct"], r["judge"]) for r in rows if r.get("correct") is not None and r.get("judge") is not None]
+    agree = _ratio(sum(a == b for a, b in both), len(both))
+    agreement = {"items": len(both), "agree": agree, "kappa": cohen_kappa(both)}
+    return {**_accuracy([r.get("judge") for r in rows]), "agreement": agreement}
+
+
+def _branching(rows: list[dict], side: str) -> float | None:
+    values = [(r.get("branching") or {}).get(side) for r in rows]
+    return _mean([v for v in values if v is not None])
+
+
+def _group_summary(mode: str, gamma: float | None, rows: list[dict]) -> dict:
+    tokens = sum(r.get("tokens", 0) for r in rows)
+    stops = Counter(r.get("stop_reason") or "unknown" for r in rows)
+    return {
+        "mode": mode,
+        "gamma": gamma,
+        "items": len(rows),
+        **_accuracy([r.get("correct") for r in rows]),
+        "nudge_ratio": _ratio(sum(r.get("nudge_tokens", 0) for r in rows), tokens),
+        "mean_tokens": _mean([r.get("tokens", 0) for r in rows]),
+        "tokens_per_second": _ratio(tokens, sum(r.get("seconds", 0.0) for r in rows)),
+        "branching": {"writing": _branching(rows, "writing"), "base": _branching(rows, "base")},
+        "stop_reasons": dict(sorted(stops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "judge": _judge(rows),
+    }
+
+
+def _scored(rows: list[dict]) -> dict[str, bool]:
+    return {r["id"]: r["correct"] for r in rows if r.get("correct") is not None}
+
+
+def _paired(groups: dict[tuple[str, float | None], list[dict]]) -> list[dict]:
+    """Each nudged/paper group against each baseline that ran, on the ids both scored (none: no entry)."""
+    baselines = {mode: _scored(rows) for (mode, gamma), rows in groups.items() if mode in BASELINES}
+    out = []
+    for (mode, gamma), rows in groups.items():
+        if mode not in GAMMA_MODES:
+            continue
+        mine = _scored(rows)
+        for against in BASELINES:
+            if against not in baselines:
+                continue
+            theirs = baselines[against]
+            ids = [i for i in mine if i in theirs]
+            if not ids:
+                continue  # nothing scored on both sides (an open task): no comparison to make
+            wins = sum(mine[i] and not theirs[i] for i in ids)
+            losses = sum(theirs[i] and not mine[i] for i in ids)
+            out.append(
+                {
+                    "mode": mode,
+                    "gamma": gamma,
+                    "against": against,
+                    "items": len(ids),
+                    "wins": wins,
+                    "losses": losses,
+                    "ties": len(ids) - wins - losses,
+                    "p_value": mcnemar_exact(wins, losses),
+                }
+            )
+    return out
+
+
+def _words(mode: str, gamma: float | None, rows: list[dict]) -> dict:
+    """The most frequent nudged words (ties alphabetical) and the share the top 10 cover.
+    Empty words (a nudged stretch of whitespace) are left out of the counts."""
+    counts = Counter(w for r in rows for w in r.get("nudging_words") or () if w)
+    total = sum(counts.values())
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {
+        "mode": mode,
+        "gamma": gamma,
+        "nudged_words": total,
+        "distinct": len(counts),
+        "top": [{"word": w, "count": n} for w, n in ranked[:TOP_WORDS]],
+        "top10_share": _ratio(sum(n for _, n in ranked[:10]), total),
+    }
+
+
+def summarize(rows: list[dict], manifest: dict) -> dict:
+    """Every figure of the report, as plain JSON values (None where a figure has no data)."""
+    groups = _groups(rows)
+    return {
+        "version": 1,
+        "task": manifest.get("task"),
+        "data": manifest.get("data"),
+        "data_sha256": manifest.get("data_sha256"),
+        "base": manifest.get("base"),
+        "nudger": manifest.get("nudger"),
+        "judge": manifest.get("judge"),
+        "settings": manifest.get("settings") or {},
+        "rows": len(rows),
+        "items": len({r["id"] for r in rows}),
+        "groups": [_group_summary(mode, gamma, g) for (mode, gamma), g in groups.items()],
+        "paired": _paired(groups),
+        "nudging_words": [_words(mode, gamma, g) for (mode, gamma), g in groups.items() if mode in GAMMA_MODES],
+    }
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename over it: a crash leaves the old file or
+    the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_sweep(summary: dict) -> bool:
+    """True when a gamma-dependent mode ran at two or more gammas (the plot's condition)."""
+    return any(len({g["gamma"] for g in summary["groups"] if g["mode"] == mode}) >= 2 for mode in GAMMA_MODES)
+
+
+def write_report(out: Path, rows: list[dict], manifest: dict) -> list[Path]:
+    """Write summary.json, report.md and (for a sweep) gamma.png into `out`; return the paths written.
+    A gamma.png from an earlier write is removed when the results no longer make a sweep, so the
+    folder never shows a plot the report does not describe. No rows: the report says so in a sentence."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows, manifest)
+    plot = out / "gamma.png"
+    written = [out / "summary.json", out / "report.md"]
+    sweep = is_sweep(summary)
+    if sweep:
+        _write_atomic(plot, gamma_png(summary))
+        written.append(plot)
+    _write_atomic(written[0], (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+    _write_atomic(written[1], render_markdown(summary, plot=sweep).encode())
+    if not sweep:
+        plot.unlink(missing_ok=True)  # last: a failed write above leaves the old report whole
+    return written
+
+
+# ---- report.md -----------------------------------------------------------------------------------
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def fmt_accuracy(acc: float | None, ci: list[float] | None) -> str:
+    """62.0% [55.1%, 68.4%]; a dash for an unscored group."""
+    if acc is None:
+        return "–"
+    return f"{pct(acc)} [{pct(ci[0])}, {pct(ci[1])}]" if ci else pct(acc)
+
+
+def fmt_p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_num(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def fmt_gamma(gamma: float | None) -> str:
+    return "–" if gamma is None else f"{gamma:g}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _code(word: str) -> str:
+    """A word as inline code; one holding a backtick gets a double-backtick span."""
+    return f"`` {word} ``" if "`" in word else f"`{word}`"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+
+
+def _heading(s: dict) -> list[str]:
+    settings = ", ".join(f"{k}={v}" for k, v in s["settings"].items()) or "defaults"
+    digest = f" (sha256 {s['data_sha256'][:12]})" if s.get("data_sha256") else ""
+    lines = [
+        f"# nudge-local eval: {s['task'] or 'unknown task'}",
+        "",
+        f"- Data: `{s['data']}`{digest}",
+        f"- Pair: base `{s['base']}`, nudger `{s['nudger']}`",
+        f"- Settings: {settings}",
+    ]
+    if s.get("judge"):
+        lines.append(f"- Judge: `{s['judge']}`")
+    return lines + [f"- Results: {s['rows']} rows over {s['items']} items", ""]
+
+
+def _main_table(s: dict) -> list[str]:
+    judged = any(g["judge"] for g in s["groups"])
+    header = ["Mode", "γ", "Items", "Scored", "Accuracy [95% CI]"]
+    header += ["Judge accuracy [95% CI]", "Rule–judge agreement (κ)"] if judged else []
+    header += ["Nudge ratio", "Mean length", "Tokens/s", "Branching (writing / base)", "Stop reasons"]
+    rows = []
+    for g in s["groups"]:
+        row = [
+            g["mode"],
+            fmt_gamma(g["gamma"]),
+            str(g["items"]),
+            str(g["scored"]),
+            fmt_accuracy(g["accuracy"], g["ci"]),
+        ]
+        if judged:
+            j = g["judge"]
+            agree = j and j["agreement"]
+            kappa = "–" if not agree or agree["kappa"] is None else f"{agree['kappa']:.2f}"
+            agreement = f"{pct(agree['agree'])} of {agree['items']} (κ {kappa})" if agree else "–"
+            row += [fmt_accuracy(j["accuracy"], j["ci"]) if j else "–", agreement]
+        branching = f"{fmt_num(g['branching']['writing'], 2)} / {fmt_num(g['branching']['base'], 2)}"
+        stops = ", ".join(f"{k} {n}" for k, n in g["stop_reasons"].items())
+        row += [pct(g["nudge_ratio"]), fmt_num(g["mean_tokens"]), fmt_num(g["tokens_per_second"]), branching, stops]
+        rows.append(row)
+    return ["## Results by mode and gamma", "", *_table(header, rows), ""]
+
+
+def _paired_table(s: dict) -> list[str]:
+    if not s["paired"]:
+        return []
+    header = ["Mode", "γ", "Against", "Paired items", "Wins", "Losses", "Ties", "McNemar p"]
+    rows = [
+        [p["mode"], fmt_gamma(p["gamma"]), p["against"], str(p["items"]), str(p["wins"]), str(p["losses"]),
+         str(p["ties"]), fmt_p(p["p_value"])]
+        for p in s["paired"]
+    ]  # fmt: skip
+    return ["## Paired comparisons (same items)", "", *_table(header, rows), ""]
+
+
+def _word_tables(s: dict) -> list[str]:
+    if not s["nudging_words"]:
+        return []
+    lines = ["## Nudging words", ""]
+    for w in s["nudging_words"]:
+        title = f"### {w['mode']}, γ {fmt_gamma(w['gamma'])}"
+        if not w["top"]:
+            lines += [title, "", "No word was nudged.", ""]
+            continue
+        lines += [
+            title,
+            "",
+            f"{w['nudged_words']} nudged words ({w['distinct']} distinct); "
+            f"the 10 most frequent cover {pct(w['top10_share'])} of them.",
+            "",
+        ]
+        rows = [[str(i), _code(t["word"]), str(t["count"])] for i, t in enumerate(w["top"], 1)]
+        lines += [*_table(["Rank", "Word", "Count"], rows), ""]
+    return lines
+
+
+HOW_TO_READ = """\
+## How to read this report
+
+- **Items**: answers in the group (one per question). **Scored**: those the task's rule could score
+  (open tasks score none).
+- **Accuracy [95% CI]**: the share of scored answers the rule found correct, with a 95% Wilson
+  confidence interval: the range of true accuracies consistent with this many items. Two modes whose
+  intervals overlap widely may not differ at all; more items narrow the interval.
+- **Judge accuracy** and **rule–judge agreement**: the judge model's verdicts, how often they match the
+  rule on the items both scored, and Cohen's κ (1: full agreement, 0: no better than chance).
+- **Nudge ratio**: the share of answer tokens the nudger wrote. **Mean length**: answer tokens per item.
+  **Tokens/s**: answer tokens over the seconds spent writing them.
+- **Branching**: exp of the mean per-token entropy along the answers (the effective number of next
+  tokens), for the distribution that wrote and for the base's; aligned models sit near 1, base models
+  far above.
+- **Paired comparisons**: a nudged mode against each baseline on the items both scored. **Wins**:
+  nudged right, the other wrong; **losses**: the reverse; **ties**: both right or both wrong.
+  **McNemar p**: the exact test on wins against losses. A p above 0.05 means the difference could be
+  chance at this item count; below it, chance alone rarely gives a split this uneven.
+- **Nudging words**: the words the nudger wrote, most frequent first: what alignment changes in the
+  base's answers. Whitespace-only words are not counted.
+"""
+
+
+def render_markdown(s: dict, plot: bool = False) -> str:
+    """report.md from a summary; `plot`: embed gamma.png."""
+    lines = _heading(s)
+    if not s["groups"]:
+        lines += ["No results yet: results.jsonl holds no finished item.", ""]
+        return "\n".join(lines)
+    lines += _main_table(s) + _paired_table(s) + _word_tables(s)
+    if plot:
+        lines += ["## Accuracy and nudge ratio against gamma", "", "![](gamma.png)", ""]
+    return "\n".join(lines) + "\n" + HOW_TO_READ
+
+
+# ---- gamma.png -----------------------------------------------------------------------------------
+
+
+def gamma_png(s: dict) -> bytes:
+    """Accuracy (with CI bars, the baselines as horizontal lines) and nudge ratio against gamma, as
+    PNG bytes. An open task (nothing scored) gets the nudge ratio panel alone. Drawn on a bare Figure
+    with the Agg canvas, so pyplot and the process-wide backend are never touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    swept = [g for g in s["groups"] if g["mode"] in GAMMA_MODES and g["gamma"] is not None]
+    scored = any(g["accuracy"] is not None for g in s["groups"])
+    fig = Figure(figsize=(7, 7 if scored else 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2 if scored else 1, 1, sharex=True, squeeze=False)[:, 0]
+    if scored:
+        _plot_accuracy(axes[0], s["groups"], swept)
+    _plot_ratio(axes[-1], swept)
+    axes[-1].set_xlabel("gamma (the base writes where its top-1 probability is at least gamma)")
+    fig.suptitle(f"{s['task']}: {_short(s['base'])} nudged by {_short(s['nudger'])}", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _short(ref: str | None) -> str:
+    """A model file's or server's last path part, for the plot's title."""
+    return str(ref).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _by_mode(swept: list[dict]) -> dict[str, list[dict]]:
+    modes: dict[str, list[dict]] = {}
+    for g in swept:
+        modes.setdefault(g["mode"], []).append(g)
+    return modes
+
+
+def _plot_accuracy(ax, groups: list[dict], swept: list[dict]) -> None:
+    for mode, gs in _by_mode(swept).items():
+        gs = [g for g in gs if g["accuracy"] is not None]
+        if not gs:
+            continue
+        x = [g["gamma"] for g in gs]
+        y = [100 * g["accuracy"] for g in gs]
+        err = [[100 * (g["accuracy"] - g["ci"][0]) for g in gs], [100 * (g["ci"][1] - g["accuracy"]) for g in gs]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{mode} (95% CI)")
+    styles = {"base": (":", "black"), "nudger": ("--", "tab:green"), "urial": ("-.", "tab:purple")}
+    for g in groups:
+        if g["mode"] in BASELINES and g["accuracy"] is not None:
+            style, color = styles[g["mode"]]
+            ax.axhline(100 * g["accuracy"], linestyle=style, color=color, label=g["mode"])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_ratio(ax, swept: list[dict]) -> None:
+    for mode, gs in _by_mode(swept).items():
+        gs = [g for g in gs if g["nudge_ratio"] is not None]
+        ax.plot([g["gamma"] for g in gs], [100 * g["nudge_ratio"] for g in gs], marker="s", label=mode)
+    ax.set_ylabel("nudge ratio (% of tokens)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)

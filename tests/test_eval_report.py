@@ -1,0 +1,345 @@
+"""The eval report (nudge_local/evaluate/report.py) on results rows written by hand: every figure of
+summary.json against a hand count or scipy, report.md as people read it, gamma.png as a real PNG for
+a sweep only, and files written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from scipy.stats import binomtest
+
+from nudge_local.evaluate import report
+from nudge_local.evaluate.report import cohen_kappa, mcnemar_exact, summarize, wilson, write_report
+
+T, F, N = True, False, None
+# q0..q9 per mode; N: the rule could not score the answer.
+CORRECT = {
+    ("base", None): [T, F, F, T, F, N, F, T, F, F],
+    ("nudger", None): [T, T, F, T, T, T, F, F, T, N],
+    ("nudged", 0.2): [T, T, T, T, F, N, T, T, F, T],
+    ("nudged", 0.4): [T, T, F, T, T, T, T, F, T, T],
+    ("nudged", 0.6): [F, F, F, T, F, F, F, T, F, F],
+}
+MANIFEST = {
+    "version": 1,
+    "task": "gsm8k",
+    "data": "gsm8k_test.jsonl",
+    "data_sha256": "ab" * 32,
+    "base": "base.gguf",
+    "nudger": "nudger.gguf",
+    "settings": {"max_tokens": 512, "seed": 609},
+    "judge": "judge.gguf",
+    "modes": ["base", "nudger", "nudged"],
+    "gammas": [0.2, 0.4, 0.6],
+    "created": "2026-01-01T00:00:00",
+}
+
+
+def make_row(mode, gamma, i, correct, **kw):
+    row = {
+        "id": f"q{i}",
+        "task": "gsm8k",
+        "mode": mode,
+        "gamma": gamma,
+        "question": f"Question: {i}?",
+        "gold": "#### 1",
+        "answer": "1",
+        "spans": [],
+        "correct": correct,
+        "tokens": 10 + i,
+        "nudge_tokens": 0 if mode == "base" else (10 + i if mode == "nudger" else i % 3),
+        "seconds": 0.5,
+        "tokens_per_second": (10 + i) / 0.5,
+        "nudging_words": [],
+        "stop_reason": "length" if i in (7, 8) else "eos",
+        "branching": {"writing": None if i == 0 else 1.0 + i / 10, "base": 12.0 if i in (1, 2) else None},
+    }
+    if i == 9:
+        del row["branching"]  # rows may lack the key
+    return {**row, **kw}
+
+
+def sweep_rows():
+    rows = []
+    for (mode, gamma), verdicts in CORRECT.items():
+        for i, correct in enumerate(verdicts):
+            # the judge: the rule's verdict, but it disagrees on q3 and gives no verdict on q8
+            judge = None if i == 8 else (not correct if i == 3 and correct is not None else correct)
+            rows.append(make_row(mode, gamma, i, correct, judge=judge))
+    return rows
+
+
+def group(summary, mode, gamma=None):
+    (g,) = [g for g in summary["groups"] if g["mode"] == mode and g["gamma"] == gamma]
+    return g
+
+
+def paired(summary, mode, gamma, against):
+    (p,) = [p for p in summary["paired"] if p["mode"] == mode and p["gamma"] == gamma and p["against"] == against]
+    return p
+
+
+def scipy_wilson(k, n):
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return ci.low, ci.high
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (3, 9), (7, 9), (0, 10), (10, 10), (62, 100), (500, 1319)])
+def test_wilson_matches_scipy(k, n):
+    assert wilson(k, n) == pytest.approx(scipy_wilson(k, n), abs=1e-12)
+
+
+def test_wilson_by_hand_and_without_trials():
+    # 3 of 9: p = 1/3, z = 1.96; center (p + z²/2n) / (1 + z²/n), half-width z/(1 + z²/n) sqrt(p(1-p)/n + z²/4n²)
+    z2 = 1.959963984540054**2
+    center = (1 / 3 + z2 / 18) / (1 + z2 / 9)
+    half = 1.959963984540054 / (1 + z2 / 9) * ((2 / 9) / 9 + z2 / 324) ** 0.5
+    assert wilson(3, 9) == pytest.approx((center - half, center + half), abs=1e-12)
+    assert wilson(0, 0) is None
+
+
+def test_mcnemar_matches_scipy_binomtest():
+    for b in range(26):
+        for c in range(26):
+            expected = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
+            assert mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-12, abs=1e-15), (b, c)
+    assert mcnemar_exact(4, 0) == 0.125  # 2 * (1/2)^4
+    assert mcnemar_exact(5, 1) == 14 / 64  # 2 * (1 + 6) / 2^6
+
+
+def test_mcnemar_is_exact_for_many_pairs():
+    # 2^1200 overflows a float; exact fractions do not
+    assert 0 < mcnemar_exact(400, 800) < 1e-20
+    assert mcnemar_exact(600, 600) == 1.0
+
+
+def test_cohen_kappa_by_hand():
+    # rule yes 7/9, judge yes 6/9, agreement 8/9: chance 48/81, kappa (72 - 48) / (81 - 48) = 8/11
+    pairs = [(T, T), (T, T), (F, F), (T, F), (T, T), (T, T), (T, T), (F, F), (T, T)]
+    assert cohen_kappa(pairs) == pytest.approx(8 / 11)
+    assert cohen_kappa([(T, F), (F, T)]) == pytest.approx(-1.0)
+    assert cohen_kappa([(T, T), (T, T)]) is None  # one verdict throughout: undefined
+    assert cohen_kappa([]) is None
+
+
+# ---- summary -------------------------------------------------------------------------------------
+
+
+def test_group_figures():
+    s = summarize(sweep_rows(), MANIFEST)
+    assert [(g["mode"], g["gamma"]) for g in s["groups"]] == list(CORRECT)
+    assert s["rows"] == 50 and s["items"] == 10
+    base = group(s, "base")
+    assert (base["items"], base["scored"], base["correct"]) == (10, 9, 3)
+    assert base["accuracy"] == pytest.approx(3 / 9)
+    assert base["ci"] == pytest.approx(list(scipy_wilson(3, 9)))
+    assert base["nudge_ratio"] == 0
+    nudged = group(s, "nudged", 0.4)
+    assert (nudged["items"], nudged["scored"], nudged["correct"]) == (10, 10, 8)
+    assert nudged["ci"] == pytest.approx(list(scipy_wilson(8, 10)))
+    assert nudged["nudge_ratio"] == pytest.approx(9 / 145)  # nudge tokens 0,1,2,0,... over 10+11+...+19
+    assert nudged["mean_tokens"] == pytest.approx(14.5)
+    assert nudged["tokens_per_second"] == pytest.approx(145 / 5)
+    # writing: q1..q8 (q0 null, q9 without the key); base: q1 and q2 only
+    assert nudged["branching"]["writing"] == pytest.approx(sum(1 + i / 10 for i in range(1, 9)) / 8)
+    assert nudged["branching"]["base"] == pytest.approx(12.0)
+    assert nudged["stop_reasons"] == {"eos": 8, "length": 2}
+    assert group(s, "nudger")["nudge_ratio"] == 1
+
+
+def test_branching_is_null_without_values():
+    rows = [make_row("base", None, i, T, branching={"writing": None, "base": None}) for i in range(3)]
+    assert group(summarize(rows, MANIFEST), "base")["branching"] == {"writing": None, "base": None}
+
+
+def test_judge_accuracy_and_agreement():
+    s = summarize(sweep_rows(), MANIFEST)
+    j = group(s, "nudged", 0.4)["judge"]
+    # judge: T T F F T T T F - T (q3 flipped, q8 none)
+    assert (j["scored"], j["correct"]) == (9, 6)
+    assert j["accuracy"] == pytest.approx(6 / 9)
+    assert j["ci"] == pytest.approx(list(scipy_wilson(6, 9)))
+    assert j["agreement"]["items"] == 9
+    assert j["agreement"]["agree"] == pytest.approx(8 / 9)
+    assert j["agreement"]["kappa"] == pytest.approx(8 / 11)
+    rows = [{k: v for k, v in r.items() if k != "judge"} for r in sweep_rows()]
+    assert all(g["judge"] is None for g in summarize(rows, MANIFEST)["groups"])
+
+
+def test_paired_comparisons():
+    s = summarize(sweep_rows(), MANIFEST)
+    assert {(p["mode"], p["gamma"], p["against"]) for p in s["paired"]} == {
+        ("nudged", g, a) for g in (0.2, 0.4, 0.6) for a in ("base", "nudger")
+    }
+    # q5 unscored in both: 9 items; nudged right where base wrong on q1 q2 q6 q9, never the reverse
+    p = paired(s, "nudged", 0.2, "base")
+    assert (p["items"], p["wins"], p["losses"], p["ties"]) == (9, 4, 0, 5)
+    assert p["p_value"] == pytest.approx(binomtest(4, 4, 0.5).pvalue)
+    # q5 unscored in nudged, q9 in nudger: 8 items; wins q2 q6 q7, losses q4 q8
+    p = paired(s, "nudged", 0.2, "nudger")
+    assert (p["items"], p["wins"], p["losses"], p["ties"]) == (8, 3, 2, 3)
+    assert p["p_value"] == 1.0
+    p = paired(s, "nudged", 0.4, "base")
+    assert (p["items"], p["wins"], p["losses"], p["ties"]) == (9, 5, 1, 3)
+    assert p["p_value"] == pytest.approx(binomtest(5, 6, 0.5).pvalue)
+    p = paired(s, "nudged", 0.6, "base")
+    assert (p["wins"], p["losses"]) == (0, 1)
+
+
+def test_nudging_word_table():
+    words = ["b", "a", "c", "b", "a", "", "c", "b", "a"] + [f"w{i:02d}" for i in range(21, -1, -1)]
+    rows = [
+        make_row("nudged", 0.4, 0, T, nudging_words=words[:15]),
+        make_row("nudged", 0.4, 1, T, nudging_words=words[15:]),
+    ]
+    rows.append(make_row("base", None, 0, T, nudging_words=["ignored"]))  # only nudged/paper groups get a table
+    (table,) = summarize(rows, MANIFEST)["nudging_words"]
+    assert (table["mode"], table["gamma"]) == ("nudged", 0.4)
+    assert table["nudged_words"] == 30 and table["distinct"] == 25  # the empty word is not counted
+    top = [(t["word"], t["count"]) for t in table["top"]]
+    assert top == [("a", 3), ("b", 3), ("c", 2)] + [(f"w{i:02d}", 1) for i in range(17)]  # ties alphabetical
+    assert table["top10_share"] == pytest.approx((3 + 3 + 2 + 7) / 30)
+
+
+def test_word_table_markdown_keeps_odd_words_whole():
+    rows = [make_row("nudged", 0.4, 0, T, nudging_words=["a|b", "it`s", "Sure", "Sure"])]
+    md = report.render_markdown(summarize(rows, MANIFEST))
+    assert "4 nudged words (3 distinct); the 10 most frequent cover 100.0% of them." in md
+    assert "| 1 | `Sure` | 2 |" in md
+    assert "| 2 | `a\\|b` | 1 |" in md  # a pipe escaped inside the table cell
+    assert "| 3 | `` it`s `` | 1 |" in md
+
+
+def test_open_task_has_no_accuracy_and_no_comparison():
+    rows = [
+        make_row(mode, gamma, i, None, gold=None, nudging_words=["Sure"])
+        for mode, gamma in (("base", None), ("nudger", None), ("nudged", 0.3), ("nudged", 0.5))
+        for i in range(4)
+    ]
+    s = summarize(rows, {**MANIFEST, "task": "open", "judge": None})
+    assert all(g["accuracy"] is None and g["ci"] is None and g["scored"] == 0 for g in s["groups"])
+    assert s["paired"] == []
+    assert group(s, "nudged", 0.3)["nudge_ratio"] == pytest.approx(3 / 46)  # nudge tokens 0,1,2,0 of 10..13
+    assert [t["nudged_words"] for t in s["nudging_words"]] == [4, 4]
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+
+def test_write_report_sweep(tmp_path):
+    rows = sweep_rows()
+    written = write_report(tmp_path, rows, MANIFEST)
+    assert written == [tmp_path / "summary.json", tmp_path / "report.md", tmp_path / "gamma.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gamma.png", "report.md", "summary.json"]  # no temp file left
+    assert json.loads((tmp_path / "summary.json").read_text()) == summarize(rows, MANIFEST)
+    png = (tmp_path / "gamma.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == (700, 700)  # two panels, 7 x 7 inches at 100 dpi
+
+
+def test_report_markdown(tmp_path):
+    write_report(tmp_path, sweep_rows(), MANIFEST)
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# nudge-local eval: gsm8k\n")
+    assert "`gsm8k_test.jsonl`" in md and "base `base.gguf`, nudger `nudger.gguf`" in md
+    assert "max_tokens=512, seed=609" in md and "`judge.gguf`" in md
+    lo, hi = scipy_wilson(3, 9)
+    assert f"| base | – | 10 | 9 | 33.3% [{100 * lo:.1f}%, {100 * hi:.1f}%] |" in md
+    assert "33.3% [12.1%, 64.6%]" in md
+    assert "88.9% of 9 (κ 0.73)" in md  # nudged 0.4: rule and judge agree on 8 of 9
+    assert "| nudged | 0.2 | base | 9 | 4 | 0 | 5 | 0.125 |" in md
+    assert "| nudged | 0.2 | nudger | 8 | 3 | 2 | 3 | 1.000 |" in md
+    assert "| nudged | 0.4 | base | 9 | 5 | 1 | 3 | 0.219 |" in md
+    assert "![](gamma.png)" in md
+    assert "## How to read this report" in md and "could be" in md and "chance" in md
+
+
+def test_main_table_order():
+    modes = [("paper", 0.5), ("nudged", 0.5), ("nudger", None), ("urial", None), ("nudged", 0.1), ("base", None)]
+    rows = [make_row(m, g, 0, T) for m, g in modes]
+    md = report.render_markdown(summarize(rows, MANIFEST))
+    lines = [line for line in md.splitlines() if line.startswith("| ") and line.split(" | ")[1] in ("–", "0.1", "0.5")]
+    order = [tuple(line.split(" | ")[:2]) for line in lines if "[" in line]
+    assert order == [
+        ("| base", "–"),
+        ("| urial", "–"),
+        ("| nudger", "–"),
+        ("| nudged", "0.1"),
+        ("| nudged", "0.5"),
+        ("| paper", "0.5"),
+    ]
+
+
+def test_no_plot_for_a_single_gamma(tmp_path):
+    write_report(tmp_path, sweep_rows(), MANIFEST)
+    assert (tmp_path / "gamma.png").exists()
+    rows = [r for r in sweep_rows() if r["gamma"] in (None, 0.4)]
+    written = write_report(tmp_path, rows, MANIFEST)
+    assert written == [tmp_path / "summary.json", tmp_path / "report.md"]
+    assert not (tmp_path / "gamma.png").exists()  # the earlier sweep's plot does not outlive its report
+    assert "gamma.png" not in (tmp_path / "report.md").read_text()
+
+
+def test_plot_for_paper_mode_sweep(tmp_path):
+    rows = [make_row("nudged", 0.4, i, T) for i in range(3)]
+    rows += [make_row("paper", g, i, i == 0) for g in (0.3, 0.5) for i in range(3)]
+    assert (tmp_path / "gamma.png") in write_report(tmp_path, rows, MANIFEST)
+
+
+def test_open_task_plot_has_the_ratio_panel_only(tmp_path):
+    rows = [make_row("nudged", g, i, None, gold=None) for g in (0.3, 0.5) for i in range(4)]
+    written = write_report(tmp_path, rows, {**MANIFEST, "task": "open", "judge": None})
+    assert tmp_path / "gamma.png" in written
+    with Image.open(tmp_path / "gamma.png") as image:
+        assert image.size == (700, 380)
+    md = (tmp_path / "report.md").read_text()
+    assert "| nudged | 0.3 | 4 | 0 | – |" in md and "## Paired comparisons" not in md
+
+
+def test_empty_results(tmp_path):
+    written = write_report(tmp_path, [], MANIFEST)
+    assert [p.name for p in written] == ["summary.json", "report.md"]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert (s["rows"], s["items"], s["groups"], s["paired"], s["nudging_words"]) == (0, 0, [], [], [])
+    md = (tmp_path / "report.md").read_text()
+    assert "No results yet: results.jsonl holds no finished item." in md
+    assert "| Mode |" not in md
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    write_report(tmp_path, sweep_rows(), MANIFEST)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(tmp_path, sweep_rows()[:20], MANIFEST)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_plot_leaves_pyplot_and_the_backend_alone():
+    code = (
+        "import matplotlib, sys\n"
+        "before = matplotlib.rcParams._get_backend_or_none()\n"
+        "from nudge_local.evaluate.report import summarize, write_report\n"
+        "import tempfile, pathlib, json\n"
+        f"rows = json.loads({json.dumps(json.dumps(sweep_rows()))})\n"
+        f"manifest = json.loads({json.dumps(json.dumps(MANIFEST))})\n"
+        "write_report(pathlib.Path(tempfile.mkdtemp()), rows, manifest)\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+        "assert matplotlib.rcParams._get_backend_or_none() == before, 'backend changed'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
