@@ -264,6 +264,12 @@ def test_report_markdown(tmp_path):
     assert "## How to read this report" in md and "could be" in md and "chance" in md
 
 
+def test_heading_keeps_a_multiline_setting_on_its_line():
+    manifest = {**MANIFEST, "settings": {"system": "Be brief.\nBe kind.", "gamma": [0.2, 0.4]}}
+    md = report.render_markdown(summarize(sweep_rows(), manifest))
+    assert '- Settings: system="Be brief.\\nBe kind.", gamma=[0.2, 0.4]\n' in md
+
+
 def test_main_table_order():
     modes = [("paper", 0.5), ("nudged", 0.5), ("nudger", None), ("urial", None), ("nudged", 0.1), ("base", None)]
     rows = [make_row(m, g, 0, T) for m, g in modes]
@@ -278,6 +284,32 @@ def test_main_table_order():
         ("| nudged", "0.5"),
         ("| paper", "0.5"),
     ]
+
+
+def test_plot_panels_lines_and_labels():
+    fig = report.gamma_figure(summarize(sweep_rows(), MANIFEST))
+    accuracy, ratio = fig.axes
+    assert accuracy.get_ylabel() == "accuracy (%)" and ratio.get_ylabel() == "nudge ratio (% of tokens)"
+    assert ratio.get_xlabel().startswith("gamma")
+    legend = [t.get_text() for t in accuracy.get_legend().get_texts()]
+    assert sorted(legend) == ["base", "nudged (95% CI)", "nudger"]
+    lines = {line.get_label(): line for line in accuracy.get_lines()}
+    assert list(lines["base"].get_ydata()) == pytest.approx([100 * 3 / 9] * 2)  # a horizontal reference
+    assert list(lines["nudger"].get_ydata()) == pytest.approx([100 * 6 / 9] * 2)
+    (errorbar,) = accuracy.containers
+    points, _, (bars,) = errorbar.lines
+    assert list(points.get_xdata()) == [0.2, 0.4, 0.6]
+    assert list(points.get_ydata()) == pytest.approx([100 * 7 / 9, 80.0, 20.0])
+    low, high = scipy_wilson(8, 10)  # the bar at gamma 0.4 spans the Wilson interval
+    assert bars.get_segments()[1][:, 1] == pytest.approx([100 * low, 100 * high])
+    (nudged,) = ratio.get_lines()
+    assert list(nudged.get_ydata()) == pytest.approx([100 * 9 / 145] * 3)
+
+
+def test_open_task_figure_has_one_panel():
+    rows = [make_row("nudged", g, i, None, gold=None) for g in (0.3, 0.5) for i in range(4)]
+    (ax,) = report.gamma_figure(summarize(rows, {**MANIFEST, "task": "open"})).axes
+    assert ax.get_ylabel() == "nudge ratio (% of tokens)"
 
 
 def test_no_plot_for_a_single_gamma(tmp_path):

@@ -285,7 +285,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _heading(s: dict) -> list[str]:
-    settings = ", ".join(f"{k}={v}" for k, v in s["settings"].items()) or "defaults"
+    # JSON values: a multi-line system prompt stays on its line
+    settings = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in s["settings"].items()) or "defaults"
     digest = f" (sha256 {s['data_sha256'][:12]})" if s.get("data_sha256") else ""
     lines = [
         f"# nudge-local eval: {s['task'] or 'unknown task'}",
@@ -297,6 +298,15 @@ def _heading(s: dict) -> list[str]:
     if s.get("judge"):
         lines.append(f"- Judge: `{s['judge']}`")
     return lines + [f"- Results: {s['rows']} rows over {s['items']} items", ""]
+
+
+def _judge_cells(j: dict | None) -> list[str]:
+    """Judge accuracy, and the rule's agreement with the judge: '88.9% of 9 (κ 0.73)'."""
+    if j is None:
+        return ["–", "–"]
+    agree = j["agreement"]
+    kappa = "–" if agree["kappa"] is None else f"{agree['kappa']:.2f}"
+    return [fmt_accuracy(j["accuracy"], j["ci"]), f"{pct(agree['agree'])} of {agree['items']} (κ {kappa})"]
 
 
 def _main_table(s: dict) -> list[str]:
@@ -314,11 +324,7 @@ def _main_table(s: dict) -> list[str]:
             fmt_accuracy(g["accuracy"], g["ci"]),
         ]
         if judged:
-            j = g["judge"]
-            agree = j and j["agreement"]
-            kappa = "–" if not agree or agree["kappa"] is None else f"{agree['kappa']:.2f}"
-            agreement = f"{pct(agree['agree'])} of {agree['items']} (κ {kappa})" if agree else "–"
-            row += [fmt_accuracy(j["accuracy"], j["ci"]) if j else "–", agreement]
+            row += _judge_cells(g["judge"])
         branching = f"{fmt_num(g['branching']['writing'], 2)} / {fmt_num(g['branching']['base'], 2)}"
         stops = ", ".join(f"{k} {n}" for k, n in g["stop_reasons"].items())
         row += [pct(g["nudge_ratio"]), fmt_num(g["mean_tokens"]), fmt_num(g["tokens_per_second"]), branching, stops]
@@ -398,10 +404,10 @@ def render_markdown(s: dict, plot: bool = False) -> str:
 # ---- gamma.png -----------------------------------------------------------------------------------
 
 
-def gamma_png(s: dict) -> bytes:
-    """Accuracy (with CI bars, the baselines as horizontal lines) and nudge ratio against gamma, as
-    PNG bytes. An open task (nothing scored) gets the nudge ratio panel alone. Drawn on a bare Figure
-    with the Agg canvas, so pyplot and the process-wide backend are never touched."""
+def gamma_figure(s: dict):
+    """Accuracy (with CI bars, the baselines as horizontal lines) and nudge ratio against gamma, as a
+    matplotlib Figure. An open task (nothing scored) gets the nudge ratio panel alone. A bare Figure
+    on the Agg canvas: pyplot and the process-wide backend are never touched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -415,8 +421,13 @@ def gamma_png(s: dict) -> bytes:
     _plot_ratio(axes[-1], swept)
     axes[-1].set_xlabel("gamma (the base writes where its top-1 probability is at least gamma)")
     fig.suptitle(f"{s['task']}: {_short(s['base'])} nudged by {_short(s['nudger'])}", fontsize=10)
+    return fig
+
+
+def gamma_png(s: dict) -> bytes:
+    """gamma_figure as PNG bytes, 100 dpi."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    gamma_figure(s).savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 
