@@ -121,19 +121,25 @@ def test_json_list_and_parquet_and_arrow(tmp_path):
         ('{"input": "x"}\n{"title": "y"}\n', "open", None, r"^Line 2 of .*has no instruction"),
         ('{"doc": {"q": "Q"}}\n', "gsm8k", {"question": "doc.question"},
          r"^Line 1 of .*has no key 'doc.question' \(from --field question=doc.question\)\.$"),
-        ('{"question": "Q"}\n', "open", {"gold": "x"}, r"^--field gold=\.\.\. is not a field this reads"),
         ('{"id": 1, "question": "Q"}\n{"id": 1, "question": "R"}\n', "open", None,
          r"^Line 2 of .* repeats the id '1' of line 1 of .*; give --field id=KEY"),
         ("\n\n", "open", None, r"holds no items"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_sentence(tmp_path, content, task, fields, phrase):
-    path = tmp_path / ("missing.jsonl" if content is None else "d.jsonl")
+    path = tmp_path / "Data" / ("missing.jsonl" if content is None else "d.jsonl")  # a capital in the path
+    path.parent.mkdir()
     if content is not None:
         path.write_text(content)
     with pytest.raises(NudgeError, match=phrase) as e:
         load_items(TASKS[task], str(path), fields)
-    assert "\n" not in str(e.value) and str(e.value).endswith(".")
+    assert "\n" not in str(e.value) and str(e.value).endswith(".") and str(path) in str(e.value)
+
+
+def test_unknown_field_name(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "Q"}])
+    with pytest.raises(NudgeError, match=r"^--field gold=\.\.\. is not a field this reads; map one of id, question"):
+        load_items(TASKS["open"], str(path), {"gold": "x"})
 
 
 @pytest.mark.parametrize(

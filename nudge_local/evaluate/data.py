@@ -140,6 +140,11 @@ def _table(path: Path, form: str):
             return pa.ipc.open_file(source).read_all()
 
 
+def _at(row: Row) -> str:
+    """ "Line 3 of FILE", to open a sentence (str.capitalize would lower the path's letters)."""
+    return row.where[:1].upper() + row.where[1:]
+
+
 def _reason(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
@@ -166,7 +171,7 @@ def _field(row: Row, fields: dict[str, str], name: str, *defaults: str) -> Any:
         return _first(row.value, *defaults)
     value = _get(row.value, fields[name])
     if value is _MISSING:
-        raise NudgeError(f"{row.where.capitalize()} has no key {fields[name]!r} (from --field {name}={fields[name]}).")
+        raise NudgeError(f"{_at(row)} has no key {fields[name]!r} (from --field {name}={fields[name]}).")
     return value
 
 
@@ -180,7 +185,7 @@ def _text(value: Any) -> str | None:
 
 def _unfit(row: Row, task: Task, what: str) -> NudgeError:
     return NudgeError(
-        f"{row.where.capitalize()} has no {what} in a shape the {task.name} task reads ({SHAPES[task.kind]}); "
+        f"{_at(row)} has no {what} in a shape the {task.name} task reads ({SHAPES[task.kind]}); "
         f"name its keys with --field, e.g. {FIELD_HINT[task.kind]}."
     )
 
@@ -188,7 +193,7 @@ def _unfit(row: Row, task: Task, what: str) -> NudgeError:
 # ---------------------------------------------------------------- items by kind
 
 
-def _numeric(row: Row, task: Task, fields: dict[str, str]) -> tuple[str | None, str | None]:
+def _numeric(row: Row, task: Task, fields: dict[str, str]) -> tuple[str, str]:
     v = row.value
     question = _text(_field(row, fields, "question", "question"))
     if question is None and "question" not in fields:
@@ -200,7 +205,7 @@ def _numeric(row: Row, task: Task, fields: dict[str, str]) -> tuple[str | None, 
     from nudge_local.evaluate.scoring import numbers
 
     if not numbers(gold):
-        raise NudgeError(f"{row.where.capitalize()} has a gold answer without a number ({gold[:40]!r}).")
+        raise NudgeError(f"{_at(row)} has a gold answer without a number ({gold[:40]!r}).")
     return question, gold
 
 
@@ -223,7 +228,7 @@ def _options(row: Row, fields: dict[str, str], choices: Any) -> list[tuple[str, 
     return pairs
 
 
-def _choice(row: Row, task: Task, fields: dict[str, str]) -> tuple[str | None, str | None, tuple]:
+def _choice(row: Row, task: Task, fields: dict[str, str]) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     question = _field(row, fields, "question", "question")
     choices = _field(row, fields, "choices", "choices")
     if isinstance(question, dict):  # ARC's own JSONL: question {stem, choices}
@@ -242,7 +247,7 @@ def _choice(row: Row, task: Task, fields: dict[str, str]) -> tuple[str | None, s
         gold = labels[[text for _, text in pairs].index(_text(gold))]  # a gold given as the option's text
     else:
         raise NudgeError(
-            f"{row.where.capitalize()} has no gold answer among its options' labels {', '.join(labels)} "
+            f"{_at(row)} has no gold answer among its options' labels {', '.join(labels)} "
             f"(answerKey, or answer as an index); name it with --field answer=KEY."
         )
     if all(label.isdigit() for label in labels):  # ARC's few items labelled 1-4: letters like the rest
@@ -253,7 +258,7 @@ def _choice(row: Row, task: Task, fields: dict[str, str]) -> tuple[str | None, s
 
 def _item(row: Row, index: int, task: Task, fields: dict[str, str]) -> Item:
     if not isinstance(row.value, dict):
-        raise NudgeError(f"{row.where.capitalize()} is not a JSON object; each item must be one {{...}} object.")
+        raise NudgeError(f"{_at(row)} is not a JSON object; each item must be one {{...}} object.")
     raw_id = _field(row, fields, "id", "id", "ID")
     item_id = _text(raw_id) or str(index)
     if task.kind == "numeric":
@@ -282,7 +287,7 @@ def load_items(task: Task, data: str, fields: dict[str, str] | None = None) -> l
             item = _item(row, len(items), task, fields)
             if item.id in seen:
                 raise NudgeError(
-                    f"{row.where.capitalize()} repeats the id {item.id!r} of {seen[item.id]}; "
+                    f"{_at(row)} repeats the id {item.id!r} of {seen[item.id]}; "
                     "give --field id=KEY naming a unique key."
                 )
             seen[item.id] = row.where
