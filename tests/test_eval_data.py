@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -255,11 +256,12 @@ def test_data_digest_is_the_files_sha256(tmp_path):
         data_digest(str(tmp_path / "missing.jsonl"))
 
 
-def test_select_is_seeded_and_keeps_file_order():
+def test_select_draws_the_papers_subset():
     items = [Item(str(i), f"Q{i}", "1") for i in range(100)]
     a, b = select(items, 10, seed=609), select(items, 10, seed=609)
     assert a == b and len(a) == 10 and len({i.id for i in a}) == 10
-    assert [int(i.id) for i in a] == sorted(int(i.id) for i in a)  # file order
+    np.random.seed(609)  # the authors' draw
+    assert [int(i.id) for i in a] == [int(i) for i in np.random.choice(100, 10, replace=False)]
     assert a != select(items, 10, seed=610)
     assert a != items[:10]  # a sample, not the head
     assert select(items, None, 609) == items and select(items, 500, 609) == items

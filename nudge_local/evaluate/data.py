@@ -422,16 +422,18 @@ def data_digest(data: str) -> str:
 
 
 def select(items: list[Item], limit: int | None, seed: int) -> list[Item]:
-    """A seeded sample of `limit` items, kept in file order (the paper sampled its subsets with seed 609);
-    all of them when `limit` is None or not below their number."""
+    """A seeded sample of `limit` items, drawn as the authors drew their subsets (numpy's legacy
+    generator: `np.random.seed(seed)` then `np.random.choice(n, limit, replace=False)`, seed 609 by
+    default), in the order drawn; all of them, in file order, when `limit` is None or not below their
+    number."""
     if limit is None or limit >= len(items):
         return list(items)
     if limit < 0:
         raise NudgeError(f"--limit must be 0 or more, not {limit}.")
     import numpy as np
 
-    chosen = np.random.default_rng(seed).choice(len(items), size=limit, replace=False)
-    return [items[i] for i in sorted(int(i) for i in chosen)]
+    chosen = np.random.RandomState(seed).choice(len(items), size=limit, replace=False)
+    return [items[int(i)] for i in chosen]
 
 
 def render_question(task: Task, item: Item, prefix: str) -> str:
