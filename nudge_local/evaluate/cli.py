@@ -108,7 +108,8 @@ def _model_id(model) -> str:
 def main(args) -> int:
     from nudge_local.evaluate.report import write_report  # matplotlib and the rest load only for a run
 
-    for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds), ("--limit", args.limit or 1)):
+    limit = 1 if args.limit is None else args.limit
+    for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds), ("--limit", limit)):
         if value < 1:
             raise NudgeError(f"option {flag} must be a whole number of at least 1 (got {value}).")
     s = _settings(args)

@@ -194,12 +194,16 @@ def check_manifest(out: Path, manifest: dict, resume: bool) -> dict:
                     f"{out} holds a run with {k} {(a or {}).get(k)!r}, and this one has {(b or {}).get(k)!r}; "
                     f"resume it with the same settings, or give another --out."
                 )
+        elif key in ("base", "nudger") and (a is None or b is None):
+            continue  # a model one of the runs did not use: the other's is kept
         elif a != b:
             raise NudgeError(
                 f"{out} holds a run with {key} {a!r}, and this one has {b!r}; resume it with the same "
                 f"{key}, or give another --out."
             )
     merged = dict(old)
+    for key in ("base", "nudger"):
+        merged[key] = old.get(key) or manifest.get(key)
     merged["modes"] = list(dict.fromkeys([*old.get("modes", []), *manifest["modes"]]))
     merged["gammas"] = sorted(set(old.get("gammas", [])) | set(manifest["gammas"]))
     return merged

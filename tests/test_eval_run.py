@@ -1,0 +1,262 @@
+"""`nudge-local eval` end to end on generated models: a gamma sweep with every mode, its results, report
+and plot; nothing lost or written twice across a kill -9 and --resume; a changed setting against an
+existing run is one sentence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nudge_local.errors import NudgeError
+from nudge_local.evaluate.data import TASKS, load_items, render_question
+from nudge_local.evaluate.run import EVAL_MODES, Results, check_manifest, parse_gammas, parse_modes, row_key
+from nudge_local.evaluate.scoring import score
+from nudge_local.synthetic import CHATML, Table, bpe_vocab, write_model
+
+ROOT = Path(__file__).resolve().parents[1]
+V = bpe_vocab(0)
+
+
+def tok(piece: str) -> int:
+    t = V.find(piece.encode())
+    assert t is not None, piece
+    return t
+
+
+THE, ONE, TWO, THREE, DOT = map(tok, [" the", " 1", " 2", " 3", "."])
+EOS = V.eos
+# The base writes " the", then is torn between " 2" (a little likelier: top-1 0.38) and " 1", " 3";
+# below gamma 0.38 it writes " the 2.", above it the nudger's word " 3." goes in. The nudger alone
+# writes " the 3.".
+BASE = Table(
+    rows={THE: {TWO: 0.2, ONE: 0.0, THREE: 0.0}, TWO: {DOT: 5.0}, ONE: {DOT: 5.0}, THREE: {DOT: 5.0}, DOT: {EOS: 5.0}},
+    default={THE: 5.0},
+)
+NUDGER = Table(rows={THE: {THREE: 5.0}, THREE: {DOT: 5.0}, DOT: {EOS: 5.0}}, default={THE: 5.0})
+# A base that never stops: " the 2 the 2 ..." (slow enough runs for the kill test).
+LOOP = Table(rows={THE: {TWO: 5.0}, TWO: {THE: 5.0}}, default={THE: 5.0})
+GOLDS = ["#### 3", "#### 2", "Half of 6 is 3.\n#### 3", "#### 7"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("eval-models")
+    data = d / "gsm8k.jsonl"
+    lines = [{"question": f"Question number {i}: how many apples?", "answer": g} for i, g in enumerate(GOLDS)]
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    return {
+        "base": write_model(d / "base.gguf", V, BASE),
+        "nudger": write_model(d / "nudger.gguf", V, NUDGER, chat_template=CHATML),
+        "loop": write_model(d / "loop.gguf", V, LOOP),
+        "data": data,
+    }
+
+
+def cli(*args, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nudge_local.cli", "eval", *map(str, args), "--threads", "1", "--ctx", "2048"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_sweep_end_to_end(pair, tmp_path):
+    out = tmp_path / "run"
+    r = cli("gsm8k", "--data", pair["data"], "--base", pair["base"], "--nudge", pair["nudger"],
+            "--modes", ",".join(EVAL_MODES), "--gamma", "0.5,0.3", "--max-tokens", "16", "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    rows = rows_of(out)
+    # base, nudger and urial once; nudged and paper at each gamma
+    assert len(rows) == len(GOLDS) * (3 + 2 * 2)
+    assert len({row_key(x) for x in rows}) == len(rows)
+    by = {(x["mode"], x["gamma"], x["id"]): x for x in rows}
+    for i in range(len(GOLDS)):
+        i = str(i)
+        assert by[("base", None, i)]["answer"] == " the 2."
+        assert by[("nudger", None, i)]["answer"] == " the 3."
+        assert by[("nudged", 0.3, i)]["answer"] == " the 2."  # the base's top-1 0.38 is above gamma
+        assert by[("nudged", 0.5, i)]["answer"] == " the 3."
+        assert by[("nudged", 0.5, i)]["nudging_words"] == ["3."]
+        assert by[("nudged", 0.5, i)]["nudge_tokens"] == 2
+        assert by[("nudged", 0.3, i)]["nudging_words"] == []
+        assert by[("urial", None, i)]["answer"] == " the 2."
+    items = {x.id: x for x in load_items(TASKS["gsm8k"], str(pair["data"]))}
+    for x in rows:
+        assert x["correct"] == score(TASKS["gsm8k"], items[x["id"]], x["answer"])
+        assert x["question"] == render_question(TASKS["gsm8k"], items[x["id"]], "Question: ")
+        assert set(x["branching"]) == {"writing", "base"}
+    assert [by[("nudged", 0.5, str(i))]["correct"] for i in range(4)] == [True, False, True, False]
+    assert [by[("base", None, str(i))]["correct"] for i in range(4)] == [False, True, False, False]
+
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary  # the report's own figures are checked in test_eval_report.py; here: it was written
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "gamma.png" in report and "nudged" in report
+    png = (out / "gamma.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["modes"] == list(EVAL_MODES) and manifest["gammas"] == [0.3, 0.5]
+    assert manifest["settings"]["system"] == "Answer the question by walking through the reasoning steps."
+    assert manifest["settings"]["max_tokens"] == 16 and manifest["settings"]["seed"] == 609
+    assert not list(out.glob(".*.tmp"))
+
+    # the same run again: nothing to do, nothing written twice
+    again = cli("gsm8k", "--data", pair["data"], "--base", pair["base"], "--nudge", pair["nudger"],
+                "--modes", ",".join(EVAL_MODES), "--gamma", "0.5,0.3", "--max-tokens", "16", "--out", out,
+                "--resume")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert rows_of(out) == rows
+
+
+def test_prompts_are_the_papers(pair, tmp_path):
+    """The nudger's user message is "Question: ..." under the paper's system prompt; the base's prompt
+    is the base format around the question (read back through the nudger-only answer's prompt)."""
+    from nudge_local.evaluate.run import EvalConfig, Job, prompts_for
+    from nudge_local.model import Model
+
+    task = TASKS["gsm8k"]
+    items = load_items(task, str(pair["data"]))
+    cfg = EvalConfig(task=task, items=items, modes=["nudged"], gammas=[0.4], system=task.system, prefix=task.prefix)
+    nudger = Model(pair["nudger"], role="nudger", n_ctx=512, n_threads=1)
+    try:
+        p = prompts_for(Job(items[0], "nudged", 0.4), cfg, None, nudger)
+    finally:
+        nudger.close()
+    q = items[0].question
+    assert p.base == f"{task.system}\nQuestion: {q}\nAnswer:"
+    assert p.nudge == (
+        f"<|im_start|>system\n{task.system}<|im_end|>\n<|im_start|>user\nQuestion: {q}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    u = prompts_for(Job(items[0], "urial", None), cfg, None, None)
+    assert u.nudge is None and u.base.endswith(
+        f"# Query:\n```\n{task.system}\n\nQuestion: {q}\n```\n\n# Answer:\n```\n"
+    )
+
+
+def test_kill_9_then_resume_loses_nothing_and_writes_nothing_twice(pair, tmp_path):
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"question": f"q{i}", "answer": "#### 2"}) + "\n" for i in range(40)))
+    out = tmp_path / "run"
+    args = ["gsm8k", "--data", data, "--base", pair["loop"], "--modes", "base", "--max-tokens", "400", "--out", out]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nudge_local.cli", "eval", *map(str, args), "--threads", "1", "--ctx", "2048"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = results.read_bytes()
+    n_before = before.count(b"\n")
+    assert 3 <= n_before < 40, n_before  # killed mid-run
+    # a line cut by the kill, as if it had come in the middle of a write
+    with open(results, "ab") as f:
+        f.write(b'{"id": "99", "mode": "base", "gam')
+    r = cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "cut short" in r.stderr
+    after = results.read_bytes()
+    assert after.startswith(before)  # every line written before the kill is kept as it was
+    rows = [json.loads(line) for line in after.decode().splitlines()]
+    assert sorted(int(x["id"]) for x in rows) == list(range(40))  # each item once
+    assert all(x["tokens"] == 400 and x["correct"] for x in rows)
+
+
+def test_changed_setting_against_existing_run_is_one_sentence(pair, tmp_path):
+    out = tmp_path / "run"
+    base = ["gsm8k", "--data", pair["data"], "--base", pair["base"], "--modes", "base", "--out", out]
+    assert cli(*base, "--max-tokens", "8").returncode == 0
+    kept = (out / "results.jsonl").read_bytes()
+    for extra, phrase in (
+        (["--max-tokens", "9", "--resume"], "max_tokens 8, and this one has 9"),
+        (["--max-tokens", "8"], "already holds results; give --resume"),
+        (["--max-tokens", "8", "--resume", "--nudge", pair["base"], "--modes", "base"], None),
+        (["--max-tokens", "8", "--resume", "--base", pair["loop"]], "holds a run with base"),
+    ):
+        r = cli(*base, *extra)
+        if phrase is None:  # an unused nudger does not change the run
+            assert r.returncode == 0, r.stderr
+            continue
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("nudge-local: error:") and phrase in lines[0], r.stderr
+    assert (out / "results.jsonl").read_bytes() == kept
+
+
+def test_resume_adds_modes_and_gammas(pair, tmp_path):
+    out = tmp_path / "run"
+    common = ["gsm8k", "--data", pair["data"], "--base", pair["base"], "--nudge", pair["nudger"], "--out", out]
+    assert cli(*common, "--modes", "base", "--max-tokens", "8").returncode == 0
+    first = rows_of(out)
+    r = cli(*common, "--modes", "base,nudged", "--gamma", "0.5", "--max-tokens", "8", "--resume")
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(out)
+    assert rows[: len(first)] == first and len(rows) == 2 * len(GOLDS)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["modes"] == ["base", "nudged"]
+
+
+def test_results_file_repairs_a_cut_line_and_refuses_a_bad_one(tmp_path):
+    p = tmp_path / "results.jsonl"
+    good = json.dumps({"id": "1", "mode": "base", "gamma": None}) + "\n"
+    p.write_text(good + '{"id": "2", "mo')
+    r = Results(p)
+    assert r.cut and len(r.rows) == 1 and p.read_text() == good
+    r.append({"id": "2", "mode": "base", "gamma": None})
+    assert Results(p).keys() == {("1", "base", None), ("2", "base", None)} and not Results(p).cut
+    p.write_text(good + "not json\n" + good)
+    with pytest.raises(NudgeError, match=r"results.jsonl:2 is not a result line"):
+        Results(p)
+
+
+def test_manifest_check(tmp_path):
+    m = {"task": "gsm8k", "data_sha256": "a", "base": "b", "nudger": "n", "settings": {"seed": 1}, "judge": None,
+         "modes": ["base"], "gammas": [0.4]}  # fmt: skip
+    assert check_manifest(tmp_path, m, resume=True) == m  # nothing there yet
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    (tmp_path / "results.jsonl").write_text("{}\n")
+    merged = check_manifest(tmp_path, {**m, "modes": ["nudged"], "gammas": [0.2]}, resume=True)
+    assert merged["modes"] == ["base", "nudged"] and merged["gammas"] == [0.2, 0.4]
+    with pytest.raises(NudgeError, match="data_sha256"):
+        check_manifest(tmp_path, {**m, "data_sha256": "z"}, resume=True)
+    with pytest.raises(NudgeError, match="seed 1, and this one has 2"):
+        check_manifest(tmp_path, {**m, "settings": {"seed": 2}}, resume=True)
+
+
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--modes", "base,bogus"], "option --modes takes"),
+        (["--gamma", "0.2,1.5"], "option --gamma takes"),
+        (["--limit", "0"], "option --limit must be"),
+        (["--field", "question"], "option --field takes NAME=KEY"),
+    ],
+)
+def test_bad_options_are_one_sentence(pair, tmp_path, flags, phrase):
+    r = cli("gsm8k", "--data", pair["data"], "--base", pair["base"], "--nudge", pair["nudger"], "--out", tmp_path,
+            *flags)  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and phrase in lines[0], r.stderr
+
+
+def test_parsers():
+    assert parse_modes("nudged, base,nudged") == ["nudged", "base"]
+    assert parse_gammas("0.5,0.1,0.5") == [0.1, 0.5]
