@@ -93,6 +93,7 @@ def test_sweep_end_to_end(pair, tmp_path):
         assert by[("nudged", 0.5, i)]["nudging_words"] == ["3."]
         assert by[("nudged", 0.5, i)]["nudge_tokens"] == 2
         assert by[("nudged", 0.3, i)]["nudging_words"] == []
+        assert by[("paper", 0.5, i)]["nudging_words"] == ["the", "3."]  # the nudger's whole draft, word by word
         assert by[("urial", None, i)]["answer"] == " the 2."
     items = {x.id: x for x in load_items(TASKS["gsm8k"], str(pair["data"]))}
     for x in rows:

@@ -23,7 +23,6 @@ from nudge_local.model import Model
 from nudge_local.prompts import DEFAULT_BASE_FORMAT, Prompts, base_prompt, nudger_prompt
 from nudge_local.render import spans
 from nudge_local.sampling import Sampling
-from nudge_local.words import WHITESPACE
 
 EVAL_MODES = ("base", "nudger", "nudged", "paper", "urial")
 GAMMA_MODES = ("nudged", "paper")  # the modes gamma changes; the others run once, with gamma null
@@ -228,11 +227,11 @@ def prompts_for(job: Job, cfg: EvalConfig, base: Model | None, nudger: Model | N
 
 
 def nudging_words(tokens: Sequence[TokenEvent], done: Done) -> list[str]:
-    """Each word the nudger wrote, whitespace stripped, in order (paper mode names its own)."""
+    """Each word the nudger wrote, split on whitespace, in order: the words of token mode's nudged
+    spans, or of what paper mode's rounds committed (a round may commit several words)."""
     named = done.result.figures().get("nudging_words")
-    if named is not None:
-        return [w.strip(WHITESPACE) for w in named if w.strip(WHITESPACE)]
-    return [w for s in spans(tokens) if s["source"] == "nudge" for w in s["text"].split()]
+    texts = named if named is not None else [s["text"] for s in spans(tokens) if s["source"] == "nudge"]
+    return [w for text in texts for w in text.split()]
 
 
 def answer(job: Job, cfg: EvalConfig, base: Model | None, nudger: Model | None) -> tuple[list[TokenEvent], Done]:
