@@ -261,3 +261,36 @@ def test_bad_options_are_one_sentence(pair, tmp_path, flags, phrase):
 def test_parsers():
     assert parse_modes("nudged, base,nudged") == ["nudged", "base"]
     assert parse_gammas("0.5,0.1,0.5") == [0.1, 0.5]
+
+
+def test_choice_task_with_a_judge(pair, tmp_path):
+    """The command's --judge path: every row carries the judge's verdict beside the rule's, and the
+    report gives both with their agreement."""
+    from test_eval_judge import write_judge_model
+
+    judge = write_judge_model(tmp_path / "judge-yes.gguf", 1)
+    data = tmp_path / "arc.jsonl"
+    items = [
+        {"id": f"q{i}", "question": f"Which is {i}?", "choices": {"text": ["one", "two", "three"],
+         "label": ["A", "B", "C"]}, "answerKey": "B"}
+        for i in range(3)
+    ]  # fmt: skip
+    data.write_text("".join(json.dumps(x) + "\n" for x in items))
+    out = tmp_path / "run"
+    r = cli("choice", "--data", data, "--base", pair["base"], "--modes", "base", "--max-tokens", "8",
+            "--judge", judge, "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(out)
+    assert [x["answer"] for x in rows] == [" the 2."] * 3  # no letter: the rule says wrong
+    assert [(x["correct"], x["judge"]) for x in rows] == [(False, True)] * 3
+    assert rows[0]["question"] == "Question: Which is 0?\nA. one\nB. two\nC. three"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["judge"] == "judge-yes.gguf"
+    group = json.loads((out / "summary.json").read_text())["groups"][0]
+    assert group["accuracy"] == 0 and group["judge"]["accuracy"] == 1
+    assert group["judge"]["agreement"]["agree"] == 0
+    # another judge against the same folder is one sentence
+    other = write_judge_model(tmp_path / "judge-no.gguf", 0)
+    r = cli("choice", "--data", data, "--base", pair["base"], "--modes", "base", "--max-tokens", "8",
+            "--judge", other, "--out", out, "--resume")  # fmt: skip
+    assert r.returncode == 2 and "holds a run with judge 'judge-yes.gguf'" in r.stderr, r.stderr
