@@ -189,6 +189,7 @@ def run(args) -> int:
             chunk=args.chunk,
             max_rounds=args.max_rounds,
             speculative=args.speculative,
+            entropy=args.json,  # the branching factors in --json's stats
         )
         if args.json:
             *tokens, done = events

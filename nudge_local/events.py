@@ -6,6 +6,7 @@ one final `Done`. See docs/architecture.md."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
@@ -34,6 +35,12 @@ class TokenEvent:
     p: the writing model's (untempered) probability of this token.
     top: the writing model's most likely tokens at this position, (id, untempered probability),
       most likely first; only where the generation asked for them (generate's top_n), else empty.
+    entropy: the natural-log entropy of the writing model's (untempered) next-token distribution
+      here, from the row the token was chosen from; only where the generation asked (generate's
+      entropy), else None.
+    base_entropy: the same for the base's row, where the base was asked at this position (every
+      base token, and the first token of each nudged word: the gate that handed it over); None
+      elsewhere, in nudger-only and paper mode, and when not asked.
     """
 
     text: str
@@ -42,12 +49,18 @@ class TokenEvent:
     base_p: float | None
     p: float
     top: tuple[tuple[int, float], ...] = ()
+    entropy: float | None = None
+    base_entropy: float | None = None
 
     def as_dict(self) -> dict:
         """The one serialized form of a token (`run --json`, the chat's export)."""
         d = {"text": self.text, "source": self.source, "token": self.token, "base_p": self.base_p, "p": self.p}
         if self.top:
             d["top"] = [list(t) for t in self.top]
+        if self.entropy is not None:
+            d["entropy"] = self.entropy
+        if self.base_entropy is not None:
+            d["base_entropy"] = self.base_entropy
         return d
 
 
@@ -93,6 +106,11 @@ class Stats:
     seconds: float = 0.0
     draft_proposed: int = 0  # speculative nudging: tokens the nudger drafted
     draft_accepted: int = 0  # ... and that token mode's rule then wrote
+    # Entropy along the answer, where generate was asked for it (TokenEvent.entropy, .base_entropy)
+    entropy_sum: float = 0.0
+    entropy_tokens: int = 0
+    base_entropy_sum: float = 0.0
+    base_entropy_tokens: int = 0  # the positions where the base was asked
 
     @property
     def nudge_ratio(self) -> float:
@@ -102,11 +120,36 @@ class Stats:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def branching_factor(self) -> float | None:
+        """exp of the mean entropy of the writing model's distribution along the answer: the
+        effective number of next tokens it chose among (None where no position was measured)."""
+        return math.exp(self.entropy_sum / self.entropy_tokens) if self.entropy_tokens else None
+
+    @property
+    def base_branching_factor(self) -> float | None:
+        """The same for the base's distribution, over the positions where the base was asked."""
+        return math.exp(self.base_entropy_sum / self.base_entropy_tokens) if self.base_entropy_tokens else None
+
+    def add_entropy(self, event: TokenEvent) -> None:
+        if event.entropy is not None:
+            self.entropy_sum += event.entropy
+            self.entropy_tokens += 1
+        if event.base_entropy is not None:
+            self.base_entropy_sum += event.base_entropy
+            self.base_entropy_tokens += 1
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["nudge_ratio"] = round(self.nudge_ratio, 4)
         d["tokens_per_second"] = round(self.tokens_per_second, 2)
         d["seconds"] = round(self.seconds, 4)
+        d["entropy_sum"], d["base_entropy_sum"] = round(self.entropy_sum, 6), round(self.base_entropy_sum, 6)
+        for key, value in (
+            ("branching_factor", self.branching_factor),
+            ("base_branching_factor", self.base_branching_factor),
+        ):
+            d[key] = None if value is None else round(value, 4)
         for role in get_args(Role):
             d[f"{role}_evaluated_tokens"] = self.evaluated_tokens.get(role, 0)
             d[f"{role}_forward_calls"] = self.forward_calls.get(role, 0)
@@ -120,6 +163,11 @@ class Stats:
             f"base {self.evaluated_tokens.get('base', 0)} / nudger {self.evaluated_tokens.get('nudger', 0)} "
             f"tokens in {self.forward_calls.get('base', 0)} / {self.forward_calls.get('nudger', 0)} calls"
             + "".join(f"; {r}'s server read {n} prompt tokens" for r, n in self.served_prompt_read.items())
+            + "".join(
+                f"; {name} branching factor {value:.2f}"
+                for name, value in (("writing", self.branching_factor), ("base", self.base_branching_factor))
+                if value is not None
+            )
         )
 
 

@@ -86,6 +86,7 @@ def generate(
     speculative: bool = True,
     draft: int | None = None,
     top_n: int = 0,
+    entropy: bool = False,
 ) -> Iterator[TokenEvent | Done]:
     """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode; speculative where
     the vocabularies match unless `speculative` is False, each draft sized from measured costs or
@@ -93,8 +94,10 @@ def generate(
     `max_rounds` are its L and round limit, `max_tokens` its budget in base tokens, 0 for none;
     no stop strings; its Done.result is a PaperResult). With `top_n` > 0 each TokenEvent carries
     the writing model's top_n tokens at its position (not in paper mode, which sees only the
-    completions' chosen tokens)."""
-    choose = Chooser(sampling or Sampling(), top_n)
+    completions' chosen tokens). With `entropy` each TokenEvent carries the entropy of the writing
+    model's row and, where the base was asked there, of the base's (`base_entropy`), and Stats their
+    branching factors (not in paper mode either)."""
+    choose = Chooser(sampling or Sampling(), top_n, entropy)
     trim = None
     if mode == "nudged":
         rule = dict(gamma=gamma, max_tokens=max_tokens, word_cap=word_cap, choose=choose)

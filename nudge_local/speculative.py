@@ -265,6 +265,7 @@ class Word:
     """The nudged word being written; it can run on across rounds."""
 
     gate_p: float  # the base's top-1 probability that handed the word over
+    gate_entropy: float | None = None  # ... and its row's entropy, where asked (on the word's first token)
     n: int = 0  # tokens written so far
     has_text: bool = False  # ... and whether they hold a non-whitespace byte
 
@@ -337,14 +338,15 @@ def apply_rule(
             if rnd.rows_b is None:
                 on_check(*check(base, rnd, n_shared))
             best, base_p = top1(rnd.rows_b[i])
+            base_entropy = rule.choose.entropy(rnd.rows_b[i])
             if base_p < rule.gamma:
-                rule.word = Word(base_p)
+                rule.word = Word(base_p, base_entropy)
                 continue
             t = rule.choose(rnd.rows_b[i], best)
             if base.is_eog(t):
                 return "eos"
             p = base_p if t == best else prob(rnd.rows_b[i], t)
-            event = TokenEvent("", "base", t, base_p, p, rule.choose.top(rnd.rows_b[i]))
+            event = TokenEvent("", "base", t, base_p, p, rule.choose.top(rnd.rows_b[i]), base_entropy, base_entropy)
             yield from _emit(rule, answer, t, base.piece(t), event)
         else:
             word = rule.word
@@ -363,8 +365,10 @@ def apply_rule(
                 rule.word = None
                 continue
             word.has_text = word.has_text or has_text(piece)
+            gate_entropy = word.gate_entropy if word.n == 0 else None
             word.n += 1
-            event = TokenEvent("", "nudge", t, word.gate_p, prob(row, t), rule.choose.top(row))
+            h = rule.choose.entropy(row)
+            event = TokenEvent("", "nudge", t, word.gate_p, prob(row, t), rule.choose.top(row), h, gate_entropy)
             yield from _emit(rule, answer, t, piece, event)
         if i == len(d) or t != d[i]:
             return None  # off the draft: the next round starts from here

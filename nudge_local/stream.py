@@ -161,6 +161,7 @@ def stream(
                 break
             stats.tokens += 1
             stats.nudge_tokens += event.source == "nudge"
+            stats.add_entropy(event)
             parts.append(event.text)
             yield event
     finally:

@@ -14,10 +14,18 @@ from nudge_local.words import ends_word, has_text
 
 
 def nudged_word(
-    nudger: Model, view: View, answer: Answer, *, gate_p: float, cap: int, choose: Chooser
+    nudger: Model,
+    view: View,
+    answer: Answer,
+    *,
+    gate_p: float,
+    cap: int,
+    choose: Chooser,
+    gate_entropy: float | None = None,
 ) -> Generator[tuple[TokenEvent, bytes], None, int | None]:
     """The nudger writes one word of at most `cap` tokens; returns how many it wrote, or None when
-    its very first token ends its turn (the answer ends there)."""
+    its very first token ends its turn (the answer ends there). The word's first token carries
+    `gate_entropy`, the base's at the gate that handed it over."""
     word_has_text = False
     for n in range(cap):
         logits = view.logits()
@@ -29,7 +37,9 @@ def nudged_word(
             return n
         word_has_text = word_has_text or has_text(piece)
         answer.add(t, piece)
-        yield TokenEvent("", "nudge", t, gate_p, prob(logits, t), choose.top(logits)), piece
+        event = TokenEvent("", "nudge", t, gate_p, prob(logits, t), choose.top(logits), choose.entropy(logits),
+                           gate_entropy if n == 0 else None)  # fmt: skip
+        yield event, piece
     return cap
 
 
@@ -52,9 +62,11 @@ def nudged_steps(
             return Result("length")
         logits = base_view.logits()
         best, base_p = top1(logits)
+        base_entropy = choose.entropy(logits)
         if base_p < gamma:
             cap = min(word_cap, max_tokens - emitted)
-            n = yield from nudged_word(nudger, nudger_view, answer, gate_p=base_p, cap=cap, choose=choose)
+            n = yield from nudged_word(nudger, nudger_view, answer, gate_p=base_p, cap=cap, choose=choose,
+                                       gate_entropy=base_entropy)  # fmt: skip
             if n is None:
                 return Result("eos")
             emitted += n
@@ -66,7 +78,7 @@ def nudged_steps(
         answer.add(t, piece)
         emitted += 1
         p = base_p if t == best else prob(logits, t)
-        yield TokenEvent("", "base", t, base_p, p, choose.top(logits)), piece
+        yield TokenEvent("", "base", t, base_p, p, choose.top(logits), base_entropy, base_entropy), piece
 
 
 def single_steps(
@@ -82,5 +94,8 @@ def single_steps(
         piece = model.piece(t)
         answer.add(t, piece)
         p = p_best if t == best else prob(logits, t)
-        yield TokenEvent("", source, t, p_best if source == "base" else None, p, choose.top(logits)), piece
+        h = choose.entropy(logits)
+        base_only = source == "base"
+        yield TokenEvent("", source, t, p_best if base_only else None, p, choose.top(logits), h,
+                         h if base_only else None), piece  # fmt: skip
     return Result("length")

@@ -24,7 +24,7 @@ from nudge_local.prompts import Turn
 from nudge_local.tui.history import History
 from nudge_local.tui.screens.compare import COLUMNS, CompareScreen
 from nudge_local.tui.screens.history import HistoryScreen
-from nudge_local.tui.screens.inspector import InspectorScreen
+from nudge_local.tui.screens.inspector import InspectorScreen, branching_line
 from nudge_local.tui.screens.settings import SettingsScreen
 from nudge_local.tui.session import ChatSession, Options
 from nudge_local.tui.widgets.answer import AnswerView
@@ -419,6 +419,7 @@ class NudgeApp(App):
             view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, brackets=self.brackets, msg_id=msg.id,
                               dropped=msg.settings.get("turns_dropped", 0))  # fmt: skip
             view.settings = msg.settings
+            view.saved_stats = msg.stats  # its branching factors, for the inspector
             chat.mount(view)
             view.add(list(msg.tokens))
             stats = msg.stats or {}
@@ -490,7 +491,10 @@ class NudgeApp(App):
             self.post_message(Inspected(view, index, None, str(e)))
 
     def on_inspected(self, m: Inspected) -> None:
-        self.push_screen(InspectorScreen(m.view.tokens[m.index], m.index, m.view.gamma, m.alternatives, m.error or ""))
+        branching = branching_line(m.view.stats or getattr(m.view, "saved_stats", None))
+        self.push_screen(
+            InspectorScreen(m.view.tokens[m.index], m.index, m.view.gamma, m.alternatives, m.error or "", branching)
+        )
 
     # -- command palette ----------------------------------------------------------------------
 

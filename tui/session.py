@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nudge_local.alternatives import alternatives
 from nudge_local.choose import Choice, choose_models, load_models, local_path, read_chat_template
@@ -50,6 +50,16 @@ class Options:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def _as_stored(events: Iterator[TokenEvent | Done]) -> Iterator[TokenEvent | Done]:
+    """The events without each token's entropies: the chat shows the answer's branching factors
+    (its Stats), and its tokens stay what the history stores and a reopened answer shows."""
+    try:
+        for e in events:
+            yield replace(e, entropy=None, base_entropy=None) if isinstance(e, TokenEvent) else e
+    finally:
+        events.close()
 
 
 @dataclass
@@ -113,7 +123,7 @@ class ChatSession:
     def answer(self, prompts: Prompts, options: Options, mode: str | None = None) -> Iterator[TokenEvent | Done]:
         """One answer's events; hold `lock` while iterating. Closing the iterator stops generation."""
         mode = mode or options.mode
-        return generate(
+        events = generate(
             prompts,
             mode=mode,
             base=self.models["base"],
@@ -123,7 +133,9 @@ class ChatSession:
             word_cap=self.settings.word_cap,
             sampling=Sampling(options.temperature, options.top_p, options.seed),
             stop_strings=self.settings.stop_strings,
+            entropy=True,  # Done's Stats carry the answer's branching factors, for the inspector
         )
+        return _as_stored(events)
 
     def alternatives(self, prompts: Prompts, tokens: list[TokenEvent], index: int, mode: str) -> dict:
         base = self.models["base"] if mode in ("nudged", "base") else None
