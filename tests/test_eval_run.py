@@ -294,3 +294,25 @@ def test_choice_task_with_a_judge(pair, tmp_path):
     r = cli("choice", "--data", data, "--base", pair["base"], "--modes", "base", "--max-tokens", "8",
             "--judge", other, "--out", out, "--resume")  # fmt: skip
     assert r.returncode == 2 and "holds a run with judge 'judge-yes.gguf'" in r.stderr, r.stderr
+
+
+def test_judge_by_hub_reference_from_the_cache(pair, tmp_path):
+    """--judge org/repo:file.gguf reads the Hugging Face cache (offline here); absent, one sentence."""
+    from test_catalog_hub import _put_in_hub_cache
+    from test_eval_judge import write_judge_model
+
+    cache = tmp_path / "hub"
+    _put_in_hub_cache(cache, "someone/judge", "judge.gguf", write_judge_model(tmp_path / "j.gguf", 0))
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    args = ["gsm8k", "--data", pair["data"], "--base", pair["base"], "--modes", "base", "--max-tokens", "8"]
+
+    def judged(judge, out):
+        cmd = [sys.executable, "-m", "nudge_local.cli", "eval", *map(str, args), "--out", out, "--judge", judge]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+
+    r = judged("someone/judge:judge.gguf", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    assert {x["judge"] for x in rows_of(tmp_path / "a")} == {False}
+    r = judged("someone/absent:judge.gguf", tmp_path / "b")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "someone/absent" in r.stderr, r.stderr

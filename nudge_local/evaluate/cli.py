@@ -25,7 +25,7 @@ from nudge_local.evaluate.run import (
     run,
     write_atomic,
 )
-from nudge_local.remote import label
+from nudge_local.remote import is_url, label
 from nudge_local.sampling import Sampling
 
 PAPER_SEED = 609  # the authors drew their subsets with this seed
@@ -57,7 +57,7 @@ def add_parser(sub, add_settings_flags) -> argparse.ArgumentParser:
     p.add_argument("--prefix", help='before each question (default "Question: " for reasoning and choice tasks)')
     p.add_argument("--out", help="the run's folder (default eval-TASK): results.jsonl, summary.json, report.md")
     p.add_argument("--resume", action="store_true", help="go on with the run in --out, skipping what it holds")
-    p.add_argument("--judge", metavar="GGUF|URL",
+    p.add_argument("--judge", metavar="GGUF|REF|URL",
                    help="also score answers with a judge model (a local GGUF or a server) that sees the question, "
                    "the gold answer and the answer, and replies {\"correct\": 0|1}")  # fmt: skip
     p.add_argument("--judge-chat-template", metavar="FILE", help="Jinja chat template for the judge")
@@ -106,6 +106,7 @@ def _model_id(model) -> str:
 
 
 def main(args) -> int:
+    from nudge_local.cli import _fetch_missing
     from nudge_local.evaluate.report import write_report  # matplotlib and the rest load only for a run
 
     limit = 1 if args.limit is None else args.limit
@@ -126,8 +127,7 @@ def main(args) -> int:
 
     choice = choose_models(s, _mode_for(roles))  # a catalog pair may set gamma and the base format
     gammas = parse_gammas(args.gamma) if args.gamma else [s.gamma]
-    confirm = (lambda q: input(q).strip().lower() in ("y", "yes")) if sys.stdin and sys.stdin.isatty() else None
-    fetch(missing([choice.base, choice.nudger]), yes=args.yes, confirm=confirm)
+    _fetch_missing(choice, args.yes)  # asks on the terminal, as `run` does
     chat_template = read_chat_template(s)
     cfg = EvalConfig(
         task=task,
@@ -156,7 +156,7 @@ def main(args) -> int:
             judge_template = None
             if args.judge_chat_template:
                 judge_template = read_chat_template(load_settings({"chat_template": args.judge_chat_template}))
-            judge = open_judge(args.judge, s, chat_template=judge_template)
+            judge = open_judge(_judge_file(args.judge, args.yes), s, chat_template=judge_template)
         manifest = {
             "version": MANIFEST_VERSION,
             "task": task.name,
@@ -205,6 +205,20 @@ def main(args) -> int:
         for m in models.values():
             m.close()
     return 0
+
+
+def _judge_file(ref: str, yes: bool) -> str:
+    """The judge as `open_judge` takes it: a server's URL or a file on disk (a hub reference,
+    org/repo:file.gguf, is downloaded into the Hugging Face cache first, asking as for the pair)."""
+    from nudge_local.catalog import HubFile, parse_ref
+    from nudge_local.cli import _ask
+
+    f = None if is_url(ref) else parse_ref(ref)
+    if not isinstance(f, HubFile):
+        return ref
+    confirm = _ask if sys.stdin and sys.stdin.isatty() else None
+    fetch(missing([f]), yes=yes, what="--judge: ", confirm=confirm)
+    return str(local_path(f))
 
 
 def _run_with_progress(cfg: EvalConfig, models, results: Results, judge) -> None:
