@@ -316,3 +316,20 @@ def test_judge_by_hub_reference_from_the_cache(pair, tmp_path):
     r = judged("someone/absent:judge.gguf", tmp_path / "b")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "someone/absent" in r.stderr, r.stderr
+
+
+def test_open_task_has_answers_and_nudge_figures_only(pair, tmp_path):
+    data = tmp_path / "justeval.jsonl"
+    data.write_text("".join(json.dumps({"id": f"j{i}", "instruction": f"Write a line {i}."}) + "\n" for i in range(3)))
+    out = tmp_path / "run"
+    r = cli("open", "--data", data, "--base", pair["base"], "--nudge", pair["nudger"], "--modes", "base,nudged",
+            "--gamma", "0.5", "--max-tokens", "8", "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(out)
+    assert {x["correct"] for x in rows} == {None} and {x["gold"] for x in rows} == {None}
+    nudged = [x for x in rows if x["mode"] == "nudged"]
+    assert [x["answer"] for x in nudged] == [" the 3."] * 3 and nudged[0]["question"] == "Write a line 0."
+    groups = json.loads((out / "summary.json").read_text())["groups"]
+    assert [g["accuracy"] for g in groups] == [None, None]
+    assert [round(g["nudge_ratio"], 4) for g in groups] == [0.0, round(2 / 3, 4)]
+    assert json.loads((out / "manifest.json").read_text())["settings"]["system"] == ""
