@@ -333,3 +333,29 @@ def test_open_task_has_answers_and_nudge_figures_only(pair, tmp_path):
     assert [g["accuracy"] for g in groups] == [None, None]
     assert [round(g["nudge_ratio"], 4) for g in groups] == [0.0, round(2 / 3, 4)]
     assert json.loads((out / "manifest.json").read_text())["settings"]["system"] == ""
+
+
+def test_ctrl_c_keeps_every_answer_and_writes_the_report(pair, tmp_path):
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"question": f"q{i}", "answer": "#### 2"}) + "\n" for i in range(40)))
+    out = tmp_path / "run"
+    args = ["gsm8k", "--data", data, "--base", pair["loop"], "--modes", "base", "--max-tokens", "400", "--out", out]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nudge_local.cli", "eval", *map(str, args), "--threads", "1", "--ctx", "2048"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.rstrip().endswith("nudge-local: cancelled."), stderr
+    rows = rows_of(out)
+    assert 2 <= len(rows) < 40
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == len(rows)  # the report covers what was written before Ctrl+C
+    assert str(out / "report.md") in stdout
+    assert cli(*args, "--resume").returncode == 0
+    assert rows_of(out)[: len(rows)] == rows and len(rows_of(out)) == 40
