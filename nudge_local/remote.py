@@ -37,8 +37,8 @@ TEXT_TAIL = 4096  # unlisted ids in a text-only model's rows
 
 
 def flag(role: str) -> str:
-    """The command line's name for a role's options: --base-..., --nudge-..."""
-    return "base" if role == "base" else "nudge"
+    """The command line's name for a role's options: --base-..., --nudge-..., --judge-..."""
+    return {"base": "base", "judge": "judge"}.get(role, "nudge")
 
 
 def label(model) -> str:
@@ -644,6 +644,25 @@ def token_logprobs(lp: dict | None, full_text: str | None = None) -> list[tuple[
     return out
 
 
+def served_model(http: Http) -> str:
+    """The model name to put in OpenAI requests: the endpoint's own where it names one the server
+    lists, else the only one the server's /v1/models lists; several or a wrong one is one sentence."""
+    data = http.get("/v1/models").get("data") or []
+    names = [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")]
+    want = http.endpoint.model
+    if want:
+        if names and want not in names:
+            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+            raise RemoteError(f"{http.who} serves {shown}, not {want}; give --{flag(http.role)}-model one of them.")
+        return want
+    if len(names) == 1:
+        return names[0]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    raise RemoteError(
+        f"{http.who} serves {len(names)} models ({shown or 'none listed'}); name one with --{flag(http.role)}-model."
+    )
+
+
 class TextRemoteModel:
     """A model behind OpenAI's /v1/completions: text in, token texts and their log-probabilities
     out. Its token ids are this process's own numbering of the texts the server returned, so it
@@ -670,23 +689,7 @@ class TextRemoteModel:
         self.bos = self.eos = -1
 
     def check(self) -> None:
-        data = self.http.get("/v1/models").get("data") or []
-        names = [str(m.get("id")) for m in data if m.get("id")]
-        want = self.http.endpoint.model
-        if want:
-            if names and want not in names:
-                raise RemoteError(
-                    f"{self.http.who} serves {', '.join(names)}, not {want}; "
-                    f"give --{flag(self.role)}-model one of them."
-                )
-            self.model = want
-        elif len(names) == 1:
-            self.model = names[0]
-        else:
-            raise RemoteError(
-                f"{self.http.who} serves {len(names)} models ({', '.join(names) or 'none listed'}); "
-                f"name one with --{flag(self.role)}-model."
-            )
+        self.model = served_model(self.http)
         self._completion("a", 1)  # answers with log-probabilities, or says which option enables them
 
     @property

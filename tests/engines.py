@@ -6,6 +6,7 @@ repository) and llama-cpp-python's OpenAI-compatible server."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import socket
@@ -112,10 +113,23 @@ def rpc_server(tmp: Path) -> Engine:
             time.sleep(0.1)
 
 
-def llama_cpp_python_server(model: Path, tmp: Path, *, logits_all: bool = True, ctx: int = 2048) -> Engine:
+def llama_cpp_python_server(model: Path, tmp: Path, *extra: str, logits_all: bool = True, ctx: int = 2048) -> Engine:
     """llama-cpp-python's OpenAI-compatible server (its logprobs need --logits_all true)."""
     port = free_port()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
             "--port", str(port), "--n_threads", "1", "--n_ctx", str(ctx),
-            "--logits_all", "true" if logits_all else "false"]  # fmt: skip
+            "--logits_all", "true" if logits_all else "false", *extra]  # fmt: skip
+    ready = "/docs" if "--api_key" in extra else "/v1/models"  # /docs asks no key; the model loads before either
+    return Engine(argv, port, ready_path=ready, log=tmp / f"llama-cpp-python-{port}.log")
+
+
+def llama_cpp_python_multi_server(models: dict[str, Path], tmp: Path, *, ctx: int = 2048) -> Engine:
+    """llama-cpp-python's server holding several models, each under its alias (its config file)."""
+    port = free_port()
+    config = {"host": "127.0.0.1", "port": port,
+              "models": [{"model": str(path), "model_alias": alias, "n_threads": 1, "n_ctx": ctx}
+                         for alias, path in models.items()]}  # fmt: skip
+    path = tmp / f"llama-cpp-python-{port}.json"
+    path.write_text(json.dumps(config))
+    argv = [sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)]
     return Engine(argv, port, ready_path="/v1/models", log=tmp / f"llama-cpp-python-{port}.log")

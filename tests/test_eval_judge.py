@@ -10,15 +10,16 @@ Other tests make a judge with `write_judge_model(path, verdict)`."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from engines import llama_cpp_python_server, llama_server
+from engines import llama_cpp_python_multi_server, llama_cpp_python_server, llama_server
 from nudge_local.config import load_settings
 from nudge_local.errors import NudgeError
-from nudge_local.evaluate.judge import judge_messages, open_judge, parse_verdict
+from nudge_local.evaluate.judge import ChatJudge, judge_messages, open_judge, parse_verdict
 from nudge_local.synthetic import _B2U, CHATML, Table, Vocab, bpe_vocab, write_model
 
 QUESTION = "Which planet is known as the Red Planet?\nA. Venus\nB. Mars"
@@ -174,15 +175,45 @@ def test_a_judge_on_llama_server_is_asked_the_question_gold_and_answer(judges, s
         assert json.dumps(part)[1:-1] in log
 
 
-def test_a_judge_behind_openai_completions_takes_the_given_chat_template(judges, settings, tmp_path):
-    server = llama_cpp_python_server(judges[0], tmp_path)
+def test_a_judge_behind_openai_is_asked_through_its_chat_api_or_completions_with_a_given_template(
+    judges, settings, tmp_path
+):
+    """An OpenAI-compatible server (not llama-server) is asked through /v1/chat/completions, applying
+    its own template (the GGUF's, here); given a chat template, through /v1/completions instead."""
+    server = llama_cpp_python_server(judges[0], tmp_path, "--api_key", "s3cret")
     try:
-        with pytest.raises(NudgeError, match=r"^The --judge model .* has no chat template in its server"):
-            open_judge(server.url, settings)  # /v1/completions tells no template
+        with pytest.raises(NudgeError) as e:
+            open_judge(server.url, settings)  # no key
+        assert "HTTP 401" in one_sentence(e) and "$NUDGE_LOCAL_JUDGE_API_KEY" in str(e.value)
+        os.environ["NUDGE_LOCAL_JUDGE_API_KEY"] = "s3cret"
+        with open_judge(server.url + "/v1", settings) as judge:
+            assert isinstance(judge, ChatJudge) and judge.label == str(judges[0])  # the server's model id
+            assert judge.reply(QUESTION, GOLD, ANSWER) == '{"correct": 0}'
+            assert judge.verdict(QUESTION, GOLD, ANSWER) is False
         with open_judge(server.url, settings, chat_template=CHATML) as judge:
             assert judge.model.text_only
             assert judge.reply(QUESTION, GOLD, ANSWER) == '{"correct": 0}'
-            assert judge.verdict(QUESTION, GOLD, ANSWER) is False
+    finally:
+        os.environ.pop("NUDGE_LOCAL_JUDGE_API_KEY", None)
+        server.stop()
+    log = server.log.read_text(errors="replace")
+    assert "POST /v1/chat/completions" in log and "POST /v1/completions" in log
+
+
+def test_a_judge_server_with_several_models_takes_judge_model(judges, settings, tmp_path):
+    server = llama_cpp_python_multi_server({"yes": judges[1], "no": judges[0]}, tmp_path)
+    try:
+        with pytest.raises(NudgeError) as e:
+            open_judge(server.url, settings)
+        assert one_sentence(e) == (
+            f"The --judge server at {server.url} serves 2 models (yes, no); name one with --judge-model."
+        )
+        with pytest.raises(NudgeError) as e:
+            open_judge(server.url, settings, model_name="maybe")
+        assert "serves yes, no, not maybe; give --judge-model one of them" in one_sentence(e)
+        for name, expected in (("no", False), ("yes", True)):
+            with open_judge(server.url, settings, model_name=name) as judge:
+                assert judge.label == name and judge.verdict(QUESTION, GOLD, ANSWER) is expected
     finally:
         server.stop()
 

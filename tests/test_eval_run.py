@@ -248,6 +248,8 @@ def test_manifest_check(tmp_path):
         (["--gamma", "0.2,1.5"], "option --gamma takes"),
         (["--limit", "0"], "option --limit must be"),
         (["--field", "question"], "option --field takes NAME=KEY"),
+        (["--judge-model", "gpt-4o-mini"], "option --judge-model describes the judge; give --judge too"),
+        (["--judge", "judge.gguf", "--judge-model", "m"], "option --judge-model names a served model"),
     ],
 )
 def test_bad_options_are_one_sentence(pair, tmp_path, flags, phrase):
@@ -294,6 +296,27 @@ def test_choice_task_with_a_judge(pair, tmp_path):
     r = cli("choice", "--data", data, "--base", pair["base"], "--modes", "base", "--max-tokens", "8",
             "--judge", other, "--out", out, "--resume")  # fmt: skip
     assert r.returncode == 2 and "holds a run with judge 'judge-yes.gguf'" in r.stderr, r.stderr
+
+
+def test_judge_on_a_server_with_several_models_by_judge_model(pair, tmp_path):
+    """--judge URL --judge-model NAME: the named model judges (through the server's chat API) and
+    the manifest names it."""
+    from engines import llama_cpp_python_multi_server
+    from test_eval_judge import write_judge_model
+
+    models = {"yes": write_judge_model(tmp_path / "y.gguf", 1), "no": write_judge_model(tmp_path / "n.gguf", 0)}
+    server = llama_cpp_python_multi_server(models, tmp_path)
+    args = ["gsm8k", "--data", pair["data"], "--base", pair["base"], "--modes", "base", "--max-tokens", "8",
+            "--judge", server.url]  # fmt: skip
+    try:
+        r = cli(*args, "--out", tmp_path / "a")
+        assert r.returncode == 2 and "name one with --judge-model" in r.stderr, r.stderr
+        r = cli(*args, "--judge-model", "no", "--out", tmp_path / "b")
+        assert r.returncode == 0, r.stderr
+    finally:
+        server.stop()
+    assert {x["judge"] for x in rows_of(tmp_path / "b")} == {False}
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["judge"] == "no"
 
 
 def test_judge_by_hub_reference_from_the_cache(pair, tmp_path):

@@ -60,7 +60,10 @@ def add_parser(sub, add_settings_flags) -> argparse.ArgumentParser:
     p.add_argument("--judge", metavar="GGUF|REF|URL",
                    help="also score answers with a judge model (a local GGUF or a server) that sees the question, "
                    "the gold answer and the answer, and replies {\"correct\": 0|1}")  # fmt: skip
-    p.add_argument("--judge-chat-template", metavar="FILE", help="Jinja chat template for the judge")
+    p.add_argument("--judge-chat-template", metavar="FILE",
+                   help="Jinja chat template for the judge (a server other than llama-server is otherwise asked "
+                   "through its chat API, which applies its own)")  # fmt: skip
+    p.add_argument("--judge-model", metavar="NAME", help="the judge server's model, where it serves several")
     p.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=True,
                    help="nudged mode drafts with the nudger (same output; on by default)")  # fmt: skip
     p.add_argument("--chunk", type=int, default=16, help="paper mode: tokens per completion call (default 16)")
@@ -113,6 +116,11 @@ def main(args) -> int:
     for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds), ("--limit", limit)):
         if value < 1:
             raise NudgeError(f"option {flag} must be a whole number of at least 1 (got {value}).")
+    for flag, value in (("--judge-chat-template", args.judge_chat_template), ("--judge-model", args.judge_model)):
+        if value and not args.judge:
+            raise NudgeError(f"option {flag} describes the judge; give --judge too.")
+    if args.judge_model and not is_url(args.judge):
+        raise NudgeError("option --judge-model names a served model; --judge is then a server's URL.")
     s = _settings(args)
     task = TASKS[args.task]
     modes = parse_modes(args.modes)
@@ -156,7 +164,9 @@ def main(args) -> int:
             judge_template = None
             if args.judge_chat_template:
                 judge_template = read_chat_template(load_settings({"chat_template": args.judge_chat_template}))
-            judge = open_judge(_judge_file(args.judge, args.yes), s, chat_template=judge_template)
+            judge = open_judge(
+                _judge_file(args.judge, args.yes), s, chat_template=judge_template, model_name=args.judge_model
+            )
         manifest = {
             "version": MANIFEST_VERSION,
             "task": task.name,

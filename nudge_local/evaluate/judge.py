@@ -1,7 +1,9 @@
 """A judge model for `nudge-local eval --judge`: it reads a question, the gold answer and a model's
 answer and replies {"correct": 1} or {"correct": 0}, in the form the paper's authors asked
-GPT-4o-mini for (their judged tasks). The judge is a local GGUF or a model on a server, run greedy
-through the same engine as everything else, in the nudger's role (a chat model writing alone)."""
+GPT-4o-mini for (their judged tasks). The judge is a local GGUF or a model on llama-server, run greedy
+through the same engine as everything else, in the nudger's role (a chat model writing alone), or
+any server with OpenAI's chat API (vLLM, SGLang, llama-cpp-python, OpenAI itself), asked through
+/v1/chat/completions so that the server applies its own chat template."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from nudge_local.events import Done
 from nudge_local.generate import generate
 from nudge_local.model import Model
 from nudge_local.prompts import Prompts, render_chat_template
-from nudge_local.remote import Endpoint, connect, is_url, label
+from nudge_local.remote import Endpoint, Http, connect, detect_api, is_url, label, served_model
 
 MAX_TOKENS = 128  # a verdict is a few tokens; room for a judge that wraps it in a code fence or a line
 JUDGE_SYSTEM = "You grade answers to questions. You reply with a single JSON object and nothing else."
@@ -126,17 +128,74 @@ class Judge:
         self.close()
 
 
+class ChatJudge:
+    """A judge behind OpenAI's chat API: each verdict is one /v1/chat/completions request with the
+    judge's messages, greedy, the server applying its own chat template."""
+
+    def __init__(self, http: Http, *, max_tokens: int = MAX_TOKENS) -> None:
+        self.http, self.ref, self.max_tokens = http, http.endpoint.url, max_tokens
+        self.model = served_model(http)
+        self.label = self.model  # the manifest's name for the judge: the served model's
+
+    def reply(self, question: str, gold: str, answer: str) -> str:
+        """The judge's whole reply, greedy."""
+        body = {"model": self.model, "messages": judge_messages(question, gold, answer),
+                "max_tokens": self.max_tokens, "temperature": 0.0, "stream": False}  # fmt: skip
+        try:
+            r = self.http.post("/v1/chat/completions", body)
+        except NudgeError as e:
+            raise _as_judge(e, self.ref) from None
+        try:
+            content = r["choices"][0]["message"].get("content")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise NudgeError(
+                f"The --judge server at {self.http.endpoint.root} answered /v1/chat/completions without a "
+                f"message; is it OpenAI-compatible?"
+            ) from None
+        return content if isinstance(content, str) else ""
+
+    def verdict(self, question: str, gold: str, answer: str) -> bool | None:
+        """True or False as the judge says; None where its reply holds no clear verdict."""
+        return parse_verdict(self.reply(question, gold, answer))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ChatJudge:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def open_judge(
-    ref: str, settings: Settings, chat_template: str | None = None, *, max_tokens: int = MAX_TOKENS
-) -> Judge:
+    ref: str,
+    settings: Settings,
+    chat_template: str | None = None,
+    *,
+    model_name: str | None = None,
+    max_tokens: int = MAX_TOKENS,
+) -> Judge | ChatJudge:
     """Load the judge: `ref` is a GGUF path (loaded with the settings' threads, context and GPU
-    layers) or a server's URL (llama-server or any OpenAI-compatible /v1/completions server; its
-    API key from $NUDGE_LOCAL_JUDGE_API_KEY). The chat template is `chat_template` where given, else
-    the GGUF's or the server's. Every failure is one NudgeError sentence naming --judge."""
+    layers) or a server's URL, its API key from $NUDGE_LOCAL_JUDGE_API_KEY and `model_name` the
+    served model where the server lists several. llama-server, or any server given `chat_template`
+    (which must then offer /v1/completions), runs through the engine with that template, else the
+    GGUF's or llama-server's own; any other server is asked through its chat API (`ChatJudge`).
+    Every failure is one NudgeError sentence naming --judge."""
     try:
         if is_url(ref):
             key = os.environ.get("NUDGE_LOCAL_JUDGE_API_KEY") or None
-            model = connect(Endpoint(ref, api_key=key, timeout=settings.timeout), "judge")
+            endpoint = Endpoint(ref, model=model_name, api_key=key, timeout=settings.timeout)
+            if chat_template is None:
+                http = Http(endpoint, "judge")
+                try:
+                    if detect_api(http) != "llama-server":
+                        return ChatJudge(http, max_tokens=max_tokens)
+                except BaseException:
+                    http.close()
+                    raise
+                http.close()
+            model = connect(endpoint, "judge")
         else:
             model = load_models({"judge": Path(ref).expanduser()}, settings)["judge"]
     except NudgeError as e:
