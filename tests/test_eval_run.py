@@ -102,6 +102,10 @@ def test_sweep_end_to_end(pair, tmp_path):
         assert set(x["branching"]) == {"writing", "base"}
     assert [by[("nudged", 0.5, str(i))]["correct"] for i in range(4)] == [True, False, True, False]
     assert [by[("base", None, str(i))]["correct"] for i in range(4)] == [False, True, False, False]
+    # stderr is not a terminal here: a plain progress line as each mode and gamma finishes
+    lines = r.stderr.splitlines()
+    assert "base: 4/4, acc 25%" in lines and "nudged γ=0.5: 4/4, acc 50%  nudged 67%" in lines, r.stderr
+    assert "urial: 4/4, acc 25%" in lines and "\x1b[" not in r.stderr
 
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary  # the report's own figures are checked in test_eval_report.py; here: it was written

@@ -233,19 +233,30 @@ def _judge_file(ref: str, yes: bool) -> str:
 
 def _run_with_progress(cfg: EvalConfig, models, results: Results, judge) -> None:
     """The loop with one progress bar per mode and gamma (Rich, on stderr), each with its ETA and the
-    accuracy so far."""
+    accuracy so far. Where stderr is not a terminal (a log file, a pipe), a plain line per mode and
+    gamma says the same when it finishes, and at most every PLAIN_EVERY seconds while it runs."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
+    plain = not console.is_terminal
     columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[figures]}"))  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    with Progress(*columns, console=console, disable=plain) as progress:
         bars: dict[tuple, int] = {}
         right: dict[tuple, list[int]] = {}
+        said = [time.monotonic()]
 
         def on_start(mode, gamma, done, total):
             name = mode if gamma is None else f"{mode} γ={gamma:g}"
             bars[(mode, gamma)] = progress.add_task(name, total=total, completed=done, figures="")
+
+        def say(bar: int) -> None:
+            task = progress.tasks[bar]
+            left = "" if task.finished or task.time_remaining is None else f", {_clock(task.time_remaining)} left"
+            figures = f", {task.fields['figures']}" if task.fields["figures"] else ""
+            print(f"{task.description}: {task.completed:g}/{task.total:g}{left}{figures}", file=sys.stderr, flush=True)
+            said[0] = time.monotonic()
 
         for row in run(cfg, models, results, judge=judge, on_start=on_start):
             group = (row["mode"], row["gamma"])
@@ -259,3 +270,13 @@ def _run_with_progress(cfg: EvalConfig, models, results: Results, judge) -> None
             if row["mode"] in ("nudged", "paper") and r[3]:
                 figures += f"  nudged {r[2] / r[3]:.0%}"
             progress.update(bars[group], advance=1, figures=figures)
+            if plain and (progress.tasks[bars[group]].finished or time.monotonic() - said[0] >= PLAIN_EVERY):
+                say(bars[group])
+
+
+PLAIN_EVERY = 30.0  # seconds between progress lines on a log file
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
