@@ -53,10 +53,18 @@ def make_app(tmp_path, pair, base="base", **flags):
 
 
 async def until(pilot, cond, timeout=20.0):
-    end = time.monotonic() + timeout
+    """Wait for cond, polling every 20 ms. It times out after `timeout` seconds that also held at
+    least a tenth of that in polls, so a paused machine's clock jump alone cannot fail a test."""
+    start, polls = time.monotonic(), 0
     while not cond():
-        assert time.monotonic() < end, "timed out"
+        waited = time.monotonic() - start
+        app = pilot.app
+        assert waited < timeout or polls * 0.02 < timeout / 10, (
+            f"timed out after {waited:.1f} s ({polls} polls): ready={getattr(app, 'ready', None)}, "
+            f"loading={getattr(app, 'loading', None)!r}, current={getattr(app, 'current', None)!r}"
+        )
         await pilot.pause(0.02)
+        polls += 1
 
 
 async def ask(app, pilot, text="Why?"):
@@ -151,7 +159,9 @@ def test_gamma_change_takes_effect_on_the_next_answer(tmp_path, pair):
 
 def test_escape_cancels_within_200ms_and_keeps_the_partial_answer(tmp_path, pair):
     async def go():
-        app = make_app(tmp_path, pair, base="endless", max_tokens=100000)
+        # a context of 65536 keeps the answer going for tens of seconds (4096 ran out in about
+        # one): Pilot's key presses can take seconds on a loaded machine
+        app = make_app(tmp_path, pair, base="endless", max_tokens=100000, context_size=65536)
         async with app.run_test(size=(100, 30)) as pilot:
             await until(pilot, lambda: app.ready)
             await pilot.press(*"Go", "enter")
@@ -167,6 +177,7 @@ def test_escape_cancels_within_200ms_and_keeps_the_partial_answer(tmp_path, pair
             assert "cancelled" in str(view._summary.render())
             msgs = app.history.messages(app.conversation)
             assert msgs[-1].cancelled and len(msgs[-1].tokens) == shown
+            app.options.max_tokens = 50  # as the settings screen sets it: the next answer ends
             second = await ask(app, pilot, "x")  # the engine is free again
             assert second is not view
 
