@@ -156,6 +156,30 @@ def test_group_figures():
     assert group(s, "nudger")["nudge_ratio"] == 1
 
 
+def test_answers_cut_by_the_length_limit_are_counted_and_left_out_of_the_ended_accuracy():
+    s = summarize(sweep_rows(), MANIFEST)
+    nudged = group(s, "nudged", 0.4)  # q7 (wrong) and q8 (right) stopped at the length limit
+    assert nudged["cut"] == 2 and (nudged["scored"], nudged["correct"]) == (10, 8)  # the paper's figure keeps them
+    ended = nudged["ended"]
+    assert (ended["scored"], ended["correct"]) == (8, 7) and ended["accuracy"] == pytest.approx(7 / 8)
+    assert ended["ci"] == pytest.approx(list(scipy_wilson(7, 8)))
+    base = group(s, "base")  # q5 unscored, q7 (right) cut: 2 right of the 7 scored that ended
+    assert base["cut"] == 2 and (base["ended"]["scored"], base["ended"]["correct"]) == (7, 2)
+    # paper's round limit cuts too; its own stops and the base's stop string end an answer
+    rows = [
+        make_row("paper", 0.4, i, T, stop_reason=r)
+        for i, r in enumerate(["round", "repeated_nudging_words", "nudging_model_stop", "stop_string"])
+    ]
+    paper = group(summarize(rows, MANIFEST), "paper", 0.4)
+    assert paper["cut"] == 1 and paper["ended"]["scored"] == 3
+    rows = [make_row("base", None, i, F, stop_reason="length") for i in range(3)]
+    base = group(summarize(rows, MANIFEST), "base")
+    assert base["cut"] == 3 and base["ended"] == {"scored": 0, "correct": 0, "accuracy": None, "ci": None}
+    assert "| base | – | 3 | 3 | 0.0% [0.0%, 56.1%] | 3 (100.0%) | – |" in report.render_markdown(
+        summarize(rows, MANIFEST)
+    )
+
+
 def test_branching_is_null_without_values():
     rows = [make_row("base", None, i, T, branching={"writing": None, "base": None}) for i in range(3)]
     assert group(summarize(rows, MANIFEST), "base")["branching"] == {"writing": None, "base": None}
@@ -207,13 +231,16 @@ def test_nudging_word_table():
     assert table["nudged_words"] == 30 and table["distinct"] == 25  # the empty word is not counted
     top = [(t["word"], t["count"]) for t in table["top"]]
     assert top == [("a", 3), ("b", 3), ("c", 2)] + [(f"w{i:02d}", 1) for i in range(17)]  # ties alphabetical
-    assert table["top10_share"] == pytest.approx((3 + 3 + 2 + 7) / 30)
+    assert table["top_share"] == pytest.approx((3 + 3 + 2 + 17) / 30)  # the 20 words of the table
+    md = report.render_markdown(summarize(rows, MANIFEST))
+    assert "30 nudged words (25 distinct); the 20 most frequent, listed below, cover 83.3% of them." in md
+    assert "| 20 | `w16` | 1 |" in md and "| 21 |" not in md
 
 
 def test_word_table_markdown_keeps_odd_words_whole():
     rows = [make_row("nudged", 0.4, 0, T, nudging_words=["a|b", "it`s", "Sure", "Sure"])]
     md = report.render_markdown(summarize(rows, MANIFEST))
-    assert "4 nudged words (3 distinct); the 10 most frequent cover 100.0% of them." in md
+    assert "4 nudged words (3 distinct), all listed below." in md
     assert "| 1 | `Sure` | 2 |" in md
     assert "| 2 | `a\\|b` | 1 |" in md  # a pipe escaped inside the table cell
     assert "| 3 | `` it`s `` | 1 |" in md
@@ -255,6 +282,10 @@ def test_report_markdown(tmp_path):
     assert "max_tokens=512, seed=609" in md and "`judge.gguf`" in md
     lo, hi = scipy_wilson(3, 9)
     assert f"| base | – | 10 | 9 | 33.3% [{100 * lo:.1f}%, {100 * hi:.1f}%] |" in md
+    lo, hi = scipy_wilson(7, 8)  # nudged 0.4: q7 and q8 cut, 7 of the 8 that ended right
+    assert "| nudged | 0.4 | 10 | 10 | 80.0% [" in md
+    assert f" | 2 (20.0%) | 87.5% [{100 * lo:.1f}%, {100 * hi:.1f}%] | " in md
+    assert "Cut by length" in md and "Accuracy, ended [95% CI]" in md and "by their last number" in md
     assert "33.3% [12.1%, 64.6%]" in md
     assert "88.9% of 9 (κ 0.73)" in md  # nudged 0.4: rule and judge agree on 8 of 9
     assert "| nudged | 0.2 | base | 9 | 4 | 0 | 5 | 0.125 |" in md

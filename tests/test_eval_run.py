@@ -102,6 +102,7 @@ def test_sweep_end_to_end(pair, tmp_path):
         assert set(x["branching"]) == {"writing", "base"}
     assert [by[("nudged", 0.5, str(i))]["correct"] for i in range(4)] == [True, False, True, False]
     assert [by[("base", None, str(i))]["correct"] for i in range(4)] == [False, True, False, False]
+    assert {x["cut"] for x in rows} == {False}  # every answer ended by itself (end of turn, or paper's stops)
     # stderr is not a terminal here: a plain progress line as each mode and gamma finishes
     lines = r.stderr.splitlines()
     assert "base: 4/4, acc 25%" in lines and "nudged γ=0.5: 4/4, acc 50%  nudged 67%" in lines, r.stderr
@@ -125,6 +126,22 @@ def test_sweep_end_to_end(pair, tmp_path):
                 "--resume")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert rows_of(out) == rows
+
+
+def test_answers_cut_by_the_length_limit_are_flagged_counted_and_reported(pair, tmp_path):
+    """The looping base writes " the 2 the 2 the" until --max-tokens: every answer is cut, scored by
+    its last number all the same (right for the gold 2), and flagged, counted and reported so."""
+    out = tmp_path / "run"
+    r = cli("gsm8k", "--data", pair["data"], "--base", pair["loop"], "--modes", "base", "--max-tokens", "5",
+            "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(out)
+    assert [(x["stop_reason"], x["cut"]) for x in rows] == [("length", True)] * len(GOLDS)
+    assert [x["correct"] for x in rows] == [False, True, False, False]  # the paper's rule: the last number
+    assert "base: 4/4, acc 25%  cut 4" in r.stderr.splitlines(), r.stderr
+    (g,) = json.loads((out / "summary.json").read_text(encoding="utf-8"))["groups"]
+    assert (g["accuracy"], g["cut"], g["ended"]["scored"], g["ended"]["accuracy"]) == (0.25, 4, 0, None)
+    assert "| 4 (100.0%) | – |" in (out / "report.md").read_text(encoding="utf-8")
 
 
 def test_prompts_are_the_papers(pair, tmp_path):

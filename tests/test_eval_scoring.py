@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nudge_local.evaluate.data import TASKS, Item
-from nudge_local.evaluate.scoring import chosen_letter, numbers, numeric_correct, score
+from nudge_local.evaluate.scoring import chosen_letter, cut, numbers, numeric_correct, score
 
 
 @pytest.mark.parametrize(
@@ -121,3 +121,13 @@ def test_score_by_kind():
     assert score(TASKS["choice"], choice, "The answer is (A).") is False
     assert score(TASKS["choice"], choice, "I cannot tell.") is False
     assert score(TASKS["open"], Item("2", "Write a poem.", None), "Roses are red.") is None
+
+
+def test_an_answer_cut_by_the_length_limit_keeps_the_authors_score_and_is_flagged():
+    """Scored by its last number so far, as the paper scored it (here a step's, so wrong); `cut` says
+    which stop reasons mean a budget ended the answer rather than the answer itself."""
+    cut_short = "First, 3 + 5 = 8 apples in the morning.\nStep 1"
+    assert score(TASKS["gsm8k"], Item("0", "Q", "#### 8"), cut_short) is False
+    assert [cut(r) for r in ("length", "round")] == [True, True]
+    for ended in ("eos", "stop_string", "nudging_model_stop", "repeated_nudging_words", None):
+        assert cut(ended) is False, ended

@@ -260,15 +260,18 @@ def _run_with_progress(cfg: EvalConfig, models, results: Results, judge) -> None
 
         for row in run(cfg, models, results, judge=judge, on_start=on_start):
             group = (row["mode"], row["gamma"])
-            r = right.setdefault(group, [0, 0, 0, 0])
+            r = right.setdefault(group, [0, 0, 0, 0, 0])
             if row["correct"] is not None:
                 r[0] += bool(row["correct"])
                 r[1] += 1
             r[2] += row["nudge_tokens"]
             r[3] += row["tokens"]
+            r[4] += row["cut"]
             figures = f"acc {r[0] / r[1]:.0%}" if r[1] else ""
             if row["mode"] in ("nudged", "paper") and r[3]:
                 figures += f"  nudged {r[2] / r[3]:.0%}"
+            if r[4]:  # answers the length limit ended: their accuracy is their last number's
+                figures += f"  cut {r[4]}"
             progress.update(bars[group], advance=1, figures=figures)
             if plain and (progress.tasks[bars[group]].finished or time.monotonic() - said[0] >= PLAIN_EVERY):
                 say(bars[group])

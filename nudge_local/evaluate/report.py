@@ -16,6 +16,8 @@ from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
+from nudge_local.evaluate.scoring import cut
+
 MODE_ORDER = ("base", "urial", "nudger", "nudged", "paper")
 GAMMA_MODES = ("nudged", "paper")  # the modes gamma changes
 BASELINES = ("base", "nudger", "urial")  # what a nudged group is paired against
@@ -117,11 +119,15 @@ def _branching(rows: list[dict], side: str) -> float | None:
 def _group_summary(mode: str, gamma: float | None, rows: list[dict]) -> dict:
     tokens = sum(r.get("tokens", 0) for r in rows)
     stops = Counter(r.get("stop_reason") or "unknown" for r in rows)
+    # from the stop reason, not the row's "cut" flag, so results written before the flag count too
+    ended = [r for r in rows if not cut(r.get("stop_reason"))]
     return {
         "mode": mode,
         "gamma": gamma,
         "items": len(rows),
-        **_accuracy([r.get("correct") for r in rows]),
+        **_accuracy([r.get("correct") for r in rows]),  # the paper's figure: cut answers by their last number
+        "cut": len(rows) - len(ended),
+        "ended": _accuracy([r.get("correct") for r in ended]),
         "nudge_ratio": _ratio(sum(r.get("nudge_tokens", 0) for r in rows), tokens),
         "mean_tokens": _mean([r.get("tokens", 0) for r in rows]),
         "tokens_per_second": _ratio(tokens, sum(r.get("seconds", 0.0) for r in rows)),
@@ -168,18 +174,18 @@ def _paired(groups: dict[tuple[str, float | None], list[dict]]) -> list[dict]:
 
 
 def _words(mode: str, gamma: float | None, rows: list[dict]) -> dict:
-    """The most frequent nudged words (ties alphabetical) and the share the top 10 cover.
-    Empty words (a nudged stretch of whitespace) are left out of the counts."""
+    """The TOP_WORDS most frequent nudged words (ties alphabetical) and the share of all nudged words
+    they cover. Empty words (a nudged stretch of whitespace) are left out of the counts."""
     counts = Counter(w for r in rows for w in r.get("nudging_words") or () if w)
     total = sum(counts.values())
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_WORDS]
     return {
         "mode": mode,
         "gamma": gamma,
         "nudged_words": total,
         "distinct": len(counts),
-        "top": [{"word": w, "count": n} for w, n in ranked[:TOP_WORDS]],
-        "top10_share": _ratio(sum(n for _, n in ranked[:10]), total),
+        "top": [{"word": w, "count": n} for w, n in top],
+        "top_share": _ratio(sum(n for _, n in top), total),
     }
 
 
@@ -187,7 +193,7 @@ def summarize(rows: list[dict], manifest: dict) -> dict:
     """Every figure of the report, as plain JSON values (None where a figure has no data)."""
     groups = _groups(rows)
     return {
-        "version": 1,
+        "version": 2,  # 2: groups' cut and ended; nudging words' top_share (was top10_share)
         "task": manifest.get("task"),
         "data": manifest.get("data"),
         "data_sha256": manifest.get("data_sha256"),
@@ -311,7 +317,7 @@ def _judge_cells(j: dict | None) -> list[str]:
 
 def _main_table(s: dict) -> list[str]:
     judged = any(g["judge"] for g in s["groups"])
-    header = ["Mode", "γ", "Items", "Scored", "Accuracy [95% CI]"]
+    header = ["Mode", "γ", "Items", "Scored", "Accuracy [95% CI]", "Cut by length", "Accuracy, ended [95% CI]"]
     header += ["Judge accuracy [95% CI]", "Rule–judge agreement (κ)"] if judged else []
     header += ["Nudge ratio", "Mean length", "Tokens/s", "Branching (writing / base)", "Stop reasons"]
     rows = []
@@ -322,6 +328,8 @@ def _main_table(s: dict) -> list[str]:
             str(g["items"]),
             str(g["scored"]),
             fmt_accuracy(g["accuracy"], g["ci"]),
+            f"{g['cut']} ({pct(_ratio(g['cut'], g['items']))})",
+            fmt_accuracy(g["ended"]["accuracy"], g["ended"]["ci"]),
         ]
         if judged:
             row += _judge_cells(g["judge"])
@@ -353,13 +361,13 @@ def _word_tables(s: dict) -> list[str]:
         if not w["top"]:
             lines += [title, "", "No word was nudged.", ""]
             continue
-        lines += [
-            title,
-            "",
-            f"{w['nudged_words']} nudged words ({w['distinct']} distinct); "
-            f"the 10 most frequent cover {pct(w['top10_share'])} of them.",
-            "",
-        ]
+        counted = f"{w['nudged_words']} nudged words ({w['distinct']} distinct)"
+        listed = len(w["top"])  # the table's rows, so the sentence names the number it shows
+        if listed == w["distinct"]:
+            counted += ", all listed below."
+        else:
+            counted += f"; the {listed} most frequent, listed below, cover {pct(w['top_share'])} of them."
+        lines += [title, "", counted, ""]
         rows = [[str(i), _code(t["word"]), str(t["count"])] for i, t in enumerate(w["top"], 1)]
         lines += [*_table(["Rank", "Word", "Count"], rows), ""]
     return lines
@@ -373,6 +381,9 @@ HOW_TO_READ = """\
 - **Accuracy [95% CI]**: the share of scored answers the rule found correct, with a 95% Wilson
   confidence interval: the range of true accuracies consistent with this many items. Two modes whose
   intervals overlap widely may not differ at all; more items narrow the interval.
+- **Cut by length**: answers the length limit (or paper mode's round limit) ended, and their share.
+  Accuracy scores them as the paper did, by their last number, which may be a step's rather than the
+  result's. **Accuracy, ended**: the accuracy of the answers that ended by themselves alone.
 - **Judge accuracy** and **rule–judge agreement**: the judge model's verdicts, how often they match the
   rule on the items both scored, and Cohen's κ (1: full agreement, 0: no better than chance).
 - **Nudge ratio**: the share of answer tokens the nudger wrote. **Mean length**: answer tokens per item.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nudge_local.errors import NudgeError
 from nudge_local.evaluate.data import Item, Task, render_question
-from nudge_local.evaluate.scoring import score
+from nudge_local.evaluate.scoring import cut, score
 from nudge_local.evaluate.urial import STOPS as URIAL_STOPS
 from nudge_local.evaluate.urial import urial_prompt
 from nudge_local.events import Done, TokenEvent
@@ -285,6 +285,7 @@ def result_row(job: Job, cfg: EvalConfig, tokens: list[TokenEvent], done: Done, 
         "tokens_per_second": round(stats.tokens_per_second, 2),
         "nudging_words": nudging_words(tokens, done),
         "stop_reason": done.stop_reason,
+        "cut": cut(done.stop_reason),  # scored all the same, by the authors' rule; the report counts these
         "branching": {"writing": _round(stats.branching_factor), "base": _round(stats.base_branching_factor)},
     }
     if judge is not None:

@@ -18,6 +18,11 @@ Multiple choice, the letter an answer chose, found by the first of these steps t
    end at the same place.
 Letters count in capitals only and only where marked or stated, so the article in "A train leaves..."
 is no choice. No step finding a letter: None, scored wrong.
+
+An answer a budget cut short (the length limit, or paper mode's round limit) is scored by the same
+rule, as the authors scored it, though its last number may be a step's rather than its result's: `cut`
+flags it, so that the report counts such answers and gives the accuracy of the answers that ended by
+themselves beside the paper's figure.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ if TYPE_CHECKING:
     from nudge_local.evaluate.data import Item, Task
 
 NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d*)?")
+CUT_REASONS = ("length", "round")  # stop reasons of an answer a budget ended, not the answer itself
+
+
+def cut(stop_reason: str | None) -> bool:
+    """Whether an answer that stopped for `stop_reason` was cut short by the length limit (max_tokens,
+    a full context) or paper mode's round limit, rather than ending by itself."""
+    return stop_reason in CUT_REASONS
 
 
 def _normalize(match: str) -> str:
