@@ -39,6 +39,13 @@ def init_backend() -> None:
         _backend_ready = True
 
 
+def amx_build() -> bool:
+    """Whether this llama.cpp build multiplies quantized weights with Intel AMX. Its AMX kernels crash
+    the process inside llama_decode on quantized models (seen with Q4_K_M and Q4_1 on a Xeon with
+    AMX, llama-cpp-python 0.3.36), so models load without extra buffer types there."""
+    return b"AMX_INT8 = 1" in ll.llama_print_system_info()
+
+
 def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
     """Split off a trailing, not yet complete UTF-8 character (at most 3 bytes)."""
     for back in range(1, min(4, len(data)) + 1):
@@ -114,6 +121,8 @@ class Model:
     def _load_weights(self, progress: Callable[[float], None] | None) -> None:
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = self.n_gpu_layers
+        if amx_build():
+            mparams.use_extra_bufts = False  # no AMX (and so no CPU repacking): see amx_build
         if progress is not None:
 
             @ll.llama_progress_callback
