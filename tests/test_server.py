@@ -142,12 +142,63 @@ def joined(spans: list[dict]) -> str:
 # --- 1. the openai package against the real server ---
 
 
-def test_models_list_the_pair_and_refuse_another_id(http, server, pair):
+def test_models_list_the_pair_and_retrieve_only_its_name(http, server, pair):
     models = server.openai().models.list()
     assert [m.id for m in models.data] == [server.model_id] == [f"{pair[0].name}+{pair[1].name}"]
     assert models.data[0].model_extra["nudge"] == {"base": str(pair[0]), "nudger": str(pair[1])}
+    assert models.data[0].model_extra["aliases"] == []  # files, not a catalog pair: the label is the id
     assert server.openai().models.retrieve(server.model_id).id == server.model_id
-    assert_error(http.get("/v1/models/other.gguf"), 404, code="model_not_found")
+    assert_error(http.get("/v1/models/other.gguf"), 404, code="model_not_found")  # asks what exists
+
+
+def test_any_model_name_reaches_the_pair_and_the_response_names_it(server):
+    """Clients send a fixed name (gpt-4o, their own default): one pair is served, so it answers, and
+    `model` says what did, as llama-server does."""
+    client = server.openai()
+    for name in ("gpt-4o", "", server.model_id):
+        answer = client.chat.completions.create(model=name, messages=turns(QUESTION), max_tokens=3)
+        assert answer.model == server.model_id and answer.choices[0].model_extra["nudge"]["stats"]["tokens"] == 3
+        completion = client.completions.create(model=name, prompt=QUESTION, max_tokens=3)
+        assert completion.model == server.model_id and completion.choices[0].text
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=turns(QUESTION), max_tokens=3, stream=True))
+    assert len(chunks) >= 3 and {c.model for c in chunks} == {server.model_id}
+    chunks = list(client.completions.create(model="my-local-model", prompt=QUESTION, max_tokens=3, stream=True))
+    assert {c.model for c in chunks} == {server.model_id}
+
+
+@pytest.fixture(scope="module")
+def tiny_alias(pair):
+    """The server's routes in process on a pair served under a catalog alias (`tiny`, as `serve tiny`
+    names it), for the `openai` package through Starlette's test client."""
+    from starlette.testclient import TestClient
+
+    from nudge_local.config import Settings
+    from nudge_local.server.app import Api
+    from nudge_local.server.worker import Pair
+
+    models = {"base": load(pair[0], "base"), "nudger": load(pair[1], "nudger")}
+    api = Api(Pair(models, Settings(), None, "tiny"), api_key=None, queue_size=2)
+    try:
+        with TestClient(api.app()) as http:  # runs the lifespan: the engine thread starts and stops
+            yield http
+    finally:
+        api.pair.close()
+
+
+def test_a_catalog_pair_is_listed_by_its_alias_and_answers_to_its_files_label(tiny_alias, pair):
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=tiny_alias, max_retries=0)
+    label = f"{pair[0].name}+{pair[1].name}"
+    (card,) = client.models.list().data
+    assert card.id == "tiny" and card.model_extra["aliases"] == [label]
+    assert client.models.retrieve("tiny").id == client.models.retrieve(label).id == "tiny"
+    with pytest.raises(NotFoundError):
+        client.models.retrieve("gpt-4o")
+    for name in ("tiny", label, "gpt-4o"):
+        r = client.chat.completions.create(model=name, messages=turns(QUESTION), max_tokens=2)
+        assert r.model == "tiny" and r.choices[0].model_extra["nudge"]["stats"]["tokens"] == 2
+    assert tiny_alias.get("/health").json()["model"] == "tiny"
 
 
 def test_openai_chat_whole_and_streamed_carry_plain_text_and_provenance(server):
@@ -634,14 +685,6 @@ def test_malformed_json_is_400(http, raw):
     for path in ("/v1/chat/completions", "/v1/completions"):
         r = http.post(path, content=raw, headers={"content-type": "application/json"})
         assert_error(r, 400, code="invalid_json")
-
-
-def test_unknown_model_is_404(http, server):
-    for path, body in (("/v1/chat/completions", chat()), ("/v1/completions", {"prompt": QUESTION})):
-        err = assert_error(http.post(path, json={**body, "model": "gpt-4o"}), 404, param="model",
-                           code="model_not_found")  # fmt: skip
-        assert server.model_id in err["message"]
-        assert ok(http, path, {**body, "model": server.model_id, "max_tokens": 2})
 
 
 def test_unknown_routes_and_wrong_methods(http):

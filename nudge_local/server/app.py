@@ -85,8 +85,11 @@ class Api:
                            code="invalid_api_key")  # fmt: skip
 
     def _model_card(self) -> dict:
+        """The pair as one model, listed under its id (the catalog alias, where it is one) with its
+        files' long label in `aliases`, so a client finds it by either name."""
         files = {role: str(m.path) for role, m in self.pair.models.items()}
-        return {"id": self.pair.model_id, "object": "model", "created": 0, "owned_by": "nudge-local", "nudge": files}
+        return {"id": self.pair.model_id, "object": "model", "created": 0, "owned_by": "nudge-local",
+                "aliases": self.pair.aliases, "nudge": files}  # fmt: skip
 
     async def health(self, request: HttpRequest) -> JSONResponse:
         w = self.worker
@@ -98,18 +101,20 @@ class Api:
         return JSONResponse({"object": "list", "data": [self._model_card()]})
 
     async def model(self, request: HttpRequest) -> JSONResponse:
+        """The card by the pair's id or an alias; another name is 404, as this asks what exists."""
         self._authorize(request)
-        self._check_model(request.path_params["model"])
-        return JSONResponse(self._model_card())
-
-    def _check_model(self, name) -> None:
-        if name is None:
-            return
-        if not isinstance(name, str):
-            raise ApiError(400, "'model' must be a text.", param="model")
-        if name != self.pair.model_id:
+        name = request.path_params["model"]
+        if name not in (self.pair.model_id, *self.pair.aliases):
             raise ApiError(404, f"The model {name!r} does not exist; this server serves {self.pair.model_id!r}.",
                            param="model", code="model_not_found")  # fmt: skip
+        return JSONResponse(self._model_card())
+
+    @staticmethod
+    def _check_model(name) -> None:
+        """Any name, as llama-server takes any: one pair is served, and clients that send a fixed name
+        (most do) reach it. The response's `model` says what answered."""
+        if name is not None and not isinstance(name, str):
+            raise ApiError(400, "'model' must be a text.", param="model")
 
     async def chat(self, request: HttpRequest):
         return await self._generate(request, parse_chat)

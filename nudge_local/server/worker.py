@@ -23,7 +23,7 @@ from nudge_local.events import Done, TokenEvent
 from nudge_local.generate import generate
 from nudge_local.model import Model
 from nudge_local.prompts import Prompts
-from nudge_local.remote import RemoteError
+from nudge_local.remote import RemoteError, label
 from nudge_local.sampling import Sampling
 from nudge_local.server.requests import ApiError, Request
 
@@ -43,6 +43,17 @@ class Pair:
     model_id: str
     chunk: int = 16  # paper mode's L and round limit, as `run`'s defaults
     max_rounds: int = 150
+
+    @property
+    def files_label(self) -> str:
+        """The long name of the pair: its models' file (or served) names, `BASE.gguf+NUDGER.gguf`."""
+        return "+".join(label(self.models[role]) for role in ("base", "nudger") if role in self.models)
+
+    @property
+    def aliases(self) -> list[str]:
+        """The other names the pair answers to: the files' label where the id is a catalog alias."""
+        long = self.files_label
+        return [long] if long and long != self.model_id else []
 
     def prompts(self, r: Request) -> Fitted:
         """The request's prompts; its oldest turns left out where they do not fit and it asks so."""
