@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nudge_local.catalog import HubFile, Pair, load_catalog, parse_ref
+from nudge_local.catalog import Catalog, HubFile, ModelFile, PackageFile, Pair, load_catalog, parse_ref
 from nudge_local.config import Settings
 from nudge_local.devices import gpu_layers, plan_context
 from nudge_local.errors import NudgeError
 from nudge_local.gguf_check import check_gguf
-from nudge_local.hub import cached_path, download, human_size, not_cached_error, offline, remote_size
+from nudge_local.hub import cached_path, download, hub_unreachable, human_size, not_cached_error, offline, remote_size
 from nudge_local.model import Model
+from nudge_local.packaged import installed, not_installed_error, package_path
 from nudge_local.paths import cache_dir
 from nudge_local.remote import Endpoint, connect, is_url
 
@@ -23,8 +25,8 @@ from nudge_local.remote import Endpoint, connect, is_url
 class Choice:
     """The models a run needs, each a local path or a hub file, and the catalog pair if one was named."""
 
-    base: Path | HubFile | None
-    nudger: Path | HubFile | None
+    base: Path | ModelFile | None
+    nudger: Path | ModelFile | None
     pair: Pair | None = None
 
 
@@ -41,13 +43,43 @@ def choose_models(s: Settings, mode: str) -> Choice:
             _ref(s.base) if need_base else None,
             _ref(s.nudge) if need_nudge else None,
         )
-    catalog = load_catalog()
-    pair = catalog.pair(s.pair or catalog.default)
-    if s.sources["gamma"] == "default":
-        s.values["gamma"], s.sources["gamma"] = pair.gamma, f"pair {pair.alias}"
-    if s.sources["base_format"] == "default":
-        s.values["base_format"], s.sources["base_format"] = pair.base_format, f"pair {pair.alias}"
+    pair = default_pair(load_catalog(), s.pair)
+    _apply_pair_defaults(s, pair)
     return Choice(pair.base if need_base else None, pair.nudger if need_nudge else None, pair)
+
+
+def present(f: ModelFile) -> bool:
+    """Whether a catalog file can be loaded without a download (hub: cached; package: installed)."""
+    return installed(f) if isinstance(f, PackageFile) else cached_path(f) is not None
+
+
+def default_pair(catalog: Catalog, configured: str | None) -> Pair:
+    """The pair a command runs when none is named on it: the configured pair; else the catalog's
+    default where its files are present; else the fallback (`tiny`) where its packages are installed,
+    said in one note naming how to get the default; else the default, to be downloaded."""
+    if configured:
+        return catalog.pair(configured)
+    default = catalog.pair(catalog.default)
+    if all(present(f) for f in default.files) or not catalog.fallback:
+        return default
+    fallback = catalog.pair(catalog.fallback)
+    if not all(present(f) for f in fallback.files):
+        return default
+    size = human_size(sum(f.size or 0 for f in default.files))
+    logging.getLogger("nudge_local.notes").warning(
+        f"using the {fallback.alias} pair ({fallback.description.split(';')[0]}); the recommended pair is "
+        f"{default.alias}: `nudge-local pull {default.alias}` downloads it ({size})."
+    )
+    return fallback
+
+
+def _apply_pair_defaults(s: Settings, pair: Pair) -> None:
+    """A catalog pair's gamma, base format, stop strings and context size apply unless the user set them."""
+    chosen = {"gamma": pair.gamma, "base_format": pair.base_format, "stop": pair.stop}
+    chosen["context_size"] = pair.context_size
+    for key, value in chosen.items():
+        if value is not None and s.sources[key] == "default":
+            s.values[key], s.sources[key] = (list(value) if key == "stop" else value), f"pair {pair.alias}"
 
 
 def _ref(ref: str) -> Path | HubFile | str:
@@ -63,21 +95,35 @@ def endpoint(s: Settings, role: str, url: str) -> Endpoint:
     return Endpoint(url, s.values[f"{flag}_model"], s.values[f"{flag}_api"], key, s.timeout)
 
 
-def missing(files: list[Path | HubFile | None]) -> list[HubFile]:
+def missing(files: list[Path | ModelFile | str | None], pair: str | None = None) -> list[HubFile]:
+    """The hub files to download; a package file whose package is not installed is one sentence
+    naming the pip command (nothing can be downloaded for it)."""
+    for f in files:
+        if isinstance(f, PackageFile) and not installed(f):
+            raise not_installed_error(f, pair)
     return [f for f in files if isinstance(f, HubFile) and cached_path(f) is None]
 
 
 def fetch(
-    files: list[HubFile], *, yes: bool, what: str = "", out=None, confirm: Callable[[str], bool] | None = None
+    files: list[HubFile],
+    *,
+    yes: bool,
+    what: str = "",
+    out=None,
+    confirm: Callable[[str], bool] | None = None,
+    pair: str | None = None,
 ) -> None:
     """Say what will be downloaded and how large, ask `confirm` (unless `yes`), then download into
-    the Hugging Face cache. Offline, or with no one to ask (`confirm` None), it is one sentence
-    instead. The library never reads the terminal itself: the command line passes `confirm`."""
+    the Hugging Face cache. Offline (or with the hub out of reach), or with no one to ask (`confirm`
+    None), it is one sentence instead, naming the pull of `pair` where the files are a pair's. The
+    library never reads the terminal itself: the command line passes `confirm`."""
     if not files:
         return
     out = out or sys.stderr
     if offline():
-        raise not_cached_error(files[0])
+        raise not_cached_error(files[0], pair)
+    if hub_unreachable():
+        raise not_cached_error(files[0], pair, unreachable=True)
     sizes = [remote_size(f) for f in files]
     total = sum(x for x in sizes if x)
     lines = [f"  {f.ref}  ({human_size(n)})" for f, n in zip(files, sizes, strict=True)]
@@ -91,10 +137,13 @@ def fetch(
         download(f)
 
 
-def local_path(ref: Path | HubFile | str | None) -> Path | str | None:
-    """The file on disk for a reference (after `fetch`); a server's URL as it is."""
+def local_path(ref: Path | ModelFile | str | None) -> Path | str | None:
+    """The file on disk for a reference (after `fetch`; a package's file assembled where needed);
+    a server's URL as it is."""
     if ref is None or isinstance(ref, (Path, str)):
         return ref
+    if isinstance(ref, PackageFile):
+        return package_path(ref)
     p = cached_path(ref)
     if p is None:
         raise not_cached_error(ref)

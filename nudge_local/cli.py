@@ -7,15 +7,25 @@ import json
 import logging
 import sys
 
-from nudge_local.catalog import HubFile, load_catalog, parse_ref
-from nudge_local.choose import choose_models, fetch, load_models, local_path, missing, read_chat_template
+from nudge_local.catalog import HubFile, ModelFile, PackageFile, load_catalog, parse_ref
+from nudge_local.choose import (
+    choose_models,
+    default_pair,
+    fetch,
+    load_models,
+    local_path,
+    missing,
+    present,
+    read_chat_template,
+)
 from nudge_local.config import FIELDS, Settings, load_settings
 from nudge_local.devices import available_memory, backend, default_threads, rebuild_hint
 from nudge_local.errors import NudgeError
 from nudge_local.events import MODES, Done, TokenEvent
 from nudge_local.generate import generate
 from nudge_local.hub import cached_path, human_size, offline
-from nudge_local.paths import cache_dir, catalog_path, config_path
+from nudge_local.packaged import where
+from nudge_local.paths import cache_dir, catalog_path, config_path, models_dir
 from nudge_local.prompts import render_prompts
 from nudge_local.remote import label
 from nudge_local.render import BracketWriter, spans
@@ -152,8 +162,9 @@ def _ask(question: str) -> bool:
 def _fetch_missing(choice, yes: bool) -> None:
     """Download what the chosen pair lacks, asking first where there is a terminal to ask on."""
     confirm = _ask if sys.stdin and sys.stdin.isatty() else None
-    what = f"{choice.pair.alias}: " if choice.pair else ""
-    fetch(missing([choice.base, choice.nudger]), yes=yes, what=what, confirm=confirm)
+    alias = choice.pair.alias if choice.pair else None
+    what = f"{alias}: " if alias else ""
+    fetch(missing([choice.base, choice.nudger], alias), yes=yes, what=what, confirm=confirm, pair=alias)
 
 
 def _load(s: Settings, mode: str, yes: bool):
@@ -266,21 +277,23 @@ def evaluate(args) -> int:
 
 
 def pull(args) -> int:
-    files: list[HubFile] = []
+    catalog = load_catalog()
+    files: list[tuple[ModelFile, str | None]] = []
     for ref in args.refs:
-        catalog = load_catalog()
         if ref in catalog.pairs:
-            files += [catalog.pairs[ref].base, catalog.pairs[ref].nudger]
+            files += [(f, ref) for f in catalog.pairs[ref].files]
         else:
             f = parse_ref(ref)
             if not isinstance(f, HubFile):
                 raise NudgeError(
                     f"{ref} is neither a catalog alias nor org/repo:file.gguf; `nudge-local models` lists aliases."
                 )
-            files.append(f)
-    todo = missing(files)
-    for f in files:
-        if f not in todo:
+            files.append((f, None))
+    todo = [f for f, alias in files for f in missing([f], alias)]  # a missing package is one sentence here
+    for f, _ in files:
+        if isinstance(f, PackageFile):
+            print(f"{f.ref}: {local_path(f)} (from the installed package {f.package})")
+        elif f not in todo:
             print(f"{f.ref}: already in the cache at {cached_path(f)}", file=sys.stderr)
     fetch(todo, yes=True)
     for f in todo:
@@ -288,16 +301,21 @@ def pull(args) -> int:
     return 0
 
 
+def _file_line(role: str, f: ModelFile) -> str:
+    if isinstance(f, PackageFile):
+        return f"  {role:6}  package {f.ref}  {human_size(f.size)}  {where(f)}"
+    p = cached_path(f)
+    return f"  {role:6}  {f.ref}  {human_size(f.size)}  {f'present: {p}' if p else 'not downloaded'}"
+
+
 def models(args) -> int:
     catalog = load_catalog()
-    print(f"catalog: {catalog.path}\nHugging Face cache: {cache_dir()}\n")
+    print(f"catalog: {catalog.path}\nHugging Face cache: {cache_dir()}\nnudge-local's models: {models_dir()}\n")
     for alias, pair in catalog.pairs.items():
-        mark = "  (default)" if alias == catalog.default else ""
+        mark = "  (default)" if alias == catalog.default else "  (fallback)" if alias == catalog.fallback else ""
         print(f"{alias}{mark}\n  {pair.description}")
         for role, f in (("base", pair.base), ("nudger", pair.nudger)):
-            p = cached_path(f)
-            where = f"present: {p}" if p else "not downloaded"
-            print(f"  {role:6}  {f.ref}  {human_size(f.size)}  {where}")
+            print(_file_line(role, f))
         size = human_size(pair.base.size + pair.nudger.size)
         print(
             f"  gamma {pair.gamma}, vocabulary {pair.vocabulary}, {size} in all, licence {pair.license['base']}"
@@ -343,9 +361,22 @@ def doctor(args) -> int:
     print(f"memory: {human_size(avail)} free of {human_size(total)}")
     print(f"Hugging Face cache: {cache_dir()}{' (offline: HF_HUB_OFFLINE)' if offline() else ''}")
     print(f"catalog: {catalog_path()}")
+    _print_pairs(s)
     print(f"configuration file: {config_path()}{'' if config_path().exists() else ' (none yet)'}")
     _print_settings(s)
     return 0
+
+
+def _print_pairs(s: Settings) -> None:
+    """The pair a command runs when none is named, and the fallback pair's files."""
+    catalog = load_catalog()
+    chosen = default_pair(catalog, s.pair)
+    state = "ready" if all(present(f) for f in chosen.files) else "to be downloaded"
+    print(f"pair when none is named: {chosen.alias} ({state})")
+    if catalog.fallback:
+        print(f"{catalog.fallback} pair (offline, from Python packages):")
+        for role, f in zip(("base", "nudger"), catalog.pair(catalog.fallback).files, strict=True):
+            print(_file_line(role, f))
 
 
 def _notes(command: str) -> None:

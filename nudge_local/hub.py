@@ -48,10 +48,30 @@ def remote_size(f: HubFile) -> int | None:
         return None
 
 
-def not_cached_error(f: HubFile) -> NudgeError:
-    why = "the hub is offline (HF_HUB_OFFLINE)" if offline() else "it has not been downloaded"
+def hub_unreachable(timeout: float = 3.0) -> bool:
+    """Whether the hub cannot be reached at all, asked once in a few seconds (huggingface_hub's own
+    retries spend about 24 s before they give up on a machine with no network)."""
+    import httpx2 as httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError:
+        return True
+    return False
+
+
+def not_cached_error(f: HubFile, pair: str | None = None, unreachable: bool = False) -> NudgeError:
+    """One sentence for a file that is needed and absent; it names the pull of the whole pair where
+    the file is one of a catalog pair's."""
+    why = (
+        "the hub is offline (HF_HUB_OFFLINE)" if offline()
+        else "the Hugging Face hub cannot be reached" if unreachable
+        else "it has not been downloaded"
+    )  # fmt: skip
+    what = f"the pair {pair} ({f.ref} among its files)" if pair else f.ref
     return NudgeError(
-        f"{f.ref} is not in the Hugging Face cache and {why}; run `nudge-local pull {f.ref}` while online."
+        f"{what} is not in the Hugging Face cache and {why}; run `nudge-local pull {pair or f.ref}` while online."
     )
 
 

@@ -40,3 +40,11 @@ def cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
+
+
+def models_dir() -> Path:
+    """Model files nudge-local writes itself (one a package assembles from parts):
+    NUDGE_LOCAL_CACHE_DIR, else the user's cache directory."""
+    from platformdirs import user_cache_dir
+
+    return (_env("NUDGE_LOCAL_CACHE_DIR") or Path(user_cache_dir(APP, appauthor=False))) / "models"

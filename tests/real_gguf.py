@@ -4,7 +4,6 @@ the chat templates in ../shared/chat_templates."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
@@ -14,26 +13,13 @@ GEMMA_TEMPLATE = "google-gemma-2-2b-it.jinja"
 
 
 def gemma_path() -> Path:
-    """The assembled GGUF (253 MB) in the user's cache directory, outside the repository: written
-    once (about 1.6 s), then only its sha256 is checked (about 0.6 s). Written under a temporary
-    name and renamed, so test sessions running side by side never read a half-written file."""
-    from platformdirs import user_cache_dir
+    """The assembled GGUF (253 MB), as the product finds the tiny pair's base: written once into
+    nudge-local's cache under a temporary name and renamed (test sessions side by side never read a
+    half-written file), then reused while its size is right."""
+    from nudge_local.catalog import load_catalog
+    from nudge_local.packaged import package_path
 
-    pkg = importlib.import_module(GEMMA_PACKAGE)
-    target = Path(user_cache_dir("nudge-local", appauthor=False)) / "test-models" / pkg.MODEL_NAME
-    if target.exists():
-        try:
-            return pkg.assemble(target)  # checks the existing file's sha256
-        except FileExistsError:  # a damaged copy: written again below
-            pass
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f"{target.name}.{os.getpid()}.part")
-    try:
-        pkg.assemble(part, overwrite=True)
-        os.replace(part, target)
-    finally:
-        part.unlink(missing_ok=True)
-    return target
+    return package_path(load_catalog().pair("tiny").base)
 
 
 def chat_templates_dir() -> Path | None:

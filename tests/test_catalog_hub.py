@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nudge_local.catalog import HubFile, load_catalog, parse_ref
+from nudge_local.catalog import HubFile, PackageFile, load_catalog, parse_ref
 from nudge_local.devices import backend, plan_context
 from nudge_local.errors import NudgeError
 from nudge_local.synthetic import CHATML, Table, write_model
@@ -27,9 +27,11 @@ def test_catalog_schema():
     assert len(c.pairs) >= 5 and c.default in c.pairs
     assert any(p.vocabulary == "different" for p in c.pairs.values())  # a cross-family pair
     assert any(p.base.size + p.nudger.size < 2.5e9 for p in c.pairs.values())  # fits an 8 GB laptop
+    assert c.fallback == "tiny" and all(isinstance(f, PackageFile) for f in c.pair("tiny").files)
     for p in c.pairs.values():
         for f in (p.base, p.nudger):
-            assert f.repo.count("/") == 1 and f.file.endswith(".gguf") and f.size > 1e8
+            assert f.file.endswith(".gguf") and f.size > 5e7
+            assert isinstance(f, PackageFile) or f.repo.count("/") == 1
         assert 0 < p.gamma < 1 and "{question}" in p.base_format and p.description and p.notes
         assert p.base.size > p.nudger.size  # the nudger is the small one
 
@@ -116,6 +118,20 @@ def hub(tmp_path_factory):
     return {"env": env, "cache": cache}
 
 
+@pytest.fixture(scope="module")
+def reachable_hub():
+    """A web server on loopback standing for the hub's address (HF_ENDPOINT): it answers, so the
+    hub counts as reachable, and nothing is downloaded from it in these tests."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
 def cli(env, *args, stdin=subprocess.DEVNULL):
     return subprocess.run(
         [sys.executable, "-m", "nudge_local.cli", *args],
@@ -133,7 +149,7 @@ def test_run_by_hub_reference_offline(hub):
         "--json", "--threads", "1",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["text"] == " the."
+    assert json.loads(r.stdout)["text"] == "the."
 
 
 @pytest.mark.parametrize("args", [["--pair", "a"], []], ids=["alias", "default pair"])
@@ -141,7 +157,7 @@ def test_run_by_catalog_alias_offline(hub, args):
     r = cli(hub["env"], "run", "Q", *args, "--json", "--threads", "1")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["text"] == " the." and out["stop_reason"] == "eos"
+    assert out["text"] == "the." and out["stop_reason"] == "eos"
 
 
 def _one_sentence(r, *phrases):
@@ -172,8 +188,8 @@ def test_pull_of_cached_files_says_where_they_are(hub):
     assert "already in the cache" in r.stderr and str(hub["cache"]) in r.stderr
 
 
-def test_first_run_without_confirmation_says_what_and_how_large(hub):
-    env = dict(hub["env"])
+def test_first_run_without_confirmation_says_what_and_how_large(hub, reachable_hub):
+    env = dict(hub["env"], HF_ENDPOINT=reachable_hub)
     env.pop("HF_HUB_OFFLINE")
     r = cli(env, "run", "Q", "--pair", "absent")
     _one_sentence(r, "--yes", "nudge-local pull")

@@ -17,13 +17,14 @@ import nudge_local
 from nudge_local.catalog import HubFile
 from nudge_local.choose import fetch
 from nudge_local.errors import NudgeError
-from test_catalog_hub import hub  # noqa: F401 - the fixture
+from test_catalog_hub import hub, reachable_hub  # noqa: F401 - the fixtures
 
 ABSENT = HubFile("test-org/absent-GGUF", "base.gguf")
 
 
 def test_fetch_without_anyone_to_ask_is_one_sentence(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("nudge_local.choose.hub_unreachable", lambda: False)  # as if online
     monkeypatch.setattr("nudge_local.choose.remote_size", lambda f: 1000)
     monkeypatch.setattr("nudge_local.choose.download", lambda f: pytest.fail("downloaded without asking"))
     with pytest.raises(NudgeError, match="add --yes"):
@@ -75,8 +76,8 @@ def _run_in_terminal(env: dict, args: list[str], answer: bytes, timeout: float =
         os.close(leader)
 
 
-def test_the_command_line_asks_on_a_terminal_and_takes_no_for_an_answer(hub):  # noqa: F811
-    env = dict(hub["env"])
+def test_the_command_line_asks_on_a_terminal_and_takes_no_for_an_answer(hub, reachable_hub):  # noqa: F811
+    env = dict(hub["env"], HF_ENDPOINT=reachable_hub)
     env.pop("HF_HUB_OFFLINE")
     code, out = _run_in_terminal(env, ["run", "Q", "--pair", "absent"], b"n\n")
     assert "will download 135.8 KB" in out and "Download now? [y/N]" in out
