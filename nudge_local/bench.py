@@ -46,6 +46,7 @@ from nudge_local.prompts import render_prompts
 from nudge_local.remote import Endpoint, connect, flag, is_url
 from nudge_local.stream import stream
 from nudge_local.synthetic import CHATML, Table, bpe_vocab, load_vocab, write_model
+from nudge_local.views import same_vocabulary
 
 PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b" we", b" need", b" to", b" find",
           b" answer", b" is", b" Sure", b" First", b" cost", b" total", b" by", b" step", b" 2", b" 3", b" and",
@@ -166,9 +167,42 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
     }
 
 
-def agreement_on_path(nudger: Model, prompts, events: list[tuple[str, int]]) -> float | None:
+def agreement_on_path(
+    base: Model, nudger: Model, prompts, events: list[tuple[str, int]], *, text_space: bool
+) -> float | None:
     """The share of the base's own tokens (in token mode's answer) that the nudger's greedy choice
-    matches: the agreement the pair showed in generation, whatever was planted."""
+    matches: the agreement the pair showed in generation, whatever was planted. An event's token is
+    an id of the model that wrote it, so a pair in text space (docs/method.md#token-space-and-text-space)
+    compares text: at each base token the nudger reads the answer's text so far in its own tokens and
+    writes greedily until its text is as long as the base token's; it agrees where that text starts
+    with the base token's (tokenizers cut words differently: " eggs" may be " egg" + "s")."""
+    if not text_space:
+        return _agreement_by_id(nudger, prompts, events)
+    prompt, answer = prompts.nudge.encode("utf-8"), b""
+    agree = confident = 0
+    for source, token in events:
+        piece = (base if source == "base" else nudger).piece(token)
+        if source == "base" and piece:
+            confident += 1
+            agree += _greedy_text(nudger, nudger.tokenize(prompt + answer), len(piece)).startswith(piece)
+        answer += piece
+    return agree / confident if confident else None
+
+
+def _greedy_text(model: Model, ids: list[int], length: int) -> bytes:
+    """The model's greedy continuation of `ids`, at least `length` bytes long unless it ends first."""
+    text = b""
+    while len(text) < length:
+        t = int(model.logits(ids).argmax())
+        if model.is_eog(t):
+            break
+        text += model.piece(t)
+        ids = [*ids, t]
+    return text
+
+
+def _agreement_by_id(nudger: Model, prompts, events: list[tuple[str, int]]) -> float | None:
+    """agreement_on_path for one vocabulary: the same ids."""
     ids = nudger.tokenize(prompts.nudge)
     agree = confident = 0
     for source, token in events:
@@ -223,7 +257,12 @@ def bench_pair(base_path: Path | str, nudger_path: Path | str, modes: list[str],
         template = getattr(args, "chat_template", None)
         prompt_sets = [render_prompts(base, nudger, q, chat_template=template) for q in QUESTIONS[: args.questions]]
         runs = run_rounds(base, nudger, prompt_sets, modes, args)
-        agreement = agreement_on_path(nudger, prompt_sets[0], runs["nudged"][0]["events"]) if "nudged" in runs else None
+        agreement = None
+        if "nudged" in runs and not nudger.text_only:  # a model served by text only has no greedy row to read
+            text_space = not same_vocabulary(base, nudger)
+            agreement = agreement_on_path(
+                base, nudger, prompt_sets[0], runs["nudged"][0]["events"], text_space=text_space
+            )
     table = summarize(runs)
     if agreement is not None:
         print(f"the nudger's choice is the base's at {agreement:.0%} of the base's tokens in token mode's answer")

@@ -15,6 +15,7 @@ from nudge_local.model import Model
 from nudge_local.prompts import render_prompts
 from nudge_local.speculative import FixedDraft
 from real_gguf import GEMMA_PACKAGE, chat_template_file, gemma_path
+from tiny import tiny_paths
 
 SMALL = ((64, 2, 176), (32, 1, 88))
 
@@ -28,7 +29,9 @@ def test_generated_pair_meets_the_agreement_asked(tmp_path, agreement):
         run = run_mode("nudged", base, nudger, prompts, args)
         assert run["tokens"] == 4 * CYCLE  # four whole cycles: no stop, no partial cycle
         assert run["nudge_ratio"] == pytest.approx((CYCLE - CONFIDENT) / CYCLE)
-        assert agreement_on_path(nudger, prompts, run["events"]) == pytest.approx(agreement)
+        for text_space in (False, True):  # by ids, and by text as a pair of two vocabularies compares
+            measured = agreement_on_path(base, nudger, prompts, run["events"], text_space=text_space)
+            assert measured == pytest.approx(agreement)
 
 
 def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys, monkeypatch):
@@ -139,6 +142,21 @@ def test_bench_on_the_real_pair(capsys):
     printed = capsys.readouterr().out
     assert "speculative / token mode, paired per round: " in printed
     assert "speculative writes token mode's text: " in printed
+
+
+def test_bench_on_the_tiny_pair_of_two_vocabularies(tmp_path, capsys):
+    """Gemma 3 270M nudged by SmolLM2-135M-Instruct runs in text space: the agreement step reads
+    the answer as text in the nudger's own tokens (given the base's ids it once failed inside
+    llama.cpp, after every round had run)."""
+    base_path, nudger_path = tiny_paths()
+    out = tmp_path / "tiny.json"
+    argv = ["bench", "--base", str(base_path), "--nudge", str(nudger_path), "--rounds", "1", "--questions", "1",
+            "--max-tokens", "16", "--modes", "base,nudged", "--threads", "1", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = json.loads(out.read_text())["real"]
+    assert table["nudged"]["tokens"] > 0 and table["nudged"]["nudge_ratio"] > 0
+    assert 0 <= table["agreement_on_path"] <= 1
+    assert "the nudger's choice is the base's at " in capsys.readouterr().out
 
 
 def test_bench_refuses_half_a_pair(tmp_path, capsys):
