@@ -32,8 +32,10 @@ def command(*args: str) -> list[str]:
 class Served:
     """One running `nudge-local serve`; its stderr is read on a thread so no wait can block."""
 
-    def __init__(self, base: Path, nudger: Path, *flags: str, env: dict | None = None) -> None:
-        argv = command("serve", "--base", str(base), "--nudge", str(nudger), "--port", "0", *THREADS, *flags)
+    def __init__(self, base: Path | None, nudger: Path | None, *flags: str, env: dict | None = None) -> None:
+        """`base` and `nudger` None: the pair `serve` chooses itself (a catalog alias in `flags`, or none)."""
+        files = ["--base", str(base), "--nudge", str(nudger)] if base is not None else []
+        argv = command("serve", *files, "--port", "0", *THREADS, *flags)
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
