@@ -46,7 +46,7 @@ from nudge_local.prompts import render_prompts
 from nudge_local.remote import Endpoint, connect, flag, is_url
 from nudge_local.stream import stream
 from nudge_local.synthetic import CHATML, Table, bpe_vocab, load_vocab, write_model
-from nudge_local.views import same_vocabulary
+from nudge_local.views import make_views, same_vocabulary
 
 PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b" we", b" need", b" to", b" find",
           b" answer", b" is", b" Sure", b" First", b" cost", b" total", b" by", b" step", b" 2", b" 3", b" and",
@@ -171,21 +171,24 @@ def agreement_on_path(
     base: Model, nudger: Model, prompts, events: list[tuple[str, int]], *, text_space: bool
 ) -> float | None:
     """The share of the base's own tokens (in token mode's answer) that the nudger's greedy choice
-    matches: the agreement the pair showed in generation, whatever was planted. An event's token is
-    an id of the model that wrote it, so a pair in text space (docs/method.md#token-space-and-text-space)
-    compares text: at each base token the nudger reads the answer's text so far in its own tokens and
-    writes greedily until its text is as long as the base token's; it agrees where that text starts
-    with the base token's (tokenizers cut words differently: " eggs" may be " egg" + "s")."""
-    if not text_space:
-        return _agreement_by_id(nudger, prompts, events)
-    prompt, answer = prompts.nudge.encode("utf-8"), b""
+    matches: the agreement the pair showed in generation, whatever was planted. The nudger reads the
+    answer as it does in generation (its view, views.py). An event's token is an id of the model
+    that wrote it, so a pair in text space (docs/method.md#token-space-and-text-space) compares
+    text: at each base token the nudger writes greedily until its text is as long as the base
+    token's, and agrees where that text starts with the base token's (tokenizers cut words
+    differently: " eggs" may be " egg" + "s")."""
+    answer, _, view = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)
     agree = confident = 0
     for source, token in events:
         piece = (base if source == "base" else nudger).piece(token)
         if source == "base" and piece:
             confident += 1
-            agree += _greedy_text(nudger, nudger.tokenize(prompt + answer), len(piece)).startswith(piece)
-        answer += piece
+            row = view.logits()
+            if text_space:
+                agree += _greedy_text(nudger, nudger.held_tokens, len(piece)).startswith(piece)
+            else:
+                agree += int(row.argmax()) == token
+        answer.add(token, piece)
     return agree / confident if confident else None
 
 
@@ -199,18 +202,6 @@ def _greedy_text(model: Model, ids: list[int], length: int) -> bytes:
         text += model.piece(t)
         ids = [*ids, t]
     return text
-
-
-def _agreement_by_id(nudger: Model, prompts, events: list[tuple[str, int]]) -> float | None:
-    """agreement_on_path for one vocabulary: the same ids."""
-    ids = nudger.tokenize(prompts.nudge)
-    agree = confident = 0
-    for source, token in events:
-        if source == "base":
-            confident += 1
-            agree += int(nudger.logits(ids).argmax()) == token
-        ids = ids + [token]
-    return agree / confident if confident else None
 
 
 def run_answers(mode: str, base: Model, nudger: Model, prompt_sets: list, args) -> dict:

@@ -29,9 +29,11 @@ def test_generated_pair_meets_the_agreement_asked(tmp_path, agreement):
         run = run_mode("nudged", base, nudger, prompts, args)
         assert run["tokens"] == 4 * CYCLE  # four whole cycles: no stop, no partial cycle
         assert run["nudge_ratio"] == pytest.approx((CYCLE - CONFIDENT) / CYCLE)
-        for text_space in (False, True):  # by ids, and by text as a pair of two vocabularies compares
-            measured = agreement_on_path(base, nudger, prompts, run["events"], text_space=text_space)
-            assert measured == pytest.approx(agreement)
+        assert agreement_on_path(base, nudger, prompts, run["events"], text_space=False) == pytest.approx(agreement)
+        # By text, as a pair of two vocabularies compares: the same but where the nudger's view
+        # reads the text otherwise (the answer as shown, its leading space cut): one position.
+        by_text = agreement_on_path(base, nudger, prompts, run["events"], text_space=True)
+        assert by_text == pytest.approx(agreement, abs=1.01 / (4 * CONFIDENT))
 
 
 def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys, monkeypatch):
