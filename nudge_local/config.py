@@ -17,7 +17,7 @@ import yaml
 from nudge_local.context import POLICIES
 from nudge_local.errors import NudgeError
 from nudge_local.paths import config_path
-from nudge_local.prompts import DEFAULT_BASE_FORMAT, check_base_format, next_turn_marker
+from nudge_local.prompts import DEFAULT_BASE_FORMAT, check_base_format, format_stops
 from nudge_local.remote import APIS
 
 
@@ -107,7 +107,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "threads": (_number(int, 1, auto=True), None, "CPU threads per model (auto: all cores)"),
     "base_format": (_base_format, DEFAULT_BASE_FORMAT, "the base's prompt, with {system} and {question}"),
     "system": (_text, "", "system prompt for both models"),
-    "stop": (_texts, [], "stop strings (default: the base format's next-turn marker; [] for none)"),
+    "stop": (_texts, [], "stop strings (default: the base format's next-turn and answer markers; [] for none)"),
     "chat_template": (_optional_text, None, "Jinja chat template file for the nudger"),
     "keymap": (_keymap, {}, "chat key bindings by id, e.g. {compare: f4}"),
 }
@@ -134,18 +134,17 @@ class Settings:
     @property
     def stop_strings(self) -> list[str]:
         """The stop strings in force: the `stop` setting where one was given (`[]`: none), else
-        the base format's own next-turn marker, so an answer ends where the base would start the
-        next "Question:" itself."""
+        the base format's own labels (its next-turn and answer markers), so an answer ends where
+        the base would start the next "Question:" or another "Answer:" itself."""
         if self.sources["stop"] != "default":
             return list(self.values["stop"])
-        marker = next_turn_marker(self.values["base_format"])
-        return [marker] if marker else []
+        return format_stops(self.values["base_format"])
 
     @property
     def stop_source(self) -> str:
         if self.sources["stop"] != "default":
             return self.sources["stop"]
-        return f"the next-turn marker of base_format ({self.sources['base_format']})"
+        return f"the next-turn and answer markers of base_format ({self.sources['base_format']})"
 
     def __getattr__(self, name: str) -> Any:
         try:

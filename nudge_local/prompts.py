@@ -52,6 +52,23 @@ def next_turn_marker(fmt: str = DEFAULT_BASE_FORMAT) -> str | None:
     return marker if marker.strip() else None
 
 
+def answer_marker(fmt: str = DEFAULT_BASE_FORMAT) -> str | None:
+    """Where the base would start an answer itself: the base format's turn text after {question},
+    where it begins a line, spaces around it dropped ("\nAnswer:" for the default format); None
+    where it is only whitespace or goes on on the question's line (" =" in "{question} =" is no
+    label)."""
+    head, sep, turn = fmt.partition("{system}")
+    marker = (turn if sep else fmt).partition("{question}")[2].strip(" \t")
+    return marker if marker.startswith("\n") and marker.strip() else None
+
+
+def format_stops(fmt: str = DEFAULT_BASE_FORMAT) -> list[str]:
+    """The stop strings a base format implies: each label that begins a line of its turn, the
+    next-turn marker and the answer marker (["\nQuestion:", "\nAnswer:"] for the default format).
+    A base goes on to write either and then answers itself."""
+    return list(dict.fromkeys(m for m in (next_turn_marker(fmt), answer_marker(fmt)) if m))
+
+
 def base_prompt(
     question: str, *, history: Sequence[Turn] = (), system: str = "", fmt: str = DEFAULT_BASE_FORMAT
 ) -> str:

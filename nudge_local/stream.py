@@ -1,8 +1,9 @@
 """Turns a mode's steps into the public event stream (docs/architecture.md#the-stream).
 
 A pipeline of small generators, each returning the mode's Result: `with_text` (UTF-8 safe text),
-`until_stop` (stop strings), `trimmed` (paper mode's final trim), then `stream` counts and ends with
-Done. Whatever the mode, the events' texts add up to `Done.text`: no consumer clips."""
+`until_stop` (stop strings), `trimmed` (paper mode's final trim), `stripped` (the answer's ends, as
+shown), then `stream` counts and ends with Done. Whatever the mode, the events' texts add up to
+`Done.text`: no consumer clips."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import replace
 from nudge_local.errors import ContextFull
 from nudge_local.events import Done, DraftResult, Result, Role, Stats, TokenEvent
 from nudge_local.model import Model
+from nudge_local.words import WHITESPACE
 
 Steps = Generator[tuple[TokenEvent, bytes], None, Result]  # what a decoding mode is
 Events = Generator[TokenEvent, None, Result]
@@ -133,6 +135,42 @@ def trimmed(events: Events, trim: Callable[[str], str]) -> Events:
     return result
 
 
+def _cut(tokens: list[TokenEvent], end: int) -> list[TokenEvent]:
+    """Every token, its text cut to the characters of their joined text before `end`: a token cut
+    away entirely stays, with no text, so token counts do not depend on how an answer is shown."""
+    out, pos = [], 0
+    for t in tokens:
+        out.append(replace(t, text=t.text[: max(0, end - pos)]))
+        pos += len(t.text)
+    return out
+
+
+def stripped(events: Events) -> Events:
+    """The answer as shown, without whitespace at either end (a base writes " Boil" after
+    "Answer:", and often a newline at its end): leading whitespace is cut from the events that hold
+    it; trailing whitespace is held back, whole events at a time, until something non-blank follows,
+    and cut at the end."""
+    started = False  # something non-blank has been passed on
+    pending: list[TokenEvent] = []
+    try:
+        while True:
+            event, result = _next(events)
+            if result is not None:
+                tail = "".join(e.text for e in pending)
+                yield from _cut(pending, len(tail.rstrip(WHITESPACE)))
+                return result
+            if not started:
+                event = replace(event, text=event.text.lstrip(WHITESPACE))
+                started = bool(event.text)
+            pending.append(event)
+            tail = "".join(e.text for e in pending)
+            n = _release(pending, len(tail.rstrip(WHITESPACE)))
+            yield from pending[:n]
+            del pending[:n]
+    finally:
+        events.close()
+
+
 def stream(
     steps: Steps,
     models: Mapping[Role, Model],
@@ -153,6 +191,7 @@ def stream(
         events = until_stop(events, stops)
     if trim is not None:
         events = trimmed(events, trim)
+    events = stripped(events)
     parts: list[str] = []
     try:
         while True:

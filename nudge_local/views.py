@@ -8,6 +8,9 @@ from typing import Protocol
 import numpy as np
 
 from nudge_local.model import Model
+from nudge_local.words import WHITESPACE
+
+_BLANK = WHITESPACE.encode()
 
 
 class Answer:
@@ -49,29 +52,47 @@ class TokenSpaceView:
         return self.model.logits(self.prompt_ids + self.answer.ids)[: self.n_shared]
 
 
-class TextSpaceView:
-    """The model sees tok(prompt + answer text) in its own vocabulary; its KV cache keeps the
-    longest common token prefix with what it held."""
+def text_read(prompt: bytes, answer: bytes, *, shown: bool = False) -> bytes:
+    """The text a model reads in text space: its prompt, then the answer (`shown`: without its
+    leading whitespace, as the user sees it), with one space between where the prompt ends and the
+    answer starts non-blank: a nudger's "1." after "Answer:" is read as "Answer: 1.", the base's own
+    tokenization of it, not "Answer:1."."""
+    if shown:
+        answer = answer.lstrip(_BLANK)
+    if prompt[-1:] and answer[:1] and prompt[-1] not in _BLANK and answer[0] not in _BLANK:
+        return prompt + b" " + answer
+    return prompt + answer
 
-    def __init__(self, model: Model, prompt: str, answer: Answer) -> None:
-        self.model, self.answer = model, answer
+
+class TextSpaceView:
+    """The model sees tok(text_read(prompt, answer text)) in its own vocabulary; its KV cache keeps
+    the longest common token prefix with what it held. `shown`: the answer without its leading
+    whitespace (the nudger's chat turn, which never starts with the base's space)."""
+
+    def __init__(self, model: Model, prompt: str, answer: Answer, *, shown: bool = False) -> None:
+        self.model, self.answer, self.shown = model, answer, shown
         self.prompt = prompt.encode("utf-8")
         self._prompt_tokens = len(model.tokenize(self.prompt))
+
+    def text(self) -> bytes:
+        """What the model reads now: its prompt and the answer so far."""
+        return text_read(self.prompt, self.answer.data, shown=self.shown)
 
     @property
     def prompt_tokens(self) -> int:
         return self._prompt_tokens
 
     def logits(self) -> np.ndarray:
-        return self.model.logits(self.model.tokenize(self.prompt + self.answer.data))
+        return self.model.logits(self.model.tokenize(self.text()))
 
 
 class RemoteTextView:
-    """A text-only served model (OpenAI /v1/completions) sees the prompt and the answer as text;
-    its rows are over its own numbering of the token texts its server returned."""
+    """A text-only served model (OpenAI /v1/completions) sees the prompt and the answer as text, as
+    TextSpaceView joins them; its rows are over its own numbering of the token texts its server
+    returned."""
 
-    def __init__(self, model, prompt: str, answer: Answer) -> None:
-        self.model, self.answer = model, answer
+    def __init__(self, model, prompt: str, answer: Answer, *, shown: bool = False) -> None:
+        self.model, self.answer, self.shown = model, answer, shown
         self.prompt = prompt.encode("utf-8")
         self._prompt_tokens: int | None = None
 
@@ -84,8 +105,11 @@ class RemoteTextView:
             self._prompt_tokens = self.model.chunk_prompt_tokens(self.prompt)
         return self._prompt_tokens
 
+    def text(self) -> bytes:
+        return text_read(self.prompt, self.answer.data, shown=self.shown)
+
     def logits(self) -> np.ndarray:
-        return self.model.text_logits(self.prompt + self.answer.data, len(self.answer.ids))
+        return self.model.text_logits(self.text(), len(self.answer.ids))
 
 
 PROBE = "Hello, world! 1234 + 5678 = 6912.\nÉté, naïve café; 東京 — Привет 🙂\tdef f(x): return x**2"
@@ -111,12 +135,15 @@ def same_vocabulary(a: Model, b: Model) -> bool:
     return a.vocab_matches[key]
 
 
-def view_of(model: Model, prompt: str, answer: Answer, *, text_space: bool, n_shared: int | None = None) -> View:
-    """One model's view: token or text space, or text for a text-only served model."""
+def view_of(
+    model: Model, prompt: str, answer: Answer, *, text_space: bool, n_shared: int | None = None, shown: bool = False
+) -> View:
+    """One model's view: token or text space, or text for a text-only served model. `shown` (text
+    only): the model reads the answer without its leading whitespace."""
     if model.text_only:
-        return RemoteTextView(model, prompt, answer)
+        return RemoteTextView(model, prompt, answer, shown=shown)
     if text_space:
-        return TextSpaceView(model, prompt, answer)
+        return TextSpaceView(model, prompt, answer, shown=shown)
     return TokenSpaceView(model, prompt, answer, n_shared)
 
 
@@ -124,7 +151,8 @@ def make_views(
     base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, *, text_space: bool | None = None
 ) -> tuple[Answer, View, View]:
     """Both models' views of one shared Answer; token space when the vocabularies match unless
-    `text_space` forces a choice."""
+    `text_space` forces a choice. In text space the nudger reads the answer as shown (its chat turn
+    never starts with the base's leading space); token space reads the shared ids exactly."""
     answer = Answer()
     if base.text_only or nudger.text_only:
         text_space = True
@@ -132,4 +160,4 @@ def make_views(
         text_space = not same_vocabulary(base, nudger)
     n = None if text_space else min(base.n_vocab, nudger.n_vocab)
     return (answer, view_of(base, base_prompt, answer, text_space=text_space, n_shared=n),
-            view_of(nudger, nudger_prompt, answer, text_space=text_space, n_shared=n))  # fmt: skip
+            view_of(nudger, nudger_prompt, answer, text_space=text_space, n_shared=n, shown=True))  # fmt: skip

@@ -24,7 +24,7 @@ def reference_token_mode(
     text_space: bool,
     detail: bool = False,
 ):
-    """Returns ([(source, token)], stop reason, text), and with `detail` also the decisions'
+    """Returns ([(source, token)], stop reason, text as shown), and with `detail` also the decisions'
     margins by position: for position i (the i-th token written, or the stop there), how close the
     decisions made there came to going the other way: (the least |top-1 p - gamma| of a gate, the
     least logit gap between the top two tokens of a choice), and each token's probability under
@@ -44,7 +44,13 @@ def reference_token_mode(
     def ask(model: Model, prompt: str):
         model.reset()  # no cache: every call evaluates its whole context
         if text_space:
-            return model.logits(model.tokenize(prompt.encode() + data))
+            # The nudger reads the answer as shown (no leading whitespace); either model reads one
+            # space between a prompt and an answer that meet on non-blank characters.
+            answer = data.lstrip(SPACE) if model is nudger else data
+            head = prompt.encode()
+            if head and answer and head[-1] not in SPACE and answer[0] not in SPACE:
+                head += b" "
+            return model.logits(model.tokenize(head + answer))
         return model.logits(model.tokenize(prompt) + ids)[:n_shared]
 
     def emit(source: str, model: Model, t: int, p: float):
@@ -55,7 +61,7 @@ def reference_token_mode(
         probs.append(p)
 
     def result(reason: str):
-        text = codecs.getincrementaldecoder("utf-8")("replace").decode(data)
+        text = codecs.getincrementaldecoder("utf-8")("replace").decode(data).strip(SPACE.decode())  # as shown
         return (out, reason, text, margins, probs) if detail else (out, reason, text)
 
     while True:

@@ -1,6 +1,6 @@
 """Long conversations (nudge_local/context.py): the oldest turns leave both prompts when they outgrow
 a small context, in the engine, the chat (Pilot, twelve turns), `serve` (both behaviours) and `run`;
-and an answer ends before the base format's own next-turn marker by default."""
+and an answer ends before the base format's own labels (next-turn and answer markers) by default."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from nudge_local.bench import make_pair
 from nudge_local.config import load_settings
 from nudge_local.context import fit_history, prompt_sizes
 from nudge_local.errors import ContextFull
-from nudge_local.prompts import Turn, base_prompt, next_turn_marker, render_prompts
+from nudge_local.prompts import Turn, answer_marker, base_prompt, format_stops, next_turn_marker, render_prompts
 from nudge_local.synthetic import CHATML, Table, write_model
 from pairs import vocab
 from serving import Served
@@ -119,9 +119,32 @@ def test_the_next_turn_marker_comes_from_the_base_format(fmt, marker):
     assert next_turn_marker(fmt) == marker
 
 
+@pytest.mark.parametrize(
+    "fmt,marker",
+    [
+        ("{system}\nQuestion: {question}\nAnswer:", "\nAnswer:"),
+        ("{system}\nQuestion: {question}\nAnswer: ", "\nAnswer:"),  # trailing spaces dropped
+        ("{system}\n\nQ: {question} \n\nA:", "\n\nA:"),  # spaces before its line too
+        ("User: {question}\nBot:", "\nBot:"),
+        ("{system} {question} =", None),  # " =" goes on on the question's line: no label
+        ("Q: {question}\n", None),  # only whitespace
+        ("{question}", None),
+    ],
+)
+def test_the_answer_marker_is_the_label_that_begins_the_answer_line(fmt, marker):
+    assert answer_marker(fmt) == marker
+
+
+def test_the_format_stops_are_its_line_leading_labels():
+    assert format_stops() == ["\nQuestion:", "\nAnswer:"]
+    assert format_stops("{system}\n\nQ: {question}\nA:") == ["\n\nQ:", "\nA:"]
+    assert format_stops("{question}\nAnswer:") == ["\nAnswer:"]  # no next-turn marker
+    assert format_stops("{system} {question} =") == []
+
+
 def test_the_default_stop_is_derived_replaced_by_a_setting_and_turned_off(monkeypatch):
-    assert load_settings().stop_strings == ["\nQuestion:"]
-    assert load_settings({"base_format": "{system}\nQ: {question}\nA:"}).stop_strings == ["\nQ:"]
+    assert load_settings().stop_strings == ["\nQuestion:", "\nAnswer:"]
+    assert load_settings({"base_format": "{system}\nQ: {question}\nA:"}).stop_strings == ["\nQ:", "\nA:"]
     assert load_settings({"stop": ["END"]}).stop_strings == ["END"]
     monkeypatch.setenv("NUDGE_LOCAL_STOP", "[]")
     assert load_settings().stop_strings == []
@@ -131,7 +154,8 @@ def test_config_shows_the_stop_and_where_it_comes_from():
     out = subprocess.run([sys.executable, "-m", "nudge_local.cli", "config"], capture_output=True, text=True,
                          timeout=60).stdout  # fmt: skip
     line = next(x for x in out.splitlines() if x.strip().startswith("stop "))
-    assert "['\\nQuestion:']" in line and "(the next-turn marker of base_format (default))" in line
+    assert "['\\nQuestion:', '\\nAnswer:']" in line
+    assert "(the next-turn and answer markers of base_format (default))" in line
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +172,19 @@ def chatty(tmp_path_factory):
     return base, nudger
 
 
+@pytest.fixture(scope="module")
+def answering(tmp_path_factory):
+    """A base that answers " ok" and goes on with another answer line of its own, "\nAnswer: ok"
+    again and again (a character a token); its nudger is never needed."""
+    v = vocab("bpe0")
+    cycle = [v.find(b) for b in (b" ok", b"\n", b"A", b"n", b"s", b"w", b"e", b"r", b":")]
+    rows = {a: {b: 8.0} for a, b in zip(cycle, cycle[1:] + cycle[:1], strict=True)}
+    tmp = tmp_path_factory.mktemp("answering")
+    base = write_model(tmp / "answering.gguf", v, Table(rows=rows, default={cycle[0]: 8.0}))
+    nudger = write_model(tmp / "n.gguf", v, Table(rows={}, default={cycle[0]: 3.0}), chat_template=CHATML)
+    return base, nudger
+
+
 def run_cli(*args, env=None):
     import os
 
@@ -155,13 +192,13 @@ def run_cli(*args, env=None):
                           timeout=120, env={**os.environ, **(env or {})})  # fmt: skip
 
 
-ON = " ok\nQuestion: ok\nQuestion:"
+ON = "ok\nQuestion: ok\nQuestion:"  # the answer's leading space is not shown
 
 
 @pytest.mark.parametrize(
     "extra,env,check",
     [
-        ((), {}, lambda out: out == " ok"),  # stops before the base's own "\nQuestion:"
+        ((), {}, lambda out: out == "ok"),  # stops before the base's own "\nQuestion:"
         (("--stop", "zzz"), {}, lambda out: out.startswith(ON)),  # an explicit stop replaces it
         ((), {"NUDGE_LOCAL_STOP": "[]"}, lambda out: out.startswith(ON)),  # stop: [] turns it off
         (("--mode", "paper"), {}, lambda out: "\nQuestion:" in out),  # paper mode keeps the authors' (none)
@@ -173,6 +210,17 @@ def test_an_answer_ends_where_the_base_starts_the_next_turn(chatty, extra, env, 
                 *extra, env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert check(r.stdout.rstrip("\n")), r.stdout
+
+
+@pytest.mark.parametrize("mode", ["base", "nudged"])
+def test_an_answer_ends_where_the_base_writes_another_answer_label(answering, mode):
+    """The base format's answer marker is a stop too: "\nAnswer:" lines never fill an answer."""
+    args = ("Hi?", "--base", str(answering[0]), "--nudge", str(answering[1]), "--threads", "1", "--max-tokens", "30")
+    r = run_cli(*args, "--mode", mode)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip("\n") == "ok"
+    r = run_cli(*args, "--mode", mode, "--stop", "\nQuestion:")  # the old default alone
+    assert r.stdout.startswith("ok\nAnswer: ok\nAnswer: ok"), r.stdout
 
 
 def test_run_says_a_question_too_long_for_the_context_in_one_sentence(pair):
