@@ -126,10 +126,40 @@ def make_pair(
     return base, nudger
 
 
+# Where a run's time goes: the models' calls into llama.cpp (the base writing its own tokens; the
+# base reading its prompt and the nudged words; the nudger reading its prompt and catching up with
+# the base's text; the nudger writing), tokenizing, and the rest, Python's own.
+PARTS = ("base_steps", "base_reads", "nudger_reads", "nudger_writes", "tokenize", "python")
+CALLS = PARTS[:4]  # the model calls no program can skip: their sum sets the pair's limit
+
+
+def _clocks(base: Model, nudger: Model) -> dict[str, float]:
+    """The models' time counters now (model.py; a served model counts its server's decoding only)."""
+    return {
+        f"{role}_{clock}": getattr(m, f"{clock}_seconds", 0.0)
+        for role, m in (("base", base), ("nudger", nudger))
+        for clock in ("decode", "read", "tokenize")
+    }
+
+
+def time_parts(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """A run's `seconds` split into PARTS, from the models' counters before and after it."""
+    d = {k: after[k] - before[k] for k in after}
+    parts = {
+        "base_steps": d["base_decode"] - d["base_read"],
+        "base_reads": d["base_read"],
+        "nudger_reads": d["nudger_read"],
+        "nudger_writes": d["nudger_decode"] - d["nudger_read"],
+        "tokenize": d["base_tokenize"] + d["nudger_tokenize"],
+    }
+    parts["python"] = seconds - sum(parts.values())
+    return parts
+
+
 def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
     base.reset()
     nudger.reset()
-    in_llama = base.decode_seconds + nudger.decode_seconds
+    clocks = _clocks(base, nudger)
     t0 = time.perf_counter()
     if mode == "paper-api":
         steps = paper_steps(base, nudger, prompts.base, prompts.nudge, gamma=args.gamma, chunk=16,
@@ -146,7 +176,8 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
         else:
             tokens.append(ev)
     seconds = time.perf_counter() - t0
-    in_llama = base.decode_seconds + nudger.decode_seconds - in_llama
+    parts = time_parts(clocks, _clocks(base, nudger), seconds)
+    in_llama = sum(parts[k] for k in CALLS)
     s = done.stats
     return {
         "tokens": len(tokens),
@@ -154,6 +185,7 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
         "text": done.text,
         "seconds": seconds,
         "in_llama": in_llama,
+        "parts": parts,
         "tps": len(tokens) / seconds if seconds else 0.0,
         "evaluated": sum(s.evaluated_tokens.values()),
         "forward_calls": sum(s.forward_calls.values()),
@@ -214,6 +246,7 @@ def run_answers(mode: str, base: Model, nudger: Model, prompt_sets: list, args) 
         nudge_ratio=sum(r["nudge_ratio"] * r["tokens"] for r in runs) / max(1, tokens),
         python_ms_per_token=1000 * (seconds - total["in_llama"]) / max(1, tokens),
         python_share=(seconds - total["in_llama"]) / seconds if seconds else 0.0,
+        parts={k: sum(r["parts"][k] for r in runs) for k in PARTS},
         events=runs[0]["events"],
         answers=[r["events"] for r in runs],
         texts=[r["text"] for r in runs],
@@ -273,7 +306,7 @@ def paired(runs: dict[str, list[dict]], mode: str, against: str) -> list[float]:
 def summarize(runs: dict[str, list[dict]]) -> dict:
     """The table: one row per mode, printed and returned."""
     print(f"{'mode':11} {'tokens':>6} {'tok/s':>7} {'x base':>6} {'(rounds)':>11} {'eval/tok':>8} "
-          f"{'base calls/tok':>14} {'accept':>6} {'py ms/tok':>9} {'py share':>8} {'nudged':>6}")  # fmt: skip
+          f"{'base calls/tok':>14} {'accept':>6} {'nudged':>6}")  # fmt: skip
     table = {}
     for m, rs in runs.items():
         tps = statistics.median(r["tps"] for r in rs)
@@ -300,8 +333,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
         acc = f"{row['acceptance']:.0%}" if row["acceptance"] is not None else "-"
         print(f"{m:11} {row['tokens']:6d} {tps:7.1f} {ratio:>6} {spread:>11} {row['evaluated_per_token']:8.2f} "
-              f"{row['base_forward_calls_per_token']:14.2f} {acc:>6} {row['python_ms_per_token']:9.2f} "
-              f"{row['python_share']:8.1%} {row['nudge_ratio']:6.1%}")  # fmt: skip
+              f"{row['base_forward_calls_per_token']:14.2f} {acc:>6} {row['nudge_ratio']:6.1%}")  # fmt: skip
+    where_the_time_went(runs, table)
     to_token = paired(runs, "speculative", "nudged")
     if to_token:
         table["speculative"]["ratio_to_token_mode"] = statistics.median(to_token)
@@ -309,6 +342,27 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         print(f"speculative / token mode, paired per round: {statistics.median(to_token):.2f}x "
               f"({min(to_token):.2f}-{max(to_token):.2f})")  # fmt: skip
     return table
+
+
+def where_the_time_went(runs: dict[str, list[dict]], table: dict) -> None:
+    """The second table: each mode's time per written token by part (PARTS, over all rounds), and
+    its limit: the tokens per second of its model calls alone, run one after another, as measured.
+    A mode far below its limit is a slow program; one near it, a slow pair."""
+    heads = ("base step", "base read", "nudger read", "nudger write", "tokenize", "python")
+    print("\nwhere the time went, ms per token (all rounds); limit: tok/s of the model calls alone")
+    print(f"{'mode':11} " + " ".join(f"{h:>{max(len(h), 8)}}" for h in heads) + f" {'limit tok/s':>11} {'of limit':>8}")
+    for m, rs in runs.items():
+        tokens = max(1, sum(x["tokens"] for x in rs))
+        spent = {k: sum(x["parts"][k] for x in rs) for k in PARTS}
+        calls, seconds = sum(spent[k] for k in CALLS), sum(x["seconds"] for x in rs)
+        row = table[m]
+        row["ms_per_token"] = {k: 1000 * v / tokens for k, v in spent.items()}
+        row["limit_tokens_per_second"] = tokens / calls if calls else None
+        row["share_of_limit"] = calls / seconds if seconds else None  # its speed as a share of its limit
+        cells = " ".join(f"{row['ms_per_token'][k]:>{max(len(h), 8)}.2f}" for k, h in zip(PARTS, heads, strict=True))
+        limit = f"{row['limit_tokens_per_second']:11.1f}" if calls else f"{'-':>11}"
+        share = f"{row['share_of_limit']:8.1%}" if seconds else f"{'-':>8}"
+        print(f"{m:11} {cells} {limit} {share}")
 
 
 def divergence(spec: list[dict], plain: list[dict]) -> dict:

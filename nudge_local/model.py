@@ -116,7 +116,12 @@ class Model:
         self._last: np.ndarray | None = None  # logits after the last held token, when computed
         self.evaluated_tokens = 0
         self.forward_calls = 0
+        # Where the time goes (bench.py's breakdown): seconds inside llama_decode, the part of them in
+        # calls a decoding mode marked as reads (`reading`), and seconds tokenizing.
         self.decode_seconds = 0.0
+        self.read_seconds = 0.0
+        self.tokenize_seconds = 0.0
+        self.reading = False  # set by a mode before it asks: this call reads text (a prompt, the other model's)
 
     def _load_weights(self, progress: Callable[[float], None] | None) -> None:
         mparams = ll.llama_model_default_params()
@@ -186,6 +191,7 @@ class Model:
         where the vocabulary asks for it and the text does not already start with it. Bytes that end
         inside a UTF-8 character become this vocabulary's byte tokens (tokenizers would turn them
         into U+FFFD)."""
+        t0 = time.perf_counter()
         data = text.encode("utf-8") if isinstance(text, str) else text
         head, tail = split_incomplete_utf8(data)
         if tail:
@@ -202,6 +208,7 @@ class Model:
             tokens.insert(0, self.bos)
         for b in tail:
             tokens.append(self.byte_token(b))
+        self.tokenize_seconds += time.perf_counter() - t0
         return tokens
 
     def byte_token(self, byte: int) -> int:
@@ -307,8 +314,11 @@ class Model:
         """Evaluate the filled batch; the context then holds `chunk` after what it held."""
         t0 = time.perf_counter()
         rc = ll.llama_decode(self._ctx, self._batch)
+        seconds = time.perf_counter() - t0
         self.forward_calls += 1
-        self.decode_seconds += time.perf_counter() - t0  # time inside llama.cpp, for overhead figures
+        self.decode_seconds += seconds
+        if self.reading:
+            self.read_seconds += seconds
         if rc != 0:
             self.reset()
             raise NudgeError(

@@ -35,18 +35,21 @@ class Completion:
         return "".join(t.text for t in self.tokens)
 
 
-def complete(model: Model, text: str, max_tokens: int) -> Completion:
+def complete(model: Model, text: str, max_tokens: int, *, reading: bool = True) -> Completion:
     """What a completions server returns for `text`: up to `max_tokens` greedy tokens, each with
     its text and top-1 probability, ending early at end of generation (not reported, finish
     "stop"). Only tokens the context does not already hold are evaluated. A served model answers
-    it in one request, as the authors' client asks."""
+    it in one request, as the authors' client asks. `reading`: the first call reads text the model
+    did not write (a prompt, the other model's words), for the timings' breakdown; later calls write."""
     if model.remote:
         return model.complete(text, max_tokens)
     seq = model.tokenize(text)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     out: list[CompletionToken] = []
+    model.reading = reading
     for _ in range(max_tokens):
         t, p = top1(model.logits(seq))
+        model.reading = False
         if model.is_eog(t):
             return Completion(out, "stop")
         out.append(CompletionToken(t, decoder.decode(model.piece(t)), p))
@@ -54,15 +57,16 @@ def complete(model: Model, text: str, max_tokens: int) -> Completion:
     return Completion(out, "length")
 
 
-def api_style_complete(model: Model, text: str, n: int) -> Completion:
-    """A completion call as the authors' API client makes it: the whole text evaluated again."""
+def api_style_complete(model: Model, text: str, n: int, *, reading: bool = True) -> Completion:  # noqa: ARG001
+    """A completion call as the authors' API client makes it: the whole text evaluated again (its
+    first call reads it all, whoever wrote it)."""
     if model.remote:
         return model.complete(text, n)  # the server's prefix cache decides what it re-reads
     model.reset()
     return complete(model, text, n)
 
 
-Complete = Callable[[Model, str, int], Completion]
+Complete = Callable[..., Completion]  # (model, text, max_tokens, *, reading=True), as `complete`
 
 
 def trim_repeated_suffix(text: str) -> str:
@@ -101,7 +105,7 @@ def split_words(draft: str) -> tuple[str, list[str]]:
 
 
 def choose_nudging_words(
-    call: Callable[[Model, str], Completion], base: Model, context: str, words: list[str], gamma: float
+    call: Callable[..., Completion], base: Model, context: str, words: list[str], gamma: float
 ) -> tuple[int, Completion | None]:
     """How many of the draft's words to commit, and the base's probe at the accepted boundary (None
     when none was accepted). `context` is the base's text up to the draft's first word. The boundary
@@ -126,7 +130,7 @@ def _confident(tokens: list[CompletionToken], gamma: float) -> list[CompletionTo
 
 
 def continue_with_base(
-    call: Callable[[Model, str], Completion],
+    call: Callable[..., Completion],
     base: Model,
     base_prompt: str,
     output: str,
@@ -150,7 +154,7 @@ def continue_with_base(
         taken += keep
         if len(keep) < len(chunk) or (not from_probe and finish == "stop") or over_budget(output + text):
             break
-        nxt = call(base, base_prompt + output + text)
+        nxt = call(base, base_prompt + output + text, reading=False)  # it writes on from its own tokens
         chunk, from_probe, finish = nxt.tokens, False, nxt.finish
     return taken
 
@@ -193,8 +197,8 @@ def paper_steps(
     the authors' re-send-everything cost. `max_tokens` is a budget in base tokens (0: none)."""
     out = Output()
 
-    def call(model: Model, text: str) -> Completion:
-        return complete(model, text, chunk)
+    def call(model: Model, text: str, *, reading: bool = True) -> Completion:
+        return complete(model, text, chunk, reading=reading)
 
     written = 0  # tokens yielded: the budget of a text-only served base, which cannot tokenize
 

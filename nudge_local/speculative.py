@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nudge_local.events import DraftResult, StopReason, TokenEvent
+from nudge_local.events import DraftResult, Source, StopReason, TokenEvent
 from nudge_local.model import Model, common_prefix
 from nudge_local.sampling import Chooser, prob, top1
 from nudge_local.stream import Steps
@@ -283,6 +283,7 @@ class Rule:
     proposed: int = 0  # drafted tokens
     accepted: int = 0  # ... that token mode's rule then wrote
     paused: float = 0.0  # seconds spent by the consumer between events, not the engine's cost
+    last: Source | None = None  # who wrote the last token: a model's next call reads the other's text, or writes on
 
 
 @dataclass
@@ -300,6 +301,7 @@ def draft(nudger: Model, rnd: Round, room: int, n_shared: int) -> None:
     """The nudger drafts up to `room` tokens greedily, stopping before its end of turn."""
     for _ in range(max(0, room)):
         row = nudger.logits(rnd.ids_n + rnd.draft)[:n_shared]
+        nudger.reading = False  # a catch-up read at most once a round
         rnd.rows_n.append(row)
         t = int(row.argmax())
         if nudger.is_eog(t):
@@ -319,6 +321,7 @@ def check(base: Model, rnd: Round, n_shared: int) -> tuple[int, float]:
 def _emit(rule: Rule, answer: Answer, t: int, piece: bytes, event: TokenEvent) -> Steps:
     answer.add(t, piece)
     rule.emitted += 1
+    rule.last = event.source
     t1 = time.perf_counter()
     yield event, piece
     rule.paused += time.perf_counter() - t1
@@ -336,6 +339,7 @@ def apply_rule(
             if rule.emitted >= rule.max_tokens:
                 return "length"
             if rnd.rows_b is None:
+                base.reading = rule.last != "base"  # the prompt, or nudged words before the draft
                 on_check(*check(base, rnd, n_shared))
             best, base_p = top1(rnd.rows_b[i])
             base_entropy = rule.choose.entropy(rnd.rows_b[i])
@@ -353,7 +357,11 @@ def apply_rule(
             if word.n >= rule.word_cap or rule.emitted >= rule.max_tokens:
                 rule.word = None
                 continue
-            row = rnd.rows_n[i] if i < len(rnd.rows_n) else nudger.logits(rnd.ids_n + d[:i])[:n_shared]
+            if i < len(rnd.rows_n):
+                row = rnd.rows_n[i]
+            else:
+                row = nudger.logits(rnd.ids_n + d[:i])[:n_shared]
+                nudger.reading = False
             t = rule.choose(row)
             if nudger.is_eog(t):
                 if word.n == 0:
@@ -406,6 +414,7 @@ def speculative_steps(
         ev_b, ev_n = base.evaluated_tokens, nudger.evaluated_tokens
         calls_n, spent_n = nudger.forward_calls, nudger.decode_seconds
         rnd = Round(base_view.prompt_ids + answer.ids, nudger_view.prompt_ids + answer.ids)
+        nudger.reading = rule.last != "nudge"  # its first call this round reads the base's text (or the prompt)
         k = sizer.size(len(rnd.ids_n) - common_prefix(nudger.held_tokens, rnd.ids_n))  # what it must catch up
         # Never past either context (token mode would fail there, not earlier).
         room = min(k, base.n_ctx - len(rnd.ids_b), nudger.n_ctx - len(rnd.ids_n), max_tokens - rule.emitted)

@@ -28,6 +28,7 @@ def nudged_word(
     `gate_entropy`, the base's at the gate that handed it over."""
     word_has_text = False
     for n in range(cap):
+        nudger.reading = n == 0  # its first call catches up with the base's text; later ones write
         logits = view.logits()
         t = choose(logits)
         if nudger.is_eog(t):
@@ -57,6 +58,7 @@ def nudged_steps(
 ) -> Steps:
     """The base writes while its top-1 probability is >= gamma; otherwise the nudger writes one word."""
     emitted = 0
+    base.reading = True  # the first call reads the prompt, and each after a nudged word reads the word
     while True:
         if emitted >= max_tokens:
             return Result("length")
@@ -70,6 +72,7 @@ def nudged_steps(
             if n is None:
                 return Result("eos")
             emitted += n
+            base.reading = True
             continue
         t = choose(logits, best)
         if base.is_eog(t):
@@ -77,6 +80,7 @@ def nudged_steps(
         piece = base.piece(t)
         answer.add(t, piece)
         emitted += 1
+        base.reading = False
         p = base_p if t == best else prob(logits, t)
         yield TokenEvent("", "base", t, base_p, p, choose.top(logits), base_entropy, base_entropy), piece
 
@@ -85,7 +89,8 @@ def single_steps(
     model: Model, view: View, answer: Answer, *, source: Source, max_tokens: int, choose: Chooser
 ) -> Steps:
     """One model writes every token: the base-only (source "base") and nudger-only ("nudge") baselines."""
-    for _ in range(max_tokens):
+    for i in range(max_tokens):
+        model.reading = i == 0  # the prompt
         logits = view.logits()
         best, p_best = top1(logits)
         t = choose(logits, best)

@@ -5,11 +5,12 @@ closing notes quote."""
 from __future__ import annotations
 
 import json
+from argparse import Namespace
 
 import pytest
 
 from nudge_local import speculative
-from nudge_local.bench import CONFIDENT, CYCLE, agreement_on_path, divergence, make_pair, run_mode
+from nudge_local.bench import CALLS, CONFIDENT, CYCLE, PARTS, agreement_on_path, divergence, make_pair, run_mode
 from nudge_local.cli import main
 from nudge_local.model import Model
 from nudge_local.prompts import render_prompts
@@ -65,7 +66,64 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys, monkey
     to_token = table["speculative"]["ratio_to_token_mode_rounds"]
     assert len(to_token) == 2 and min(to_token) <= table["speculative"]["ratio_to_token_mode"] <= max(to_token)
     assert "speculative / token mode, paired per round: " in printed
+    assert "\nwhere the time went, ms per token" in printed
+    for mode in ("base", "nudger", "nudged", "speculative", "paper", "paper-api"):
+        row = table[mode]
+        assert set(row["ms_per_token"]) == set(PARTS)
+        # The parts add up to the whole run; its speed is its limit's share of it, never above.
+        seconds_per_token = sum(row["ms_per_token"].values()) / 1000
+        calls = sum(row["ms_per_token"][k] for k in CALLS) / 1000
+        assert row["limit_tokens_per_second"] == pytest.approx(1 / calls)
+        assert row["share_of_limit"] == pytest.approx(calls / seconds_per_token)
+        assert 0 < row["share_of_limit"] < 1
+    assert table["base"]["ms_per_token"]["nudger_writes"] == table["base"]["ms_per_token"]["nudger_reads"] == 0
+    assert table["nudger"]["ms_per_token"]["base_steps"] == table["nudger"]["ms_per_token"]["base_reads"] == 0
     assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize("mode", ["nudged", "speculative", "paper"])
+def test_the_time_of_model_calls_is_split_by_who_wrote_what_they_read(tmp_path, monkeypatch, mode):
+    """At gamma 1 the nudger writes every word, so in token mode (speculative too) the base never
+    steps on from a token of its own: each of its calls reads the prompt or nudged words; paper
+    mode's probes write on after the words. At gamma 0 token mode never asks the nudger."""
+    monkeypatch.setattr(speculative, "sizer_for", lambda base, nudger: FixedDraft(2))
+    base_path, nudger_path = make_pair(tmp_path, None, 0.7, shapes=SMALL)
+    with Model(base_path, role="base") as base, Model(nudger_path, role="nudger") as nudger:
+        prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
+        run = run_mode(mode, base, nudger, prompts, Namespace(gamma=1.0, max_tokens=24))
+        parts = run["parts"]
+        assert sum(parts.values()) == pytest.approx(run["seconds"])
+        assert (parts["base_steps"] > 0) == (mode == "paper")
+        assert parts["base_reads"] > 0 and parts["nudger_reads"] > 0 and parts["nudger_writes"] > 0
+        if mode == "nudged":
+            parts = run_mode(mode, base, nudger, prompts, Namespace(gamma=0.0, max_tokens=24))["parts"]
+            assert parts["nudger_reads"] == parts["nudger_writes"] == 0
+            assert parts["base_steps"] > 0 and parts["base_reads"] > 0  # its prompt
+
+
+def test_token_mode_marks_as_reads_the_base_calls_that_read_nudged_words(tmp_path, monkeypatch):
+    """Each of the base's calls into llama.cpp is a read exactly where what it evaluates holds the
+    prompt or tokens the nudger wrote (token space: positions are the answer's)."""
+    calls = []
+    decode = Model._decode
+
+    def spy(model, chunk):
+        if model.role == "base":
+            calls.append((model.reading, len(model.held_tokens), len(chunk)))
+        decode(model, chunk)
+
+    monkeypatch.setattr(Model, "_decode", spy)
+    base_path, nudger_path = make_pair(tmp_path, None, 0.7, shapes=SMALL)
+    with Model(base_path, role="base") as base, Model(nudger_path, role="nudger") as nudger:
+        prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
+        run = run_mode("nudged", base, nudger, prompts, Namespace(gamma=0.4, max_tokens=48))
+        n_prompt = len(base.tokenize(prompts.base))
+    writer = ["prompt"] * n_prompt + [source for source, _ in run["events"]]
+    assert 0 < run["nudge_ratio"] < 1
+    assert [reading for reading, _, _ in calls] == [
+        any(w != "base" for w in writer[start : start + n]) for _, start, n in calls
+    ]
+    assert sum(reading for reading, _, _ in calls) > 2  # the prompt, and more than one nudged word
 
 
 @pytest.mark.parametrize(

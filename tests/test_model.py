@@ -93,6 +93,22 @@ def test_prefix_cache_evaluates_only_what_differs(tmp_path):
             np.testing.assert_array_equal(got, _fresh(m, seq))
 
 
+def test_time_is_counted_by_kind_of_call(tmp_path):
+    """decode_seconds grows with every evaluation; read_seconds only with those made while the
+    caller marked the model as reading; tokenize_seconds with every tokenization."""
+    with _model(tmp_path, "bpe0") as m:
+        assert (m.decode_seconds, m.read_seconds, m.tokenize_seconds) == (0, 0, 0)
+        a = m.tokenize("Hello world, the answer is")
+        assert m.tokenize_seconds > 0
+        m.reading = True
+        m.logits(a)
+        assert m.read_seconds == m.decode_seconds > 0
+        m.reading = False
+        read, tokenized = m.read_seconds, m.tokenize_seconds
+        m.logits([*a, a[-1]])
+        assert m.read_seconds == read < m.decode_seconds and m.tokenize_seconds == tokenized
+
+
 def _fresh(m, seq):
     m.reset()
     return m.logits(seq).copy()
