@@ -206,7 +206,7 @@ def test_nudger_without_chat_template(tmp_path, models):
     out = run_json("Q", "--base", models["base"], "--nudge", models["nudger_no_template"], "--chat-template", template)
     check_shape(out)
     assert out["prompts"]["nudge"] == CHATML_Q
-    assert out["text"] == " the Sure, ok."
+    assert out["text"] == "the Sure, ok."
 
 
 def test_prompt_longer_than_context(models):
@@ -246,18 +246,18 @@ def test_nudged_mode_needs_a_nudger(models):
 def test_json_contract_on_planted_pair(models):
     out = run_json("Q", "--base", models["base"], "--nudge", models["nudger"])
     check_shape(out)
-    assert out["text"] == " the Sure, ok."
+    assert out["text"] == "the Sure, ok."  # the base wrote " the": an answer's leading space is not shown
     assert out["stop_reason"] == "eos"
     assert out["prompts"] == {"base": "Question: Q\nAnswer:", "nudge": CHATML_Q}
     assert [(t["text"], t["source"]) for t in out["tokens"]] == [
-        (" the", "base"),
+        ("the", "base"),
         (" Sure", "nudge"),
         (",", "nudge"),
         (" ok", "base"),
         (".", "base"),
     ]
     assert out["spans"] == [
-        {"text": " the", "source": "base"},
+        {"text": "the", "source": "base"},
         {"text": " Sure,", "source": "nudge"},
         {"text": " ok.", "source": "base"},
     ]
@@ -295,7 +295,7 @@ def test_gamma_below_the_base_doubt_lets_the_base_write_all(models):
     assert out["stats"]["nudge_tokens"] == 0
     assert {t["source"] for t in out["tokens"]} == {"base"}
     assert out["stop_reason"] == "length" and len(out["tokens"]) == 6
-    assert out["text"].startswith(" the ")
+    assert out["text"].startswith("the ")
 
 
 # -- plain output -----------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_gamma_below_the_base_doubt_lets_the_base_write_all(models):
 def test_plain_output_brackets_nudged_words(models):
     r = cli("Q", "--base", models["base"], "--nudge", models["nudger"])
     assert r.returncode == 0, r.stderr
-    assert r.stdout == " the [Sure,] ok.\n"
+    assert r.stdout == "the [Sure,] ok.\n"
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
     assert re.match(r"\[nudged\] stop: eos; 5 tokens, 2 nudged \(40\.0%\)", lines[0]), lines[0]
@@ -316,7 +316,7 @@ def test_plain_output_brackets_nudged_words(models):
 def test_mode_base_needs_only_the_base(models):
     out = run_json("Q", "--mode", "base", "--base", models["eos"])
     check_shape(out)
-    assert out["text"] == " the" and out["stop_reason"] == "eos"
+    assert out["text"] == "the" and out["stop_reason"] == "eos"
     assert [t["source"] for t in out["tokens"]] == ["base"]
     assert out["prompts"]["base"] == "Question: Q\nAnswer:"
     assert out["stats"]["nudge_tokens"] == 0 and out["stats"]["nudger_evaluated_tokens"] == 0
@@ -325,7 +325,7 @@ def test_mode_base_needs_only_the_base(models):
 def test_mode_nudger_needs_only_the_nudger(models):
     out = run_json("Q", "--mode", "nudger", "--nudge", models["nudger"], "--max-tokens", "4")
     check_shape(out)
-    assert out["text"] == " ok ok ok ok" and out["stop_reason"] == "length"
+    assert out["text"] == "ok ok ok ok" and out["stop_reason"] == "length"
     assert [t["source"] for t in out["tokens"]] == ["nudge"] * 4
     assert all(t["base_p"] is None for t in out["tokens"])
     assert out["prompts"]["nudge"] == CHATML_Q
@@ -349,21 +349,21 @@ def test_stop_string_cuts_before_it(stops, models):
     full = " the." * 10  # what the base writes greedily
     cut = min(full.index(s) for s in stops if s in full)
     assert out["stop_reason"] == "stop_string"
-    assert out["text"] == full[:cut]
+    assert out["text"] == full[:cut].lstrip()  # cut at the stop string, shown without the leading space
     assert not any(s in out["text"] for s in stops)
 
 
 def test_stop_string_in_nudged_plain_output(models):
     r = cli("Q", "--base", models["base"], "--nudge", models["nudger"], "--stop", " ok")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == " the [Sure,]\n"
+    assert r.stdout == "the [Sure,]\n"
     assert "stop: stop_string" in r.stderr
 
 
 def test_no_stop_string_runs_to_length(models):
     out = run_json("Q", "--mode", "base", "--base", models["loop"], "--max-tokens", "6", "--stop", "zzz")
     check_shape(out)
-    assert out["stop_reason"] == "length" and out["text"] == " the. the. the."
+    assert out["stop_reason"] == "length" and out["text"] == "the. the. the."
 
 
 # -- sampling ---------------------------------------------------------------------------------
@@ -394,5 +394,5 @@ def test_eos_ends_nudged_generation(models):
     out = run_json("Q", "--base", models["eos"], "--nudge", models["nudger"], "--max-tokens", "50")
     check_shape(out)
     assert out["stop_reason"] == "eos"
-    assert out["text"] == " the"
+    assert out["text"] == "the"
     assert out["stats"]["tokens"] == 1
