@@ -86,15 +86,15 @@ def test_sweep_end_to_end(pair, tmp_path):
     by = {(x["mode"], x["gamma"], x["id"]): x for x in rows}
     for i in range(len(GOLDS)):
         i = str(i)
-        assert by[("base", None, i)]["answer"] == " the 2."
-        assert by[("nudger", None, i)]["answer"] == " the 3."
-        assert by[("nudged", 0.3, i)]["answer"] == " the 2."  # the base's top-1 0.38 is above gamma
-        assert by[("nudged", 0.5, i)]["answer"] == " the 3."
+        assert by[("base", None, i)]["answer"] == "the 2."  # shown without the base's leading space
+        assert by[("nudger", None, i)]["answer"] == "the 3."
+        assert by[("nudged", 0.3, i)]["answer"] == "the 2."  # the base's top-1 0.38 is above gamma
+        assert by[("nudged", 0.5, i)]["answer"] == "the 3."
         assert by[("nudged", 0.5, i)]["nudging_words"] == ["3."]
         assert by[("nudged", 0.5, i)]["nudge_tokens"] == 2
         assert by[("nudged", 0.3, i)]["nudging_words"] == []
         assert by[("paper", 0.5, i)]["nudging_words"] == ["the", "3."]  # the nudger's whole draft, word by word
-        assert by[("urial", None, i)]["answer"] == " the 2."
+        assert by[("urial", None, i)]["answer"] == "the 2."
     items = {x.id: x for x in load_items(TASKS["gsm8k"], str(pair["data"]))}
     for x in rows:
         assert x["correct"] == score(TASKS["gsm8k"], items[x["id"]], x["answer"])
@@ -304,7 +304,7 @@ def test_choice_task_with_a_judge(pair, tmp_path):
             "--judge", judge, "--out", out)  # fmt: skip
     assert r.returncode == 0, r.stderr
     rows = rows_of(out)
-    assert [x["answer"] for x in rows] == [" the 2."] * 3  # no letter: the rule says wrong
+    assert [x["answer"] for x in rows] == ["the 2."] * 3  # no letter: the rule says wrong
     assert [(x["correct"], x["judge"]) for x in rows] == [(False, True)] * 3
     assert rows[0]["question"] == "Question: Which is 0?\nA. one\nB. two\nC. three"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -372,7 +372,7 @@ def test_open_task_has_answers_and_nudge_figures_only(pair, tmp_path):
     rows = rows_of(out)
     assert {x["correct"] for x in rows} == {None} and {x["gold"] for x in rows} == {None}
     nudged = [x for x in rows if x["mode"] == "nudged"]
-    assert [x["answer"] for x in nudged] == [" the 3."] * 3 and nudged[0]["question"] == "Write a line 0."
+    assert [x["answer"] for x in nudged] == ["the 3."] * 3 and nudged[0]["question"] == "Write a line 0."
     groups = json.loads((out / "summary.json").read_text())["groups"]
     assert [g["accuracy"] for g in groups] == [None, None]
     assert [round(g["nudge_ratio"], 4) for g in groups] == [0.0, round(2 / 3, 4)]
