@@ -86,7 +86,7 @@ def test_send_streams_the_engines_answer(tmp_path, pair):
     with Model(pair["base"], n_threads=1) as b, Model(pair["nudger"], n_threads=1) as n:
         events = list(generate(render_prompts(b, n, "Why?"), base=b, nudger=n, gamma=0.4))[:-1]
     assert got == [(e.text, e.source) for e in events] == [
-        (" the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base"), (".", "base")
+        ("the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base"), (".", "base")
     ]  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def test_provenance_marks_do_not_rely_on_colour(tmp_path, pair):
             assert list(styled) == [" Sure,"]  # the nudged word, and nothing the base wrote
             assert styled[" Sure,"].underline and styled[" Sure,"].foreground
             await pilot.press("ctrl+b")  # brackets instead of underline
-            assert block.build().plain == " the [Sure,] ok."
+            assert block.build().plain == "the [Sure,] ok."
             assert not any(s.style.underline for s in block.build().spans)
 
     run(go())
@@ -189,7 +189,7 @@ def test_compare_shows_three_columns_with_stats(tmp_path, pair):
             await until(pilot, lambda: all(v.done for v in screen.views.values()))
             cols = {m: [(t.text, t.source) for t in v.tokens] for m, v in screen.views.items()}
             assert {s for _, s in cols["base"]} == {"base"} and {s for _, s in cols["nudger"]} == {"nudge"}
-            assert cols["nudged"] == [(" the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base"),
+            assert cols["nudged"] == [("the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base"),
                                       (".", "base")]  # fmt: skip
             for v in screen.views.values():
                 assert "tokens" in str(v._summary.render()) and "tok/s" in str(v._summary.render())
@@ -212,7 +212,7 @@ def test_history_survives_a_restart_and_export(tmp_path, pair):
     assert "Why?" in md and "the [Sure,] ok." in md
     data = json.loads((tmp_path / f"nudge-local-{conv}.json").read_text())
     assert [(t["text"], t["source"]) for t in data["messages"][0]["tokens"]][:2] == [
-        (" the", "base"),
+        ("the", "base"),
         (" Sure", "nudge"),
     ]
 
