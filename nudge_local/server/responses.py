@@ -43,8 +43,11 @@ class Answer:
         return {"token": piece.decode("utf-8", "replace"), "logprob": math.log(max(p, TINY)), "bytes": list(piece)}
 
     def logprob(self, ev: TokenEvent) -> dict:
-        """The token's logprobs entry: the OpenAI fields plus `source` and `base_p`."""
-        entry = self._alternative(ev.source, ev.token, ev.p)
+        """The token's logprobs entry: the OpenAI fields plus `source` and `base_p`. Its `token` and
+        `bytes` are the text the answer shows for it, so the entries join to the content as OpenAI's do:
+        the model's piece less the whitespace the answer's ends leave out (stream.stripped), or a
+        character split between tokens given whole with its last. The alternatives are pieces."""
+        entry = {"token": ev.text, "logprob": math.log(max(ev.p, TINY)), "bytes": list(ev.text.encode())}
         entry["top_logprobs"] = [self._alternative(ev.source, t, p) for t, p in ev.top]
         entry["source"], entry["base_p"] = ev.source, ev.base_p
         return entry
