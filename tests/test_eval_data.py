@@ -285,3 +285,25 @@ def test_task_defaults_are_the_papers():
         assert t.system == "Answer the question by walking through the reasoning steps." and t.prefix == "Question: "
     assert TASKS["open"].kind == "open" and TASKS["open"].system == "" and TASKS["open"].prefix == ""
     assert [TASKS[n].kind for n in ("gsm8k", "svamp", "multiarith", "choice")] == ["numeric"] * 3 + ["choice"]
+
+
+def test_everyday_is_a_built_in_open_set():
+    items = load_items(TASKS["open"], "everyday")
+    assert 20 <= len(items) <= 30 and len({i.id for i in items}) == len(items)
+    assert all(i.gold is None and i.options == () and i.question.strip() == i.question != "" for i in items)
+    assert len({i.question for i in items}) == len(items)
+    # varied: every kind the set is written to hold (ids name it: howto-egg, refuse-lock, ...)
+    kinds = {i.id.split("-")[0] for i in items}
+    assert kinds == {"howto", "explain", "advice", "write", "list", "compare", "refuse"}
+    shipped = Path(__file__).resolve().parents[1] / "nudge_local" / "evaluate" / "everyday.jsonl"
+    assert data_digest("everyday") == hashlib.sha256(shipped.read_bytes()).hexdigest()
+
+
+def test_everyday_under_a_scored_task_names_the_open_task():
+    with pytest.raises(NudgeError, match=r"^--data everyday is an open set; evaluate it with `nudge-local eval open"):
+        load_items(TASKS["gsm8k"], "everyday")
+
+
+def test_a_file_path_is_still_a_file(tmp_path):
+    path = write_jsonl(tmp_path / "everyday.jsonl", [{"instruction": "Say hi."}])
+    assert load_items(TASKS["open"], str(path)) == [Item("0", "Say hi.", None)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ from PIL import Image
 from scipy.stats import binomtest
 
 from nudge_local.evaluate import report
-from nudge_local.evaluate.report import cohen_kappa, mcnemar_exact, summarize, wilson, write_report
+from nudge_local.evaluate.report import cohen_kappa, mcnemar_exact, repeated_tail, summarize, wilson, write_report
+from nudge_local.paper_mode import trim_repeated_suffix
 
 T, F, N = True, False, None
 # q0..q9 per mode; N: the rule could not score the answer.
@@ -406,3 +408,92 @@ def test_plot_leaves_pyplot_and_the_backend_alone():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# ---- how answers ended: by themselves, looped, repetition ----------------------------------------
+
+LOOP = "Boil the egg for ten minutes. "  # 30 characters, the least repeat that counts
+
+
+def test_repeated_tail_finds_a_block_of_thirty_characters_written_twice():
+    assert repeated_tail("To boil an egg: " + LOOP * 2) == 30
+    assert repeated_tail("To boil an egg: " + LOOP * 5 + "Boil the") == 30  # cut inside the next repeat
+    assert repeated_tail("To boil an egg: " + LOOP * 2 + " \n\n") == 30  # trailing whitespace is not text
+    assert repeated_tail("Answer:" + "ab" * 30) == 30  # a short unit repeated: its least multiple of 30 or more
+    assert repeated_tail("Answer:" + "ab" * 29) == 0  # 58 characters: no block of 30 comes twice
+    short = LOOP[1:]  # 29 characters: a loop only where a block of 58 comes twice
+    assert repeated_tail("Step one. " + short * 5) == 58
+    assert repeated_tail("Step one. " + short * 3) == 0
+    assert repeated_tail(LOOP * 2 + "Then peel it and eat it with salt.") == 0  # the loop ended: not at the end
+    assert repeated_tail("x" * 60) == 30  # two blocks and nothing before them
+    assert repeated_tail("") == 0
+
+
+def test_repeated_tail_finds_every_repeat_the_authors_trim_finds():
+    rng = random.Random(609)
+    for _ in range(2000):
+        unit = "".join(rng.choice("ab .") for _ in range(rng.randint(20, 50)))
+        text = "".join(rng.choice("xyz ") for _ in range(rng.randint(0, 40))) + unit * rng.randint(1, 4)
+        if trim_repeated_suffix(text) != text.strip():
+            assert repeated_tail(text) > 0, text
+    # and one their binary search misses: it tries 34 characters first, then only lengths under 30
+    assert trim_repeated_suffix("Step one. " + LOOP * 2) == ("Step one. " + LOOP * 2).strip()
+    assert repeated_tail("Step one. " + LOOP * 2) == 30
+
+
+@pytest.mark.parametrize(
+    "stop,answer,expected",
+    [
+        ("length", "Boil it. " + LOOP * 3, True),
+        ("round", "Boil it. " + LOOP * 3, True),  # paper mode's round limit is a budget too
+        ("repeated_nudging_words", "Boil it.", True),  # paper mode's own loop guard
+        ("eos", "Boil it. " + LOOP * 3, False),  # it ended by itself: a repeat, not a loop the limit cut
+        ("stop_string", "Boil it. " + LOOP * 3, False),
+        ("length", "Boil it in water for ten minutes, then cool it in cold water and peel it.", False),
+    ],
+)
+def test_looped(stop, answer, expected):
+    assert report.looped(stop, answer) is expected
+
+
+def test_repetition_is_the_share_of_repeated_word_4grams():
+    assert report.repetition("a b c d a b c d") == pytest.approx(1 - 4 / 5)  # grams abcd bcda cdab dabc abcd
+    assert report.repetition("boil the egg now") == 0  # one 4-gram
+    assert report.repetition("boil the egg") == 0  # none: nothing repeats
+    assert report.repetition("") == 0
+    assert report.repetition("Boil the egg now boil the egg now") == 0  # case kept: no 4-gram comes twice
+    assert report.repetition("x " * 103) == pytest.approx(1 - 1 / 100)  # one loop: 100 grams, 1 distinct
+    assert report.repetition("a  b\nc\td a b c d") == pytest.approx(0.2)  # words split on any whitespace
+
+
+def test_group_endings_and_repetition():
+    answers = [
+        ("eos", "a b c d a b c d"),  # ends by itself; repetition 0.2
+        ("stop_string", "Sure."),  # ends by itself; 0
+        ("nudging_model_stop", "a b c d e"),  # ends by itself; 0
+        ("length", "Boil it. " + LOOP * 3),  # looped
+        ("length", "Boil it in water for ten minutes and then"),  # cut, not looped
+        ("repeated_nudging_words", "a b c d a b c d a b c d"),  # looped (paper's guard); 1 - 4/9
+    ]
+    rows = [make_row("nudged", 0.4, i, None, stop_reason=r, answer=a) for i, (r, a) in enumerate(answers)]
+    g = group(summarize(rows, MANIFEST), "nudged", 0.4)
+    assert g["ends_by_itself"]["count"] == 3 and g["ends_by_itself"]["share"] == pytest.approx(0.5)
+    assert g["ends_by_itself"]["ci"] == pytest.approx(list(scipy_wilson(3, 6)))
+    assert g["looped"]["count"] == 2 and g["looped"]["share"] == pytest.approx(2 / 6)
+    assert g["looped"]["ci"] == pytest.approx(list(scipy_wilson(2, 6)))
+    loop_rep = report.repetition("Boil it. " + LOOP * 3)
+    assert loop_rep > 0.5
+    assert g["repetition"] == pytest.approx((0.2 + loop_rep + (1 - 4 / 9)) / 6)
+    assert g["cut"] == 2  # the guard's stop is no budget's cut
+    md = report.render_markdown(summarize(rows, MANIFEST))
+    assert "| Ends by itself | Looped | Repetition |" in md
+    assert f" | 3 (50.0%) | 2 (33.3%) | {100 * g['repetition']:.1f}% | " in md
+    assert "**Looped**" in md and "**Repetition**" in md
+
+
+def test_endings_of_rows_written_before_the_figures():
+    rows = [make_row("base", None, i, T, stop_reason="length", answer="Q: " + LOOP * 2) for i in range(2)]
+    for row in rows:
+        row.pop("looped", None), row.pop("repetition", None)
+    g = group(summarize(rows, MANIFEST), "base")
+    assert (g["ends_by_itself"]["count"], g["looped"]["count"]) == (0, 2)

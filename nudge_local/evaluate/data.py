@@ -14,6 +14,10 @@ without `--field`, detected line by line:
 - open: `instruction` (JustEval, AlpacaEval), else `question`, `prompt` or `input`.
 `fields` maps our names (id, question, answer = the gold, choices, label = the options' labels) to the
 file's keys, dotted for nested ones: `doc.question`.
+
+Built-in sets, named instead of a file: `everyday`, the project's own 24 everyday instructions (an open
+set: how-to, explanation, advice, short writing, lists, comparisons and two requests to refuse), shipped
+as package data (everyday.jsonl beside this module).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from nudge_local.hub import offline
 REASONING = "Answer the question by walking through the reasoning steps."
 FIELD_NAMES = ("id", "question", "answer", "choices", "label")
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".arrow")
+# --data NAME for the sets that ship with the package: the task kind each is written for, and its file
+BUILT_IN: dict[str, tuple[str, Path]] = {"everyday": ("open", Path(__file__).with_name("everyday.jsonl"))}
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,9 @@ def load_items(task: Task, data: str, fields: dict[str, str] | None = None) -> l
     unknown = sorted(set(fields) - set(FIELD_NAMES))
     if unknown:
         raise NudgeError(f"--field {unknown[0]}=... is not a field this reads; map one of {', '.join(FIELD_NAMES)}.")
+    if data in BUILT_IN and BUILT_IN[data][0] != task.kind:
+        kind = BUILT_IN[data][0]
+        raise NudgeError(f"--data {data} is an {kind} set; evaluate it with `nudge-local eval {kind} --data {data}`.")
     items: list[Item] = []
     seen: dict[str, str] = {}
     for path in data_files(data, task):
@@ -301,7 +310,10 @@ def load_items(task: Task, data: str, fields: dict[str, str] | None = None) -> l
 
 
 def data_files(data: str, task: Task | None = None) -> list[Path]:
-    """The files `data` names: the path itself, or a hub split's files in the Hugging Face cache."""
+    """The files `data` names: a built-in set's file, the path itself, or a hub split's files in the
+    Hugging Face cache."""
+    if data in BUILT_IN:  # a bare name: every file this reads has a suffix, so no file is shadowed
+        return [BUILT_IN[data][1]]
     if data.startswith("hub:"):
         return _hub_files(data, task)
     path = Path(data).expanduser()

@@ -23,6 +23,41 @@ GAMMA_MODES = ("nudged", "paper")  # the modes gamma changes
 BASELINES = ("base", "nudger", "urial")  # what a nudged group is paired against
 TOP_WORDS = 20
 Z95 = 1.959963984540054  # the normal quantile at 0.975
+# An answer ended by itself: end of turn or end of text, a stop string, or (paper mode) the nudger's end.
+# The others are cut by a budget (length, round) or stopped by paper mode's repeated-nudging-words guard.
+BY_ITSELF = ("eos", "stop_string", "nudging_model_stop")
+LOOP_MIN = 30  # characters: the authors' least repeat (paper_mode.trim_repeated_suffix)
+NGRAM = 4  # words per n-gram in the repetition figure
+
+
+# ---- how an answer ended -------------------------------------------------------------------------
+
+
+def repeated_tail(text: str, least: int = LOOP_MIN) -> int:
+    """The length of the shortest block of at least `least` characters that `text` (its trailing
+    whitespace stripped) ends with twice in a row, 0 where there is none. Every length is tried, so
+    this finds each repeat the authors' trim (a binary search, which can miss one) finds, and more."""
+    text = text.rstrip()
+    for n in range(least, len(text) // 2 + 1):
+        if text[-n:] == text[-2 * n : -n]:
+            return n
+    return 0
+
+
+def looped(stop_reason: str | None, answer: str) -> bool:
+    """An answer a budget cut while it was repeating itself (it ends in a repeated block of at least
+    LOOP_MIN characters), or one paper mode's guard stopped for drafting the same words again."""
+    if stop_reason == "repeated_nudging_words":
+        return True
+    return cut(stop_reason) and repeated_tail(answer) > 0
+
+
+def repetition(answer: str, n: int = NGRAM) -> float:
+    """The share of the answer's word n-grams (words split on whitespace, case kept) that repeat an
+    earlier one: 1 - distinct/total. 0 for an answer of fewer than n words, which repeats none."""
+    words = answer.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -101,6 +136,12 @@ def _accuracy(verdicts: list[bool | None]) -> dict:
     }
 
 
+def _share(count: int, n: int) -> dict:
+    """A count of answers with its share of the group and the share's 95% Wilson interval."""
+    ci = wilson(count, n)
+    return {"count": count, "share": _ratio(count, n), "ci": list(ci) if ci else None}
+
+
 def _judge(rows: list[dict]) -> dict | None:
     """The judge's accuracy and its agreement with the rule; None where no row was judged."""
     if not any("judge" in row for row in rows):
@@ -128,6 +169,10 @@ def _group_summary(mode: str, gamma: float | None, rows: list[dict]) -> dict:
         **_accuracy([r.get("correct") for r in rows]),  # the paper's figure: cut answers by their last number
         "cut": len(rows) - len(ended),
         "ended": _accuracy([r.get("correct") for r in ended]),
+        # from the stop reason and the answer's text, so results written before these figures count too
+        "ends_by_itself": _share(sum(r.get("stop_reason") in BY_ITSELF for r in rows), len(rows)),
+        "looped": _share(sum(looped(r.get("stop_reason"), r.get("answer") or "") for r in rows), len(rows)),
+        "repetition": _mean([repetition(r.get("answer") or "") for r in rows]),
         "nudge_ratio": _ratio(sum(r.get("nudge_tokens", 0) for r in rows), tokens),
         "mean_tokens": _mean([r.get("tokens", 0) for r in rows]),
         "tokens_per_second": _ratio(tokens, sum(r.get("seconds", 0.0) for r in rows)),
@@ -193,7 +238,7 @@ def summarize(rows: list[dict], manifest: dict) -> dict:
     """Every figure of the report, as plain JSON values (None where a figure has no data)."""
     groups = _groups(rows)
     return {
-        "version": 2,  # 2: groups' cut and ended; nudging words' top_share (was top10_share)
+        "version": 3,  # 3: ends_by_itself, looped, repetition; 2: cut and ended; nudging words' top_share
         "task": manifest.get("task"),
         "data": manifest.get("data"),
         "data_sha256": manifest.get("data_sha256"),
@@ -264,6 +309,11 @@ def fmt_accuracy(acc: float | None, ci: list[float] | None) -> str:
     return f"{pct(acc)} [{pct(ci[0])}, {pct(ci[1])}]" if ci else pct(acc)
 
 
+def fmt_share(share: dict) -> str:
+    """A count with its share: '12 (50.0%)'."""
+    return f"{share['count']} ({pct(share['share'])})"
+
+
 def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -317,7 +367,8 @@ def _judge_cells(j: dict | None) -> list[str]:
 
 def _main_table(s: dict) -> list[str]:
     judged = any(g["judge"] for g in s["groups"])
-    header = ["Mode", "γ", "Items", "Scored", "Accuracy [95% CI]", "Cut by length", "Accuracy, ended [95% CI]"]
+    header = ["Mode", "γ", "Items", "Scored", "Accuracy [95% CI]", "Cut by length", "Accuracy, ended [95% CI]",
+              "Ends by itself", "Looped", "Repetition"]  # fmt: skip
     header += ["Judge accuracy [95% CI]", "Rule–judge agreement (κ)"] if judged else []
     header += ["Nudge ratio", "Mean length", "Tokens/s", "Branching (writing / base)", "Stop reasons"]
     rows = []
@@ -330,6 +381,9 @@ def _main_table(s: dict) -> list[str]:
             fmt_accuracy(g["accuracy"], g["ci"]),
             f"{g['cut']} ({pct(_ratio(g['cut'], g['items']))})",
             fmt_accuracy(g["ended"]["accuracy"], g["ended"]["ci"]),
+            fmt_share(g["ends_by_itself"]),
+            fmt_share(g["looped"]),
+            pct(g["repetition"]),
         ]
         if judged:
             row += _judge_cells(g["judge"])
@@ -384,6 +438,12 @@ HOW_TO_READ = """\
 - **Cut by length**: answers the length limit (or paper mode's round limit) ended, and their share.
   Accuracy scores them as the paper did, by their last number, which may be a step's rather than the
   result's. **Accuracy, ended**: the accuracy of the answers that ended by themselves alone.
+- **Ends by itself**: answers that ended by end of turn or end of text, a stop string, or (paper mode)
+  the nudger's end, rather than by the length limit. **Looped**: answers the length limit cut while they
+  repeated themselves (the text ends in a block of 30 or more characters written twice in a row), and
+  paper mode's answers its repeated-nudging-words guard stopped. **Repetition**: the mean share of an
+  answer's word 4-grams that repeat an earlier one (1 - distinct/total): 0 where no four words in a row
+  come twice, near 1 for an answer that is one loop.
 - **Judge accuracy** and **rule–judge agreement**: the judge model's verdicts, how often they match the
   rule on the items both scored, and Cohen's κ (1: full agreement, 0: no better than chance).
 - **Nudge ratio**: the share of answer tokens the nudger wrote. **Mean length**: answer tokens per item.

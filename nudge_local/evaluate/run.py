@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nudge_local.errors import NudgeError
 from nudge_local.evaluate.data import Item, Task, render_question
+from nudge_local.evaluate.report import looped, repetition
 from nudge_local.evaluate.scoring import cut, score
 from nudge_local.evaluate.urial import STOPS as URIAL_STOPS
 from nudge_local.evaluate.urial import urial_prompt
@@ -286,6 +287,8 @@ def result_row(job: Job, cfg: EvalConfig, tokens: list[TokenEvent], done: Done, 
         "nudging_words": nudging_words(tokens, done),
         "stop_reason": done.stop_reason,
         "cut": cut(done.stop_reason),  # scored all the same, by the authors' rule; the report counts these
+        "looped": looped(done.stop_reason, done.text),
+        "repetition": round(repetition(done.text), 4),
         "branching": {"writing": _round(stats.branching_factor), "base": _round(stats.base_branching_factor)},
     }
     if judge is not None:
