@@ -8,8 +8,9 @@ argmax holds, and every probability depends on the whole prefix and its position
 What "equal" means here (docs/method.md#batch-shape-rounding): the reference evaluates each context
 from scratch in one batch, the engine incrementally; llama.cpp may round those batch shapes
 differently. Each model's rounding is measured, and the outputs must be token for token equal up to
-the first decision whose margin is within that rounding (none, on most pairs), with every token's
-probability equal within it."""
+the first decision whose margin is within that rounding, with every token's probability equal within
+it. Such a parting is counted, and more than MAX_PARTED of a pair's answers parting fails the test
+(none parted when measured)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from reference_paper import reference_paper
 
 CONTEXT = 0.1  # random weights' scale: the top-1 probability moves by ~0.02 (up to ~0.1) with context
 SETTINGS = [(0.3, 40), (0.55, 40), (0.8, 12)]  # (gamma, max_tokens)
-EXCUSED: list[int] = []  # positions where a run parted from its reference at a near-tie (reported with -s)
+# Of a pair's six answers (each setting in token mode and speculative), how many may part from the
+# reference at a near-tie: none did on any pair here, so one is rounding and two is a fault.
+MAX_PARTED = 1
 
 
 def context_pair(tmp, base_vocab: str, nudger_vocab: str, seed: int, *, quant="F16", context=CONTEXT):
@@ -85,32 +88,40 @@ def alphabet_of(m: Model) -> list[int]:
     return [pieces[p] for p in PIECES if p in pieces]
 
 
-def assert_equal_up_to_rounding(events, done, expected, reason, margins, probs, tol):
-    """Token for token equal, each probability within the rounding, up to the first decision
-    whose margin the rounding could cross; after such a decision the two runs may part."""
+def parted_at(events, done, expected, reason, margins, probs, tol) -> int | None:
+    """Token for token equal, each probability within the rounding, up to the first decision whose
+    margin the rounding could cross; after such a decision the two runs may part. Returns where they
+    parted (None: not at all)."""
     eps_p, eps_logit = tol
     got = [(e.source, e.token) for e in events]
     for i, (g, e) in enumerate(zip(got, expected, strict=False)):
         if g != e:
             gate, gap = margins[i]
             assert gate <= eps_p or gap <= eps_logit, f"position {i}: {g} != {e}, margins {margins[i]}, tol {tol}"
-            EXCUSED.append(i)
-            return
+            return i
         assert abs(events[i].p - probs[i]) <= eps_p + 1e-5, f"position {i}: p {events[i].p} vs {probs[i]}"
     if len(got) != len(expected) or done.stop_reason != reason:
-        gate, gap = margins[min(len(got), len(expected))]
+        end = min(len(got), len(expected))
+        gate, gap = margins[end]
         assert gate <= eps_p or gap <= eps_logit, (len(got), len(expected), done.stop_reason, reason)
+        return end
+    return None
 
 
-def compare_token_mode(base, nudger, tol, **kw):
+def compare_token_mode(base, nudger, tol, **kw) -> list[int]:
+    """Each setting's answer against the reference; returns where answers parted at a near-tie."""
     text_space = not same_vocabulary(base, nudger)
+    parted = []
     for gamma, max_tokens in SETTINGS:
         prompts, events, done = run_engine(base, nudger, gamma=gamma, max_tokens=max_tokens, **kw)
         expected, reason, _, margins, probs = reference_token_mode(
             base, nudger, prompts.base, prompts.nudge, gamma=gamma, max_tokens=max_tokens, text_space=text_space,
             detail=True,
         )  # fmt: skip
-        assert_equal_up_to_rounding(events, done, expected, reason, margins, probs, tol)
+        at = parted_at(events, done, expected, reason, margins, probs, tol)
+        if at is not None:
+            parted.append(at)
+    return parted
 
 
 def test_context_models_depend_on_context_and_keep_the_planted_argmax(tmp_path):
@@ -154,11 +165,10 @@ def test_token_mode_and_speculative_match_the_reference(tmp_path, b, n, seed, qu
     with load(base_path, "base", n_ctx=1024) as base, load(nudger_path, "nudger", n_ctx=1024) as nudger:
         tol = tolerance(base, nudger, seed)
         print(f"\n{b}+{n} {quant}: rounding tolerance p {tol[0]:.4f}, logit gap {tol[1]:.4f}")
-        for speculative in (False, True):
-            before = len(EXCUSED)
-            compare_token_mode(base, nudger, tol, speculative=speculative)
-            parted = len(EXCUSED) - before
-            print(f"  speculative={speculative}: {parted} of {len(SETTINGS)} answers parted at a near-tie")
+        parted = {speculative: compare_token_mode(base, nudger, tol, speculative=speculative)
+                  for speculative in (False, True)}  # fmt: skip
+        print(f"  answers parted at a near-tie, at positions: {parted}")
+        assert sum(map(len, parted.values())) <= MAX_PARTED, f"more than {MAX_PARTED} of 6 answers parted: {parted}"
 
 
 @pytest.mark.parametrize("b,n,seed", [("bpe0", "bpe0", 51), ("bpe0", "bpe1", 52)])
