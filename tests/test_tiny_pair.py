@@ -36,8 +36,8 @@ GATE_QUESTIONS = ["How do I boil an egg?", "Why is the sky blue?", "Give me thre
 GAMMAS = [0.4, 0.7]  # the base writes most of the answer; the nudger writes most of it
 
 # What "equal" means on these weights. Measured here over 713 gate decisions (6 questions, gamma 0.4,
-# 0.55 and 0.7): the engine's top-1 probability and the reference's differed by up to 0.11, and the
-# two sides of gamma disagreed at 15 decisions (2.1%; 3.9% at gamma 0.4), each within 0.08 of gamma.
+# 0.55 and 0.7): the engine's top-1 probability and the reference's differed by up to 0.11, and they
+# fell on different sides of gamma at 15 decisions (2.1%; 3.9% at gamma 0.4), each within 0.08 of it.
 ROUNDING_P = 0.15  # a top-1 probability may move this much between batch shapes
 ROUNDING_LOGIT = 1.5  # a logit may move this much (1.4 measured on Gemma 3 270M Q4_K_M)
 MAX_EXCUSED = 0.05  # the share of a test's decisions that may differ from the reference within the rounding
