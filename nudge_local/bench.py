@@ -280,6 +280,9 @@ def bench_pair(base_path: Path | str, nudger_path: Path | str, modes: list[str],
     with open_model(base_path, "base", args) as base, open_model(nudger_path, "nudger", args) as nudger:
         template = getattr(args, "chat_template", None)
         prompt_sets = [render_prompts(base, nudger, q, chat_template=template) for q in QUESTIONS[: args.questions]]
+        for m in (base, nudger):
+            if isinstance(m, Model):
+                m.read_cuts()  # once, before any timing (a model would do it when tokenizing had cost as much)
         runs = run_rounds(base, nudger, prompt_sets, modes, args)
         agreement = None
         if "nudged" in runs and not nudger.text_only:  # a model served by text only has no greedy row to read
