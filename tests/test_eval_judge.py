@@ -146,7 +146,7 @@ def test_the_judge_sees_the_question_the_models_answer_and_the_gold_answer():
 def test_a_generated_judge_replies_exactly_its_verdict(judges, settings):
     for verdict, reply in ((1, '{"correct": 1}'), (0, '{"correct": 0}'), (None, SILENT)):
         with open_judge(str(judges[verdict]), settings) as judge:
-            assert judge.reply(QUESTION, GOLD, ANSWER) == reply
+            assert judge.reply(QUESTION, GOLD, ANSWER) == reply.strip()  # shown as answers are: no outer blanks
 
 
 def test_a_local_judge_gives_true_false_and_none(judges, settings):
