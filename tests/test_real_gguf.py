@@ -101,25 +101,41 @@ def test_loads_through_the_users_checks(gemma, pair):
 
 @pytest.fixture(scope="module")
 def llama(pair):
-    """llama-cpp-python's own `Llama` on the same file, its context configured as Model's."""
+    """llama-cpp-python's own `Llama` on the same file, its context configured as Model's, and its
+    weights loaded as Model loads them (without extra buffer types on an AMX build, whose kernels
+    crash: nudge_local.model.amx_build)."""
+    import llama_cpp.llama_cpp as capi  # the module Llama reads its default parameters from
     from llama_cpp import Llama
 
+    from nudge_local.model import amx_build
+
     base, _ = pair
-    llm = Llama(
-        str(base.path),
-        n_ctx=base.n_ctx,
-        n_batch=base.n_batch,
-        n_ubatch=base.n_batch,
-        n_threads=base.n_threads,
-        n_threads_batch=base.n_threads,
-        n_gpu_layers=base.n_gpu_layers,
-        # Model keeps llama.cpp's default flash_attn_type, auto, which enables it wherever the device
-        # supports it (the CPU does); Llama's default disables it, and then the answers part at token 14.
-        flash_attn=True,
-        seed=0,
-        logits_all=False,
-        verbose=False,
-    )
+    defaults = capi.llama_model_default_params
+
+    def model_params():
+        params = defaults()
+        params.use_extra_bufts = params.use_extra_bufts and not amx_build()
+        return params
+
+    capi.llama_model_default_params = model_params  # Llama.__init__ reads it once, below
+    try:
+        llm = Llama(
+            str(base.path),
+            n_ctx=base.n_ctx,
+            n_batch=base.n_batch,
+            n_ubatch=base.n_batch,
+            n_threads=base.n_threads,
+            n_threads_batch=base.n_threads,
+            n_gpu_layers=base.n_gpu_layers,
+            # Model keeps llama.cpp's default flash_attn_type, auto, which enables it wherever the device
+            # supports it (the CPU does); Llama's default disables it, and then the answers part at token 14.
+            flash_attn=True,
+            seed=0,
+            logits_all=False,
+            verbose=False,
+        )
+    finally:
+        capi.llama_model_default_params = defaults
     yield llm
     llm.close()
 
