@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-EXPECTED = [(" the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base"), (".", "base")]
+EXPECTED = [("the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base"), (".", "base")]
 
 
 def write_pair(tmp: Path) -> tuple[Path, Path]:

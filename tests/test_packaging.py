@@ -118,4 +118,4 @@ def test_installed_wheel_runs_every_command_and_the_chat(wheel, tmp_path):
 
     out = run([venv / "bin/python", ROOT / "scripts/smoke_chat.py"], env=env, cwd=tmp_path, timeout=240).stdout
     assert f"nudge_local from {venv}" in out, out  # the installed copy, not the source tree
-    assert "answer: ' the Sure, ok.'" in out, out
+    assert "answer: 'the Sure, ok.'" in out, out

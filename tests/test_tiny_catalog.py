@@ -78,12 +78,27 @@ def test_a_package_entry_is_checked(tmp_path):
         load_catalog(path)
 
 
-def test_which_pair_runs_when_none_is_named(tmp_path, empty_hub, caplog):
+class Notes(logging.Handler):
+    """The notes logger's messages (the command line may have set it not to propagate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_which_pair_runs_when_none_is_named(tmp_path, empty_hub):
     catalog = load_catalog(_write_catalog(tmp_path, SMOL))
     assert default_pair(catalog, "a").alias == "a"  # a configured pair, whatever is present
-    with caplog.at_level(logging.WARNING, logger="nudge_local.notes"):
+    notes, log = Notes(), logging.getLogger("nudge_local.notes")
+    log.addHandler(notes)
+    try:
         assert default_pair(catalog, None).alias == "t"  # the default is absent, the fallback installed
-    note = " ".join(r.getMessage() for r in caplog.records)
+    finally:
+        log.removeHandler(notes)
+    note = " ".join(notes.messages)
     assert "nudge-local pull a" in note and "using the t pair" in note
     catalog = load_catalog(_write_catalog(tmp_path, ABSENT_PACKAGE))
     assert default_pair(catalog, None).alias == "a"  # neither: the default, to be downloaded
