@@ -14,7 +14,10 @@ scratch as the authors' client does (paper-api). Each mode runs once a round, in
 order, for `--rounds` rounds; the table gives median tokens per second, the median over rounds of
 each round's ratio to that round's base-only run (and the range of those ratios), then over all
 rounds tokens evaluated, forward calls per generated token and the share of drafted tokens
-accepted; speculative's own paired ratio to token mode follows. A round answers `--questions`
+accepted; speculative's own paired ratio to token mode follows. A second table says where each
+mode's time went, per written token (base steps, base reads, nudger reads, nudger writes,
+tokenizing, Python), and the limit its model calls alone imply (docs/method.md#where-the-time-goes):
+a mode far below its limit is a slow program, one near it a slow pair. A round answers `--questions`
 questions (1 on the generated pairs, 5 on a real one). Where speculative's answers leave token
 mode's (batch-shape rounding with real weights), it says how many, and where. Absolute times on
 shared machines are noise; the ratios are the result.
