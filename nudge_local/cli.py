@@ -31,6 +31,8 @@ from nudge_local.remote import label
 from nudge_local.render import BracketWriter, spans
 from nudge_local.sampling import Sampling
 
+PAIR_DEFAULT = "default: the configured one; else the catalog's default if downloaded, else tiny if installed"
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with errors as one sentence naming the command's help, exit code 2."""
@@ -73,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", help="answer one prompt and print it with nudged words in [brackets]")
     run.add_argument("prompt", help="the question")
-    run.add_argument("--pair", help="a catalog pair (default: the configured one; else the catalog's "
-                     "default if downloaded, else tiny if installed)")
+    run.add_argument("--pair", help=f"a catalog pair ({PAIR_DEFAULT})")
     run.add_argument(
         "--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT of a server (pretrained only)"
     )
@@ -97,16 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(run)
 
     chat = sub.add_parser("chat", help="the terminal chat that shows who wrote every token")
-    chat.add_argument("pair", nargs="?", help="a catalog alias (default: the configured one; else the "
-                      "catalog's default if downloaded, else tiny if installed)")
+    chat.add_argument("pair", nargs="?", help=f"a catalog alias ({PAIR_DEFAULT})")
     chat.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
     chat.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
     chat.add_argument("--yes", action="store_true", help="download missing model files without asking")
     _add_settings_flags(chat)
 
     serve = sub.add_parser("serve", help="serve the pair over the OpenAI HTTP API, with every token's provenance")
-    serve.add_argument("pair", nargs="?", help="a catalog alias (default: the configured one; else the "
-                      "catalog's default if downloaded, else tiny if installed)")
+    serve.add_argument("pair", nargs="?", help=f"a catalog alias ({PAIR_DEFAULT})")
     serve.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
     serve.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
     serve.add_argument("--yes", action="store_true", help="download missing model files without asking")

@@ -46,8 +46,8 @@ def add_parser(sub, add_settings_flags) -> argparse.ArgumentParser:
     p.add_argument("--field", action="append", default=[], metavar="NAME=KEY",
                    help="where the file keeps NAME (id, question, answer, choices, label); KEY may be dotted "
                    "(doc.question); repeatable")  # fmt: skip
-    p.add_argument("--pair", help="a catalog pair (default: the configured one; else the catalog's "
-                     "default if downloaded, else tiny if installed)")
+    p.add_argument("--pair", help="a catalog pair (default: as `run` chooses: the configured one; else the "
+                   "catalog's default if downloaded, else tiny if installed)")  # fmt: skip
     p.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
     p.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
     p.add_argument("--yes", action="store_true", help="download missing model files without asking")
