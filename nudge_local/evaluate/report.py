@@ -160,14 +160,15 @@ def _branching(rows: list[dict], side: str) -> float | None:
 def _group_summary(mode: str, gamma: float | None, rows: list[dict]) -> dict:
     tokens = sum(r.get("tokens", 0) for r in rows)
     stops = Counter(r.get("stop_reason") or "unknown" for r in rows)
-    # from the stop reason, not the row's "cut" flag, so results written before the flag count too
-    ended = [r for r in rows if not cut(r.get("stop_reason"))]
+    # from the stop reason, not the row's "cut" flag, so results written before the flag count too;
+    # "ended" is the same set "ends by itself" counts (paper's repeated-words guard is neither)
+    ended = [r for r in rows if r.get("stop_reason") in BY_ITSELF]
     return {
         "mode": mode,
         "gamma": gamma,
         "items": len(rows),
         **_accuracy([r.get("correct") for r in rows]),  # the paper's figure: cut answers by their last number
-        "cut": len(rows) - len(ended),
+        "cut": sum(cut(r.get("stop_reason")) for r in rows),
         "ended": _accuracy([r.get("correct") for r in ended]),
         # from the stop reason and the answer's text, so results written before these figures count too
         "ends_by_itself": _share(sum(r.get("stop_reason") in BY_ITSELF for r in rows), len(rows)),
