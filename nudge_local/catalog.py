@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 from nudge_local.paths import catalog_path
 
 _HUB_REF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+):(?P<file>[^:]+\.gguf)(?:@(?P<rev>[\w.-]+))?$")
@@ -86,6 +86,11 @@ class Catalog:
         if alias not in self.pairs:
             raise NudgeError(f"There is no pair {alias!r} in the catalog; `nudge-local models` lists them.")
         return self.pairs[alias]
+
+
+def is_url(ref: object) -> bool:
+    """Whether a model reference names a server (http:// or https://) rather than a file."""
+    return isinstance(ref, str) and ref.startswith(("http://", "https://"))
 
 
 def parse_ref(text: str) -> HubFile | Path:

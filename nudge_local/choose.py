@@ -8,31 +8,47 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from nudge_local.catalog import Catalog, HubFile, ModelFile, PackageFile, Pair, load_catalog, parse_ref
+from nudge_local.catalog import Catalog, HubFile, ModelFile, PackageFile, Pair, is_url, load_catalog, parse_ref
 from nudge_local.config import Settings
-from nudge_local.devices import gpu_layers, plan_context
-from nudge_local.errors import NudgeError
-from nudge_local.gguf_check import check_gguf
+from nudge_local.engine.devices import gpu_layers, plan_context
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.gguf_check import check_gguf
+from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.local import Model
 from nudge_local.hub import cached_path, download, hub_unreachable, human_size, not_cached_error, offline, remote_size
-from nudge_local.model import Model
 from nudge_local.packaged import installed, not_installed_error, package_path
 from nudge_local.paths import cache_dir
-from nudge_local.remote import Endpoint, connect, is_url
+from nudge_local.remote.connect import connect
+from nudge_local.remote.http import Endpoint
 
 
-@dataclass
+@dataclass(frozen=True)
 class Choice:
     """The models a run needs, each a local path or a hub file, and the catalog pair if one was named."""
 
-    base: Path | ModelFile | None
-    nudger: Path | ModelFile | None
+    base: Path | ModelFile | str | None
+    nudger: Path | ModelFile | str | None
     pair: Pair | None = None
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The catalog pair's gamma, base format, stop strings and context size (those it sets)."""
+        if self.pair is None:
+            return {}
+        p = self.pair
+        chosen = {"gamma": p.gamma, "base_format": p.base_format, "stop": p.stop, "context_size": p.context_size}
+        return {k: v for k, v in chosen.items() if v is not None}
+
+    def settle(self, s: Settings) -> Settings:
+        """The settings a run uses: `s`, with the pair's defaults wherever the user set nothing."""
+        return s.under(self.defaults, f"pair {self.pair.alias}") if self.pair else s
 
 
 def choose_models(s: Settings, mode: str) -> Choice:
     """--base/--nudge (or their settings) win; otherwise the pair setting, else the catalog's default.
-    A catalog pair's gamma and base format apply unless the user set them."""
+    A catalog pair's gamma and base format apply unless the user set them: `Choice.settle`."""
     need_base, need_nudge = mode in ("nudged", "base", "paper"), mode in ("nudged", "nudger", "paper")
     explicit = {"base": s.base, "nudge": s.nudge}
     if any(explicit.values()):
@@ -44,7 +60,6 @@ def choose_models(s: Settings, mode: str) -> Choice:
             _ref(s.nudge) if need_nudge else None,
         )
     pair = default_pair(load_catalog(), s.pair)
-    _apply_pair_defaults(s, pair)
     return Choice(pair.base if need_base else None, pair.nudger if need_nudge else None, pair)
 
 
@@ -73,15 +88,6 @@ def default_pair(catalog: Catalog, configured: str | None) -> Pair:
     return fallback
 
 
-def _apply_pair_defaults(s: Settings, pair: Pair) -> None:
-    """A catalog pair's gamma, base format, stop strings and context size apply unless the user set them."""
-    chosen = {"gamma": pair.gamma, "base_format": pair.base_format, "stop": pair.stop}
-    chosen["context_size"] = pair.context_size
-    for key, value in chosen.items():
-        if value is not None and s.sources[key] == "default":
-            s.values[key], s.sources[key] = (list(value) if key == "stop" else value), f"pair {pair.alias}"
-
-
 def _ref(ref: str) -> Path | HubFile | str:
     """A server's URL stays text; anything else is a file reference."""
     return ref if is_url(ref) else parse_ref(ref)
@@ -92,7 +98,7 @@ def endpoint(s: Settings, role: str, url: str) -> Endpoint:
     $NUDGE_LOCAL_BASE_API_KEY or $NUDGE_LOCAL_NUDGE_API_KEY (never a flag: flags show in `ps`)."""
     flag = "base" if role == "base" else "nudge"
     key = os.environ.get(f"NUDGE_LOCAL_{flag.upper()}_API_KEY") or None
-    return Endpoint(url, s.values[f"{flag}_model"], s.values[f"{flag}_api"], key, s.timeout)
+    return Endpoint(url, getattr(s, f"{flag}_model"), getattr(s, f"{flag}_api"), key, s.timeout)
 
 
 def missing(files: list[Path | ModelFile | str | None], pair: str | None = None) -> list[HubFile]:
@@ -162,7 +168,7 @@ def read_chat_template(s: Settings) -> str | None:
 
 def load_models(
     paths: dict[str, Path | None], s: Settings, progress: Callable[[str, float], None] | None = None
-) -> dict[str, Model]:
+) -> dict[str, ScoringModel]:
     """Check the files, size the context to memory and load each model given (closing what was
     loaded if one fails); connect to each one given as a server's URL. Shared by the command line,
     the chat and the server."""
@@ -170,7 +176,7 @@ def load_models(
     for role, path in given.items():
         check_gguf(path, role=role)  # before plan_context reads their headers
     n_ctx = plan_context(list(given.values()), s.context_size) if given else 0
-    models: dict[str, Model] = {}
+    models: dict[str, ScoringModel] = {}
     try:
         for role, url in paths.items():
             if is_url(url):

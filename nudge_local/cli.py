@@ -1,130 +1,45 @@
-"""The command line: `nudge-local run`, a contract scripts can rely on (exit code 2 on user errors)."""
+"""The command line: `nudge-local run`, a contract scripts can rely on (exit code 2 on user errors), and
+the commands about files and settings (pull, models, config, doctor). chat, serve, eval and bench
+add their own commands (tui/cli.py, server/cli.py, evaluate/cli.py, bench/cli.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from nudge_local.catalog import HubFile, ModelFile, PackageFile, load_catalog, parse_ref
-from nudge_local.choose import (
-    choose_models,
-    default_pair,
-    fetch,
-    load_models,
-    local_path,
-    missing,
-    present,
-    read_chat_template,
-)
+from nudge_local.choose import default_pair, fetch, local_path, missing, present
+from nudge_local.commands import Parser, add_pair_options, add_settings_flags, load_pair, say_notes, settings_of
 from nudge_local.config import FIELDS, Settings, load_settings
-from nudge_local.devices import available_memory, backend, default_threads, rebuild_hint
-from nudge_local.errors import NudgeError
-from nudge_local.events import MODES, Done, TokenEvent
-from nudge_local.generate import generate
+from nudge_local.engine.devices import available_memory, backend, default_threads, rebuild_hint
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import MODES, Done, TokenEvent
+from nudge_local.engine.generate import generate
+from nudge_local.engine.prompts import render_prompts
+from nudge_local.engine.sampling import Sampling
+from nudge_local.evaluate.cli import add_parser as add_eval_parser
+from nudge_local.evaluate.cli import main as eval_main
 from nudge_local.hub import cached_path, human_size, offline
 from nudge_local.packaged import where
 from nudge_local.paths import cache_dir, catalog_path, config_path, models_dir
-from nudge_local.prompts import render_prompts
-from nudge_local.remote import label
 from nudge_local.render import BracketWriter, spans
-from nudge_local.sampling import Sampling
-
-PAIR_DEFAULT = "default: the configured one; else the catalog's default if downloaded, else tiny if installed"
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with errors as one sentence naming the command's help, exit code 2."""
-
-    def error(self, message: str):  # one sentence, exit code 2, no usage block
-        print(f"nudge-local: error: {message}; see {self.prog} --help.", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _add_settings_flags(p: argparse.ArgumentParser) -> None:
-    """Flags for the settings of config.FIELDS; unset flags stay None so lower layers show through,
-    and every value is checked by the same parsers as the file and the environment."""
-    p.add_argument("--gamma", type=float, help="the nudger writes where the base's top-1 probability is below this")
-    p.add_argument("--max-tokens", type=int, help="answer length limit (default 256)")
-    p.add_argument("--word-cap", type=int, help="most tokens in one nudged word (default 16)")
-    p.add_argument("--temperature", type=float, help="0 is greedy (default)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling mass (default 1.0)")
-    p.add_argument("--seed", type=int, help="sampling seed (default 0)")
-    p.add_argument("--system", help="system prompt for both models")
-    p.add_argument("--base-format", help="the base's prompt, with {system} and {question}")
-    p.add_argument("--chat-template", help="Jinja chat template file for the nudger (default: its GGUF's)")
-    p.add_argument("--stop", action="append", metavar="TEXT",
-                   help="stop before TEXT (repeatable; default: the base format's next-turn marker, "
-                   "'\\nQuestion:')")  # fmt: skip
-    p.add_argument("--ctx", dest="context_size", type=int, help="context size per model (default: what the pair needs)")
-    p.add_argument("--threads", type=int, help="CPU threads per model (default: all cores)")
-    p.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU (default: all where the build can)")
-    p.add_argument("--base-model", help="with --base URL: the model's name where the server serves several")
-    p.add_argument("--nudge-model", help="with --nudge URL: the model's name where the server serves several")
-    p.add_argument("--base-api", help="with --base URL: auto (default), llama-server, openai or ollama")
-    p.add_argument("--nudge-api", help="with --nudge URL: auto (default), llama-server, openai or ollama")
-    p.add_argument("--timeout", type=float, help="seconds a model server may take per request (default 60); "
-                   "API keys come from $NUDGE_LOCAL_BASE_API_KEY / $NUDGE_LOCAL_NUDGE_API_KEY")  # fmt: skip
+from nudge_local.server.cli import add_parser as add_serve_parser
+from nudge_local.server.cli import main as serve_main
+from nudge_local.tui.cli import add_parser as add_chat_parser
+from nudge_local.tui.cli import main as chat_main
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; each consumer adds its own command (chat, serve, eval, bench)."""
     parser = Parser(
         prog="nudge-local", description="Nudging on a laptop: a base model guided by a small aligned model."
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    run = sub.add_parser("run", help="answer one prompt and print it with nudged words in [brackets]")
-    run.add_argument("prompt", help="the question")
-    run.add_argument("--pair", help=f"a catalog pair ({PAIR_DEFAULT})")
-    run.add_argument(
-        "--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT of a server (pretrained only)"
-    )
-    run.add_argument(
-        "--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT (instruction-tuned)"
-    )
-    run.add_argument("--yes", action="store_true", help="download missing model files without asking")
-    run.add_argument("--mode", choices=MODES, default="nudged",
-                     help="nudged (default), base only, nudger only, paper (the authors' algorithm)")  # fmt: skip
-    run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    run.add_argument(
-        "--speculative",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="nudged mode: the nudger drafts, the base checks drafts in one batch (same output; on by default "
-        "where the vocabularies match)",
-    )
-    run.add_argument("--chunk", type=int, default=16, help="paper mode: tokens per completion call, L (default 16)")
-    run.add_argument("--max-rounds", type=int, default=150, help="paper mode: most rounds (default 150)")
-    _add_settings_flags(run)
-
-    chat = sub.add_parser("chat", help="the terminal chat that shows who wrote every token")
-    chat.add_argument("pair", nargs="?", help=f"a catalog alias ({PAIR_DEFAULT})")
-    chat.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
-    chat.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
-    chat.add_argument("--yes", action="store_true", help="download missing model files without asking")
-    _add_settings_flags(chat)
-
-    serve = sub.add_parser("serve", help="serve the pair over the OpenAI HTTP API, with every token's provenance")
-    serve.add_argument("pair", nargs="?", help=f"a catalog alias ({PAIR_DEFAULT})")
-    serve.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
-    serve.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
-    serve.add_argument("--yes", action="store_true", help="download missing model files without asking")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $NUDGE_LOCAL_API_KEY)")
-    serve.add_argument("--queue", type=int, default=32, help="most requests waiting behind the running one (503 after)")
-    serve.add_argument("--max-body", type=int, default=4 << 20, help="largest request body in bytes (413 beyond)")
-    serve.add_argument("--context-overflow", choices=["stop", "drop_oldest"], default="stop",
-                       help="messages longer than the context: stop (a 400, default) or drop_oldest (the oldest turns "
-                       "leave; a request may ask with its own 'context_overflow' field)")  # fmt: skip
-    serve.add_argument("--log-level", choices=["warning", "info", "debug"], default="warning",
-                       help="uvicorn's log; info adds one line per request")  # fmt: skip
-    _add_settings_flags(serve)
-
-    from nudge_local.evaluate.cli import add_parser as add_eval_parser  # its options only; the run loads on use
-
-    add_eval_parser(sub, _add_settings_flags)
-
+    _add_run_parser(sub)
+    add_chat_parser(sub)
+    add_serve_parser(sub)
+    add_eval_parser(sub)
     pull = sub.add_parser("pull", help="download a catalog pair or a hub file into the Hugging Face cache")
     pull.add_argument("refs", nargs="+", metavar="ALIAS|REF", help="catalog alias or org/repo:file.gguf")
     pull.add_argument("--yes", action="store_true", help="do not ask before downloading")
@@ -141,8 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_parser(sub) -> None:
+    run = sub.add_parser("run", help="answer one prompt and print it with nudged words in [brackets]")
+    run.add_argument("prompt", help="the question")
+    add_pair_options(run)
+    run.add_argument("--mode", choices=MODES, default="nudged",
+                     help="nudged (default), base only, nudger only, paper (the authors' algorithm)")  # fmt: skip
+    run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    run.add_argument(
+        "--speculative",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="nudged mode: the nudger drafts, the base checks drafts in one batch (same output; on by default "
+        "where the vocabularies match)",
+    )
+    run.add_argument("--chunk", type=int, default=16, help="paper mode: tokens per completion call, L (default 16)")
+    run.add_argument("--max-rounds", type=int, default=150, help="paper mode: most rounds (default 150)")
+    add_settings_flags(run)
+
+
 def bench(argv: list[str]) -> int:
-    from nudge_local.bench import main as bench_main  # the benchmark writes models: loaded only when asked
+    from nudge_local.bench.cli import main as bench_main  # the benchmark writes models: loaded only when asked
 
     try:
         bench_main(argv)
@@ -151,39 +85,12 @@ def bench(argv: list[str]) -> int:
     return 0
 
 
-def _settings(args) -> Settings:
-    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
-    return load_settings(flags)
-
-
-def _ask(question: str) -> bool:
-    """A yes/no question on the terminal."""
-    return input(question).strip().lower() in ("y", "yes")
-
-
-def _fetch_missing(choice, yes: bool) -> None:
-    """Download what the chosen pair lacks, asking first where there is a terminal to ask on."""
-    confirm = _ask if sys.stdin and sys.stdin.isatty() else None
-    alias = choice.pair.alias if choice.pair else None
-    what = f"{alias}: " if alias else ""
-    fetch(missing([choice.base, choice.nudger], alias), yes=yes, what=what, confirm=confirm, pair=alias)
-
-
-def _load(s: Settings, mode: str, yes: bool):
-    """The chosen pair (downloaded first where asked), its loaded models and the nudger's chat template."""
-    choice = choose_models(s, mode)
-    _fetch_missing(choice, yes)
-    chat_template = read_chat_template(s)
-    models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
-    return choice, models, chat_template
-
-
 def run(args) -> int:
-    s = _settings(args)
+    s = settings_of(args)
     for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds)):
         if value < 1:
             raise NudgeError(f"option {flag} must be a whole number of at least 1 (got {value}).")
-    _, models, chat_template = _load(s, args.mode, args.yes)
+    _, s, models, chat_template = load_pair(s, args.mode, args.yes)
     try:
         base, nudger = models.get("base"), models.get("nudger")
         prompts = render_prompts(
@@ -235,47 +142,6 @@ def _print_json(tokens: list[TokenEvent], done: Done, prompts, mode: str, gamma:
     }
     json.dump(doc, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
-
-
-def chat(args) -> int:
-    s = _settings(args)
-    choice = choose_models(s, "nudged")
-    try:
-        _fetch_missing(choice, args.yes)
-    except NudgeError as e:
-        print(f"nudge-local: {e}", file=sys.stderr)  # the app shows it again, in place of the models
-    from nudge_local.tui.app import NudgeApp  # the engine imports no UI code; only this command loads it
-
-    NudgeApp(s).run()
-    return 0
-
-
-def serve(args) -> int:
-    import os
-
-    from nudge_local.server.app import check_address  # the web stack loads only for this command
-    from nudge_local.server.app import serve as serve_pair
-    from nudge_local.server.worker import Pair
-
-    if not 0 <= args.port <= 65535:
-        raise NudgeError(f"option --port must be a whole number from 0 to 65535 (got {args.port}).")
-    for flag, value, least in (("--queue", args.queue, 0), ("--max-body", args.max_body, 1)):
-        if value < least:
-            raise NudgeError(f"option {flag} must be a whole number of at least {least} (got {value}).")
-    check_address(args.host, args.port)
-    api_key = args.api_key or os.environ.get("NUDGE_LOCAL_API_KEY") or None
-    s = _settings(args)
-    choice, models, chat_template = _load(s, "nudged", args.yes)
-    name = choice.pair.alias if choice.pair else f"{label(models['base'])}+{label(models['nudger'])}"
-    pair = Pair(models, s, chat_template, name)
-    return serve_pair(pair, host=args.host, port=args.port, api_key=api_key, queue_size=args.queue,
-                      max_body=args.max_body, log_level=args.log_level)  # fmt: skip
-
-
-def evaluate(args) -> int:
-    from nudge_local.evaluate.cli import main as eval_main
-
-    return eval_main(args)
 
 
 def pull(args) -> int:
@@ -334,7 +200,7 @@ def _print_settings(s: Settings) -> None:
         if key == "stop":
             print(f"  {key:{width}}  {s.stop_strings!r:40}  ({s.stop_source})")
         else:
-            print(f"  {key:{width}}  {s.values[key]!r:40}  ({s.sources[key]})")
+            print(f"  {key:{width}}  {getattr(s, key)!r:40}  ({s.source(key)})")
 
 
 def config(args) -> int:
@@ -383,17 +249,6 @@ def _print_pairs(s: Settings) -> None:
             print(_file_line(role, f))
 
 
-def _notes(command: str) -> None:
-    """The engine's notes (a fallback it took) as `nudge-local: note: ...` lines on stderr; the chat,
-    which owns the terminal, does not print them."""
-    log = logging.getLogger("nudge_local.notes")
-    if not log.handlers:
-        handler = logging.NullHandler() if command == "chat" else logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("nudge-local: note: %(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -403,13 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:  # named against the command given, not the top-level parser
             parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    _notes(args.command if args else "bench")
+    say_notes(quiet=bool(args) and args.command == "chat")
     try:
         if args is None:
             return bench(argv[1:])
-        commands = {"run": run, "chat": chat, "serve": serve, "pull": pull, "models": models, "doctor": doctor}
-        commands["config"] = config
-        commands["eval"] = evaluate
+        commands = {"run": run, "chat": chat_main, "serve": serve_main, "eval": eval_main, "pull": pull}
+        commands.update(models=models, doctor=doctor, config=config)
         return commands[args.command](args)
     except NudgeError as e:
         print(f"nudge-local: error: {e}", file=sys.stderr)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from nudge_local.catalog import HubFile
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 
 
 def offline() -> bool:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from nudge_local.catalog import PackageFile
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 from nudge_local.paths import models_dir
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 
-from nudge_local.events import TokenEvent
-from nudge_local.words import WHITESPACE
+from nudge_local.engine.events import TokenEvent
+from nudge_local.engine.words import WHITESPACE
 
 
 def spans(tokens: Iterable[TokenEvent]) -> list[dict]:

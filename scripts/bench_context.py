@@ -19,14 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from nudge_local.bench import _template, make_pair
-from nudge_local.cli import Parser
-from nudge_local.context import fit_history
-from nudge_local.errors import NudgeError
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.model import Model
-from nudge_local.prompts import Turn
+from nudge_local.bench.cli import _template
+from nudge_local.bench.generated import make_pair
+from nudge_local.commands import Parser
+from nudge_local.engine.context import fit_history
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import Turn
 
 QUESTIONS = [
     "Why is the sky blue?", "How do plants make food?", "What is a prime number?", "Why do we have seasons?",

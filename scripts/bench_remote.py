@@ -59,18 +59,21 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from nudge_local.bench import QUESTIONS, _positive, _template, add_pair_options, make_pair
+from nudge_local.bench.cli import _positive, _template, add_generated_pair_options
+from nudge_local.bench.generated import make_pair
+from nudge_local.bench.measure import QUESTIONS
 from nudge_local.catalog import parse_ref
 from nudge_local.choose import local_path
-from nudge_local.cli import Parser
-from nudge_local.devices import default_threads
-from nudge_local.errors import NudgeError
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.gguf_check import check_gguf
-from nudge_local.model import Model
-from nudge_local.prompts import render_prompts
-from nudge_local.remote import Endpoint, RemoteError, connect
+from nudge_local.commands import Parser
+from nudge_local.engine.devices import default_threads
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.gguf_check import check_gguf
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import render_prompts
+from nudge_local.remote.connect import connect
+from nudge_local.remote.http import Endpoint, RemoteError
 
 ROOT = Path(__file__).resolve().parent.parent
 CTX = 4096  # context of every model, local and served
@@ -361,7 +364,7 @@ def bench(base_path: Path, nudger_path: Path, folder: Path, args, real: bool) ->
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(prog="scripts/bench_remote.py", description=__doc__.split("\n\n")[0])
-    add_pair_options(ap)
+    add_generated_pair_options(ap)
     ap.add_argument(
         "--chat-template", type=_template, help="Jinja chat template file for the nudger (default: its GGUF's)"
     )

@@ -42,16 +42,18 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 
-from nudge_local.bench import QUESTIONS, _positive, _template, add_pair_options, make_pair
+from nudge_local.bench.cli import _positive, _template, add_generated_pair_options
+from nudge_local.bench.generated import make_pair
+from nudge_local.bench.measure import QUESTIONS
 from nudge_local.choose import choose_models, load_models, local_path, read_chat_template
-from nudge_local.cli import Parser
+from nudge_local.commands import Parser
 from nudge_local.config import Settings, load_settings
-from nudge_local.errors import NudgeError
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.model import Model
-from nudge_local.prompts import render_prompts
-from nudge_local.sampling import Sampling
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import render_prompts
+from nudge_local.engine.sampling import Sampling
 
 ANNOUNCE = re.compile(r"nudge-local: serving (\S+) at (http://\S+/v1) ")
 START_TIMEOUT = 120.0  # seconds for the server to load the pair and listen
@@ -284,7 +286,7 @@ def _template_file(text: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(prog="scripts/bench_serve.py", description=__doc__.split("\n\n")[0])
-    add_pair_options(ap)
+    add_generated_pair_options(ap)
     ap.add_argument("--chat-template", type=_template_file, metavar="FILE", help="nudger chat template, both sides")
     ap.add_argument("--max-tokens", type=_positive, default=96)
     ap.add_argument("--rounds", type=_positive, default=5)

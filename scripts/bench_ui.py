@@ -22,8 +22,8 @@ handler. Absolute times on a shared machine are noise; the ratio is the figure.
 
 By default it writes a pair into a temporary folder: a base of width 512, 8 layers, FFN 1408 and
 weight noise 0.02, and a nudger of width 256, 2 layers, FFN 704, noise 0.02, both realising random
-Markov tables (nudge_local.synthetic.random_table) without the end-of-generation token, so every answer runs to the
-token limit; the base is unsure at some positions, so the nudger writes some words.
+Markov tables (nudge_local.bench.synthetic.random_table) without the end-of-generation token, so
+every answer runs to the token limit; the base is unsure at some positions, so the nudger writes some words.
 
     .venv/bin/python scripts/bench_ui.py                      # 3 rounds of 1000 tokens
     .venv/bin/python scripts/bench_ui.py --long 5000          # also a 5000-token case (slow)
@@ -65,7 +65,7 @@ CONTEXT_MARGIN = 512  # room for the prompt (and a nudged word's re-tokenisation
 
 def make_pair(tmp: Path, vocab_path: str | None, seed: int, context_length: int) -> tuple[Path, Path]:
     """Write a base and a nudger GGUF realising random Markov tables without an end token."""
-    from nudge_local.synthetic import CHATML, bpe_vocab, load_vocab, random_table, write_model
+    from nudge_local.bench.synthetic import CHATML, bpe_vocab, load_vocab, random_table, write_model
 
     vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)
     rng = np.random.default_rng(seed)
@@ -137,12 +137,10 @@ def run_headless(session, options, question: str) -> Run:
 
 
 def _run_headless(session, options, question: str) -> Run:
-    from nudge_local.events import Done
-    from nudge_local.speculative import forget_measurements
-
+    from nudge_local.engine.events import Done
     for m in session.models.values():
         m.reset()  # the app's models start each round empty: no prompt reused from the last round
-        forget_measurements(m)  # nor draft sizes learnt in the last round
+    session.forget_measurements()  # nor draft sizes learnt in the last round
     t0 = time.perf_counter()
     # The app's own calls, without the UI: session.prompts is render_prompts and session.answer is
     # generate(...) with the options' and settings' values, so both sides decode alike by construction.
@@ -209,7 +207,6 @@ def bench_app_class():
 
 
 async def _run_ui(settings, question: str, tmp: Path, index: int, timeout: float) -> Run:
-    from nudge_local.speculative import forget_measurements
     from nudge_local.tui.history import History
     from nudge_local.tui.widgets.answer import AnswerView
     from nudge_local.tui.widgets.token_view import TokenView
@@ -233,7 +230,7 @@ async def _run_ui(settings, question: str, tmp: Path, index: int, timeout: float
         app.action_new_conversation()
         for m in app.session.models.values():
             m.reset()
-            forget_measurements(m)
+        app.session.forget_measurements()
         await pilot.pause()
         app.batches.clear()
         app.finished_event.clear()
@@ -394,7 +391,7 @@ def main() -> None:
         os.environ["NUDGE_LOCAL_DATA_DIR"] = str(tmp / "data")
 
         from nudge_local.config import load_settings
-        from nudge_local.devices import default_threads
+        from nudge_local.engine.devices import default_threads
         from nudge_local.tui.session import ChatSession
 
         lengths = [args.max_tokens] + ([args.long] if args.long else [])

@@ -188,7 +188,7 @@ print(f"llama-cpp-python {llama_cpp.__version__} from {os.path.dirname(llama_cpp
       f"library from LLAMA_CPP_LIB_PATH={os.environ['LLAMA_CPP_LIB_PATH']}")
 offload = bool(llama_cpp.llama_supports_gpu_offload())
 backend = devices.backend()
-print(f"llama_supports_gpu_offload: {offload}; nudge_local.devices.backend(): {backend}; "
+print(f"llama_supports_gpu_offload: {offload}; nudge_local.engine.devices.backend(): {backend}; "
       f"gpu_layers(None): {devices.gpu_layers(None)}")
 print(llama_cpp.llama_print_system_info().decode())
 if not offload or backend != "CUDA":

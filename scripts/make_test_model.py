@@ -1,6 +1,6 @@
-"""`python scripts/make_test_model.py`: the generator lives in nudge_local.synthetic."""
+"""`python scripts/make_test_model.py`: the generator lives in nudge_local.bench.synthetic."""
 
-from nudge_local.synthetic import main
+from nudge_local.bench.synthetic import main
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ from outside the repository; run it by path the same way:
 
     /tmp/fresh/bin/python scripts/smoke_chat.py            # prints the answer, exits 1 if anything is off
 
-The pair is written by nudge_local.synthetic: the base is sure of " the", then split three ways,
+The pair is written by nudge_local.bench.synthetic: the base is sure of " the", then split three ways,
 so the nudger writes " Sure," and the base ends with " ok." (five tokens, both models).
 """
 
@@ -22,7 +22,7 @@ EXPECTED = [("the", "base"), (" Sure", "nudge"), (",", "nudge"), (" ok", "base")
 
 
 def write_pair(tmp: Path) -> tuple[Path, Path]:
-    from nudge_local.synthetic import CHATML, Table, bpe_vocab, write_model
+    from nudge_local.bench.synthetic import CHATML, Table, bpe_vocab, write_model
 
     v = bpe_vocab(0)
     the, dot, sure, comma, ok = (v.find(p) for p in (b" the", b".", b" Sure", b",", b" ok"))

@@ -5,10 +5,10 @@ import tempfile
 
 import pytest
 
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.model import Model
-from nudge_local.prompts import render_prompts
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import render_prompts
 from pairs import vocab_dir, why_no_vocab
 
 # Tests never read the developer's own settings: no config file, no NUDGE_LOCAL_* overrides (but where

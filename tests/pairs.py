@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nudge_local.synthetic import CHATML, Vocab, bpe_vocab, load_vocab, random_table, write_model
+from nudge_local.bench.synthetic import CHATML, Vocab, bpe_vocab, load_vocab, random_table, write_model
 
 
 def vocab_dir() -> Path | None:

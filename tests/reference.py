@@ -6,8 +6,8 @@ import codecs
 
 import numpy as np
 
-from nudge_local.model import Model
-from nudge_local.sampling import prob, top1
+from nudge_local.engine.local import Model
+from nudge_local.engine.sampling import prob, top1
 
 SPACE = b" \n\t"
 

@@ -7,7 +7,7 @@ import codecs
 
 import numpy as np
 
-from nudge_local.model import Model
+from nudge_local.engine.local import Model
 
 
 def api_complete(model: Model, text: str, n: int):

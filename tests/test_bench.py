@@ -1,4 +1,4 @@
-"""The benchmark (`nudge-local bench`, nudge_local/bench.py) on small generated pairs: the planted
+"""The benchmark (`nudge-local bench`, nudge_local/bench/) on small generated pairs: the planted
 agreement is the one met in generation, and one run of every mode gives the table and the JSON the
 closing notes quote."""
 
@@ -9,12 +9,11 @@ from argparse import Namespace
 
 import pytest
 
-from nudge_local import speculative
-from nudge_local.bench import CALLS, CONFIDENT, CYCLE, PARTS, agreement_on_path, divergence, make_pair, run_mode
+from nudge_local.bench.generated import CONFIDENT, CYCLE, make_pair
+from nudge_local.bench.measure import CALLS, PARTS, agreement_on_path, divergence, run_mode
 from nudge_local.cli import main
-from nudge_local.model import Model
-from nudge_local.prompts import render_prompts
-from nudge_local.speculative import FixedDraft
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import render_prompts
 from real_gguf import GEMMA_PACKAGE, chat_template_file, gemma_path
 from tiny import tiny_paths
 
@@ -37,13 +36,12 @@ def test_generated_pair_meets_the_agreement_asked(tmp_path, agreement):
         assert by_text == pytest.approx(agreement, abs=1.01 / (4 * CONFIDENT))
 
 
-def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys, monkeypatch):
-    # Drafts of two tokens, always: the sizer's own choice follows this machine's timings, and on a
-    # loaded machine it may measure drafting slower on so small a pair and propose none.
-    monkeypatch.setattr(speculative, "sizer_for", lambda base, nudger: FixedDraft(2))
+def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
+    # Drafts of two tokens, always (--draft 2): the sizer's own choice follows this machine's timings,
+    # and on a loaded machine it may measure drafting slower on so small a pair and propose none.
     out = tmp_path / "bench.json"
     rc = main(["bench", "--shape", "64,2", "--agreement", "0.7", "--rounds", "2", "--max-tokens", "48",
-               "--json", str(out)])  # fmt: skip
+               "--draft", "2", "--json", str(out)])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
     for mode in ("base", "nudger", "nudged", "speculative", "paper", "paper-api"):
@@ -86,17 +84,16 @@ def test_the_time_of_model_calls_is_split_by_who_wrote_what_they_read(tmp_path, 
     """At gamma 1 the nudger writes every word, so in token mode (speculative too) the base never
     steps on from a token of its own: each of its calls reads the prompt or nudged words; paper
     mode's probes write on after the words. At gamma 0 token mode never asks the nudger."""
-    monkeypatch.setattr(speculative, "sizer_for", lambda base, nudger: FixedDraft(2))
     base_path, nudger_path = make_pair(tmp_path, None, 0.7, shapes=SMALL)
     with Model(base_path, role="base") as base, Model(nudger_path, role="nudger") as nudger:
         prompts = render_prompts(base, nudger, "Find the total cost of the supplies, step by step.")
-        run = run_mode(mode, base, nudger, prompts, Namespace(gamma=1.0, max_tokens=24))
+        run = run_mode(mode, base, nudger, prompts, Namespace(gamma=1.0, max_tokens=24, draft=2))
         parts = run["parts"]
         assert sum(parts.values()) == pytest.approx(run["seconds"])
         assert (parts["base_steps"] > 0) == (mode == "paper")
         assert parts["base_reads"] > 0 and parts["nudger_reads"] > 0 and parts["nudger_writes"] > 0
         if mode == "nudged":
-            parts = run_mode(mode, base, nudger, prompts, Namespace(gamma=0.0, max_tokens=24))["parts"]
+            parts = run_mode(mode, base, nudger, prompts, Namespace(gamma=0.0, max_tokens=24, draft=2))["parts"]
             assert parts["nudger_reads"] == parts["nudger_writes"] == 0
             assert parts["base_steps"] > 0 and parts["base_reads"] > 0  # its prompt
 

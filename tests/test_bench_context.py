@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nudge_local.bench import make_pair
+from nudge_local.bench.generated import make_pair
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_context.py"
 

@@ -18,7 +18,8 @@ import httpx2 as httpx
 import pytest
 
 from engines import llama_cpp_bin
-from nudge_local.bench import _shape, make_pair
+from nudge_local.bench.cli import _shape
+from nudge_local.bench.generated import make_pair
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_remote.py"
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nudge_local.bench.synthetic import CHATML, Table, write_model
 from nudge_local.catalog import HubFile, PackageFile, load_catalog, parse_ref
-from nudge_local.devices import backend, plan_context
-from nudge_local.errors import NudgeError
-from nudge_local.synthetic import CHATML, Table, write_model
+from nudge_local.engine.devices import backend, plan_context
+from nudge_local.engine.errors import NudgeError
 from pairs import vocab
 
 REV = "0123456789abcdef0123456789abcdef01234567"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from nudge_local.synthetic import CHATML, Table, bpe_vocab, write_model
+from nudge_local.bench.synthetic import CHATML, Table, bpe_vocab, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 V = bpe_vocab(0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from nudge_local.config import FIELDS, load_settings
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def test_precedence_file_env_flags(cfg, monkeypatch):
     assert s.gamma == 0.5 and s.sources["gamma"] == "flag --gamma"
     assert s.max_tokens == 60 and s.sources["max_tokens"] == "env NUDGE_LOCAL_MAX_TOKENS"
     assert s.seed == 3 and s.sources["seed"] == f"file {cfg}:3"
-    assert s.stop == ["Question:"] and s.system == "from env: yes"
+    assert s.stop == ("Question:",) and s.system == "from env: yes"
     assert s.temperature == 0.0 and s.sources["temperature"] == "default"
 
 
@@ -41,7 +43,15 @@ def test_every_setting_can_come_from_each_layer(cfg, monkeypatch):
 
     cfg.write_text(yaml.safe_dump(good))
     s = load_settings()
-    assert s.values == good and all(v.startswith("file ") for v in s.sources.values())
+    assert s.as_dict() == good and all(v.startswith("file ") for v in s.sources.values())
+    with pytest.raises(dataclasses.FrozenInstanceError):  # one immutable value: a layer above makes a new one
+        s.gamma = 0.9
+    assert s.under({"gamma": 0.3, "system": None}, "pair p").gamma == 0.1  # the file's value stays over a pair's
+    cfg.write_text("seed: 2\n")
+    s = load_settings()
+    under = s.under({"gamma": 0.3, "system": None}, "pair p")
+    assert (under.gamma, under.source("gamma"), under.system) == (0.3, "pair p", "")
+    assert (s.gamma, s.source("gamma")) == (0.4, "default")  # the value it was made from is unchanged
     for key in ("context_size", "gpu_layers", "threads"):
         monkeypatch.setenv(f"NUDGE_LOCAL_{key.upper()}", "auto")
     s = load_settings()

@@ -1,4 +1,4 @@
-"""Long conversations (nudge_local/context.py): the oldest turns leave both prompts when they outgrow
+"""Long conversations (nudge_local/engine/context.py): the oldest turns leave both prompts when they outgrow
 a small context, in the engine, the chat (Pilot, twelve turns), `serve` (both behaviours) and `run`;
 and an answer ends before the base format's own labels (next-turn and answer markers) by default."""
 
@@ -12,12 +12,12 @@ import time
 import pytest
 
 from conftest import load
-from nudge_local.bench import make_pair
+from nudge_local.bench.generated import make_pair
+from nudge_local.bench.synthetic import CHATML, Table, write_model
 from nudge_local.config import load_settings
-from nudge_local.context import fit_history, prompt_sizes
-from nudge_local.errors import ContextFull
-from nudge_local.prompts import Turn, answer_marker, base_prompt, format_stops, next_turn_marker, render_prompts
-from nudge_local.synthetic import CHATML, Table, write_model
+from nudge_local.engine.context import fit_history, prompt_sizes
+from nudge_local.engine.errors import ContextFull
+from nudge_local.engine.prompts import Turn, answer_marker, base_prompt, format_stops, next_turn_marker, render_prompts
 from pairs import vocab
 from serving import Served
 

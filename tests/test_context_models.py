@@ -17,12 +17,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import nudge_local.model as model_module
+import nudge_local.engine.local as model_module
 from conftest import load, needs_shared, run_engine
-from nudge_local.model import Model
-from nudge_local.sampling import top1
-from nudge_local.synthetic import CHATML, PIECES, alphabet, random_table, write_model
-from nudge_local.views import same_vocabulary
+from nudge_local.bench.synthetic import CHATML, PIECES, alphabet, random_table, write_model
+from nudge_local.engine.local import Model
+from nudge_local.engine.sampling import top1
+from nudge_local.engine.views import same_vocabulary
 from pairs import vocab
 from reference import reference_token_mode
 from reference_paper import reference_paper

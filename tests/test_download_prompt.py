@@ -16,7 +16,7 @@ import pytest
 import nudge_local
 from nudge_local.catalog import HubFile
 from nudge_local.choose import fetch
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 from test_catalog_hub import hub, reachable_hub  # noqa: F401 - the fixtures
 
 ABSENT = HubFile("test-org/absent-GGUF", "base.gguf")

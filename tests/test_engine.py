@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import load, needs_shared, run_engine
-from nudge_local.sampling import Sampling
-from nudge_local.views import same_vocabulary
+from nudge_local.engine.sampling import Sampling
+from nudge_local.engine.views import same_vocabulary
 from pairs import vocab, write_pair
 from reference import reference_token_mode
 

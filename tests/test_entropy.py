@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import load, run_engine
-from nudge_local.events import Stats, TokenEvent
-from nudge_local.remote import top_row
-from nudge_local.sampling import entropy
-from nudge_local.synthetic import CHATML, FLOOR, Table, bpe_vocab, write_model
+from nudge_local.bench.synthetic import CHATML, FLOOR, Table, bpe_vocab, write_model
+from nudge_local.engine.events import Stats, TokenEvent
+from nudge_local.engine.sampling import entropy
+from nudge_local.remote.rows import top_row
 from nudge_local.tui.screens.inspector import InspectorScreen, branching_line
 from nudge_local.tui.widgets.answer import AnswerView
 from nudge_local.tui.widgets.token_view import TokenView

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 from nudge_local.evaluate.data import TASKS, Item, data_digest, load_items, render_question, select
 
 REV = "0123456789abcdef0123456789abcdef01234567"

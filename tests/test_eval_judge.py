@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from engines import llama_cpp_python_multi_server, llama_cpp_python_server, llama_server
+from nudge_local.bench.synthetic import _B2U, CHATML, Table, Vocab, bpe_vocab, write_model
 from nudge_local.config import load_settings
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 from nudge_local.evaluate.judge import ChatJudge, judge_messages, open_judge, parse_verdict
-from nudge_local.synthetic import _B2U, CHATML, Table, Vocab, bpe_vocab, write_model
 
 QUESTION = "Which planet is known as the Red Planet?\nA. Venus\nB. Mars"
 GOLD = "B"
@@ -161,7 +161,7 @@ def test_a_judge_on_llama_server_is_asked_the_question_gold_and_answer(judges, s
     server = llama_server(judges[1], tmp_path, "-v")  # verbose: the log holds each request's prompt
     try:
         with open_judge(server.url, settings) as judge:
-            assert judge.model.remote and judge.label.endswith("judge-1.gguf")
+            assert judge.model.kind == "server" and judge.label.endswith("judge-1.gguf")
             assert judge.template == CHATML  # from the server's /props
             assert judge.verdict(QUESTION, GOLD, ANSWER) is True
             prompt = judge.prompt(QUESTION, GOLD, ANSWER)
@@ -191,7 +191,7 @@ def test_a_judge_behind_openai_is_asked_through_its_chat_api_or_completions_with
             assert judge.reply(QUESTION, GOLD, ANSWER) == '{"correct": 0}'
             assert judge.verdict(QUESTION, GOLD, ANSWER) is False
         with open_judge(server.url, settings, chat_template=CHATML) as judge:
-            assert judge.model.text_only
+            assert not judge.model.has_token_ids
             assert judge.reply(QUESTION, GOLD, ANSWER) == '{"correct": 0}'
     finally:
         os.environ.pop("NUDGE_LOCAL_JUDGE_API_KEY", None)

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from scipy.stats import binomtest
 
+from nudge_local.engine.paper_mode import trim_repeated_suffix
 from nudge_local.evaluate import report
 from nudge_local.evaluate.report import cohen_kappa, mcnemar_exact, repeated_tail, summarize, wilson, write_report
-from nudge_local.paper_mode import trim_repeated_suffix
 
 T, F, N = True, False, None
 # q0..q9 per mode; N: the rule could not score the answer.

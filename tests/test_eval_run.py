@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from nudge_local.errors import NudgeError
+from nudge_local.bench.synthetic import CHATML, Table, bpe_vocab, write_model
+from nudge_local.engine.errors import NudgeError
 from nudge_local.evaluate.data import TASKS, load_items, render_question
 from nudge_local.evaluate.run import EVAL_MODES, Results, check_manifest, parse_gammas, parse_modes, row_key
 from nudge_local.evaluate.scoring import score
-from nudge_local.synthetic import CHATML, Table, bpe_vocab, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 V = bpe_vocab(0)
@@ -147,8 +147,8 @@ def test_answers_cut_by_the_length_limit_are_flagged_counted_and_reported(pair, 
 def test_prompts_are_the_papers(pair, tmp_path):
     """The nudger's user message is "Question: ..." under the paper's system prompt; the base's prompt
     is the base format around the question (read back through the nudger-only answer's prompt)."""
+    from nudge_local.engine.local import Model
     from nudge_local.evaluate.run import EvalConfig, Job, prompts_for
-    from nudge_local.model import Model
 
     task = TASKS["gsm8k"]
     items = load_items(task, str(pair["data"]))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import nudge_local.tui.history as history
-from nudge_local.errors import NudgeError
-from nudge_local.events import Stats, TokenEvent
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import Stats, TokenEvent
 from nudge_local.render import spans
 from nudge_local.tui.history import SCHEMA_VERSION, ConversationInfo, History, Message
 
@@ -150,7 +150,7 @@ def test_unfinished_answer_comes_back_interrupted_with_every_token(db_path):
 CRASH_CHILD = f"""
 import os, signal, sys, threading
 from pathlib import Path
-from nudge_local.events import TokenEvent
+from nudge_local.engine.events import TokenEvent
 from nudge_local.tui.history import History
 
 token_at = {TOKEN_AT}

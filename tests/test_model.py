@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import load, needs_shared
-from nudge_local.errors import ContextFull
-from nudge_local.model import split_incomplete_utf8
-from nudge_local.synthetic import CHATML, Table, write_model
+from nudge_local.bench.synthetic import CHATML, Table, write_model
+from nudge_local.engine.errors import ContextFull
+from nudge_local.engine.local import split_incomplete_utf8
 from pairs import vocab
 
 
@@ -142,8 +142,8 @@ def test_metadata_and_template(tmp_path):
 def test_a_gguf_header_is_walked_once_per_file_version(tmp_path, monkeypatch):
     """Checking, planning the context and loading each read the header; the walk happens once,
     and again only when the file changes."""
-    import nudge_local.gguf_check as gc
-    from nudge_local.devices import model_shape
+    import nudge_local.engine.gguf_check as gc
+    from nudge_local.engine.devices import model_shape
 
     path = write_model(tmp_path / "m.gguf", vocab("bpe0"), Table(default={5: 3.0}))
     walks = []

@@ -5,8 +5,11 @@ command's --help and one answer of the chat on a generated pair."""
 from __future__ import annotations
 
 import argparse
+import ast
 import configparser
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from nudge_local.cli import build_parser
 
@@ -119,3 +123,33 @@ def test_installed_wheel_runs_every_command_and_the_chat(wheel, tmp_path):
     out = run([venv / "bin/python", ROOT / "scripts/smoke_chat.py"], env=env, cwd=tmp_path, timeout=240).stdout
     assert f"nudge_local from {venv}" in out, out  # the installed copy, not the source tree
     assert "answer: 'the Sure, ok.'" in out, out
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[\[<>=!~;\s]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_runtime_dependencies_are_ranges_and_every_imported_package_is_declared():
+    """Exact pins break installs beside other tools: only llama-cpp-python, whose C API the engine
+    calls, is pinned (the tests' exact versions are in tests/constraints.txt). Every package the
+    code imports is declared, not borrowed from another's dependencies."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"]
+    assert [d for d in deps if "==" in d and _requirement_name(d) != "llama-cpp-python"] == []
+    declared = {_requirement_name(d) for d in deps}
+    imported = set()
+    for folder in ("nudge_local", "tui"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"nudge_local", "__future__"}
+    dists = importlib.metadata.packages_distributions()
+    undeclared = {m: dists.get(m) for m in third_party
+                  if not {_requirement_name(d) for d in dists.get(m, [m])} & declared}  # fmt: skip
+    assert undeclared == {}
+    pins = {_requirement_name(line.split("#")[0]) for line in (ROOT / "tests/constraints.txt").read_text().splitlines()
+            if "==" in line.split("#")[0]}  # fmt: skip
+    assert {"textual", "starlette", "uvicorn", "httpx2", "gguf"} <= pins

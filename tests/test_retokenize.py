@@ -1,4 +1,4 @@
-"""Tokenizing a growing text from its last safe cut (nudge_local/retokenize.py) gives exactly the
+"""Tokenizing a growing text from its last safe cut (nudge_local/engine/retokenize.py) gives exactly the
 tokens of tokenizing it from the start, on the vocabularies of real models, and is what a model
 does once tokenizing whole texts has cost it what reading its vocabulary does."""
 
@@ -9,10 +9,10 @@ import random
 import pytest
 
 from conftest import load, needs_shared
-from nudge_local import model as model_module
-from nudge_local.model import Model
-from nudge_local.retokenize import common_prefix
-from nudge_local.synthetic import Table, write_model
+from nudge_local.bench.synthetic import Table, write_model
+from nudge_local.engine import local as model_module
+from nudge_local.engine.local import Model
+from nudge_local.engine.retokenize import common_prefix
 from pairs import vocab
 from tiny import tiny_paths
 

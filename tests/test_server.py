@@ -19,8 +19,8 @@ import httpx2 as httpx
 import pytest
 
 from conftest import load
-from nudge_local.bench import make_pair
-from nudge_local.prompts import Turn, render_prompts
+from nudge_local.bench.generated import make_pair
+from nudge_local.engine.prompts import Turn, render_prompts
 from serving import THREADS, Served, command, read_stream
 
 SHAPES = ((64, 2, 128), (32, 1, 64))  # tiny: thousands of tokens per second on one core
@@ -718,7 +718,7 @@ class _BrokenPair:
         self.after = after
 
     def generate(self, request):
-        from nudge_local.events import TokenEvent
+        from nudge_local.engine.events import TokenEvent
 
         for _ in range(self.after):
             yield TokenEvent(text="x", source="base", token=1, base_p=0.9, p=0.9)
@@ -729,7 +729,7 @@ class _BrokenPair:
 def test_an_engine_failure_is_500_with_no_details_and_the_log_has_them(caplog, after):
     import asyncio
 
-    from nudge_local.events import TokenEvent
+    from nudge_local.engine.events import TokenEvent
     from nudge_local.server.requests import ApiError
     from nudge_local.server.worker import Job, Worker
 

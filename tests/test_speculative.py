@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import load, needs_shared, run_engine
-from nudge_local.generate import generate
-from nudge_local.prompts import render_prompts
-from nudge_local.sampling import Sampling
-from nudge_local.speculative import DraftSizer, sizer_for
-from nudge_local.synthetic import CHATML, Table, alphabet, random_table, write_model
+from nudge_local.bench.synthetic import CHATML, Table, alphabet, random_table, write_model
+from nudge_local.engine.generate import generate
+from nudge_local.engine.prompts import render_prompts
+from nudge_local.engine.sampling import Sampling
+from nudge_local.engine.speculative import DraftSizer
 from pairs import padded, vocab
 
 
@@ -166,10 +166,13 @@ def test_unmeasured_batch_sizes_are_extrapolated_from_measured_ones():
 def test_a_pair_keeps_its_measurements_across_answers(tmp_path):
     base_path, nudger_path = agreeing_pair(tmp_path, vocab("bpe0"), 303, 0.9)
     with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
-        sizer = sizer_for(base, nudger)
+        sizer = DraftSizer()  # kept beside the loaded pair, as the chat, the server and eval keep theirs
         assert sizer.size() == 0 and not sizer.batch_s  # nothing measured yet: a plain step first
-        run_engine(base, nudger, gamma=0.4, max_tokens=30)
-        assert sizer_for(base, nudger) is sizer and 1 in sizer.batch_s and sizer.draft_s is not None
+        run_engine(base, nudger, gamma=0.4, max_tokens=30, sizer=sizer)
+        assert 1 in sizer.batch_s and sizer.draft_s is not None
+        measured = dict(sizer.batch_s)
+        run_engine(base, nudger, "How do I boil an egg?", gamma=0.4, max_tokens=30, sizer=sizer)
+        assert set(measured) <= set(sizer.batch_s)  # the second answer went on from the first's measurements
 
 
 def test_sizer_stays_plain_where_drafting_rounds_measure_slower():
@@ -311,9 +314,9 @@ def test_the_prompt_read_teaches_the_sizer_nothing(tmp_path):
     base_path, nudger_path = agreeing_pair(tmp_path, vocab("bpe0"), 303, 0.9)
     with load(base_path, "base") as base, load(nudger_path, "nudger") as nudger:
         prompts = render_prompts(base, nudger, "Hi, so", base_format="{question}")
-        events = list(generate(prompts, base=base, nudger=nudger, gamma=0.4, max_tokens=1))
+        sizer = DraftSizer()
+        events = list(generate(prompts, base=base, nudger=nudger, gamma=0.4, max_tokens=1, sizer=sizer))
         assert len(events) == 2 and 1 < base.evaluated_tokens <= DraftSizer().max_draft + 1  # a short prompt
-        sizer = sizer_for(base, nudger)
         assert not sizer.batch_s and sizer.draft_s is None and sizer.per_token(False) is None
-        list(generate(prompts, base=base, nudger=nudger, gamma=0.4, max_tokens=30))
+        list(generate(prompts, base=base, nudger=nudger, gamma=0.4, max_tokens=30, sizer=sizer))
         assert 1 in sizer.batch_s and sizer.draft_s is not None  # the later rounds are measured

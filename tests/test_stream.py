@@ -1,12 +1,12 @@
-"""The answer as shown (nudge_local/stream.py `stripped`, docs/method.md#stop-strings): no whitespace
+"""The answer as shown (nudge_local/engine/stream.py `stripped`, docs/method.md#stop-strings): no whitespace
 at either end, trailing whitespace held back until something non-blank follows, and the events'
 texts still adding up to Done.text; staged modes, no models."""
 
 from __future__ import annotations
 
-from nudge_local.events import Done, PaperResult, Result, TokenEvent
-from nudge_local.paper_mode import trim_repeated_suffix
-from nudge_local.stream import stream
+from nudge_local.engine.events import Done, PaperResult, Result, TokenEvent
+from nudge_local.engine.paper_mode import trim_repeated_suffix
+from nudge_local.engine.stream import stream
 
 
 def staged(pieces: list[tuple[str, bytes]], log: list, result: Result):

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import run_engine
 from nudge_local.config import load_settings
-from nudge_local.model import Model
-from nudge_local.views import text_read
-from nudge_local.words import WHITESPACE
+from nudge_local.engine.local import Model
+from nudge_local.engine.views import text_read
+from nudge_local.engine.words import WHITESPACE
 from tiny import tiny_paths
 
 BLANK = WHITESPACE.encode()

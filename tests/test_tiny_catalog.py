@@ -17,7 +17,7 @@ import yaml
 
 from nudge_local.catalog import PackageFile, load_catalog
 from nudge_local.choose import default_pair
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 from nudge_local.packaged import installed, location, package_path, present_path
 from test_catalog_hub import _catalog_dict, cli
 

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from conftest import run_engine
-from nudge_local.events import Done, TokenEvent
-from nudge_local.model import Model
-from nudge_local.prompts import Prompts
+from nudge_local.engine.events import Done, TokenEvent
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import Prompts
+from nudge_local.engine.sampling import top1
+from nudge_local.engine.views import text_read
 from nudge_local.render import spans
-from nudge_local.sampling import top1
-from nudge_local.views import text_read
 from tiny import tiny_paths
 
 N_CTX = 1024

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import load, needs_shared, run_engine
-from nudge_local.views import same_vocabulary
+from nudge_local.engine.views import same_vocabulary
 from pairs import padded, vocab, write_pair
 from reference import reference_token_mode
 
@@ -136,7 +136,7 @@ def test_padding_ids_are_never_produced(tmp_path):
     pv = padded("bpe0", extra=64)
     pad_id = len(v.tokens) + 10
     base_path, nudger_path = write_pair(tmp_path, v, pv, 30)
-    from nudge_local.synthetic import CHATML, Table, write_model
+    from nudge_local.bench.synthetic import CHATML, Table, write_model
 
     table = Table(default={pad_id: 9.0, v.find(b" the"): 1.0})
     write_model(nudger_path, pv, table, chat_template=CHATML)

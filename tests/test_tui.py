@@ -9,11 +9,11 @@ import time
 
 import pytest
 
+from nudge_local.bench.synthetic import CHATML, Table, write_model
 from nudge_local.config import load_settings
-from nudge_local.generate import generate
-from nudge_local.model import Model
-from nudge_local.prompts import render_prompts
-from nudge_local.synthetic import CHATML, Table, write_model
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import render_prompts
 from nudge_local.tui.app import ACTIONS, NudgeApp
 from nudge_local.tui.history import History
 from nudge_local.tui.screens.compare import CompareScreen
@@ -344,7 +344,7 @@ def test_answer_blocks_draw_every_token_and_hold_their_height_while_live():
     exact height once the answer ends."""
     from textual.app import App
 
-    from nudge_local.events import TokenEvent
+    from nudge_local.engine.events import TokenEvent
     from nudge_local.tui.widgets.token_view import BLOCK, LIVE_STEP
 
     class One(App):
@@ -380,7 +380,7 @@ def test_the_mouse_finds_the_token_under_it_in_wrapped_text():
     from textual.app import App
     from textual.geometry import Region
 
-    from nudge_local.events import TokenEvent
+    from nudge_local.engine.events import TokenEvent
 
     texts = ["Hello", " wide", " 日本語", " text", ",", " a", " long", " word", "\n", "next", " line", " ok", "."]
     texts += [" more", " words", " to", " wrap", " again", " and", " again", "\n", "\n", "end"]
@@ -420,7 +420,7 @@ def test_the_mouse_finds_the_token_under_it_in_wrapped_text():
 def test_a_block_closed_by_one_batch_takes_its_exact_height_when_the_next_batch_opens_a_block():
     from textual.app import App
 
-    from nudge_local.events import TokenEvent
+    from nudge_local.engine.events import TokenEvent
     from nudge_local.tui.widgets.token_view import BLOCK, LIVE_STEP
 
     class One(App):

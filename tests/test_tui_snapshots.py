@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nudge_local.events import Stats
+from nudge_local.engine.events import Stats
 from nudge_local.tui.screens.compare import CompareScreen
 from nudge_local.tui.screens.inspector import InspectorScreen
 from nudge_local.tui.session import ChatSession

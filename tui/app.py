@@ -18,9 +18,9 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
 from nudge_local.config import Settings
-from nudge_local.errors import NudgeError
-from nudge_local.events import CHAT_MODES, Done, TokenEvent
-from nudge_local.prompts import Turn
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import CHAT_MODES, Done, TokenEvent
+from nudge_local.engine.prompts import Turn
 from nudge_local.tui.history import History
 from nudge_local.tui.screens.compare import COLUMNS, CompareScreen
 from nudge_local.tui.screens.history import HistoryScreen

@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nudge_local.errors import NudgeError
-from nudge_local.events import Stats, TokenEvent
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import Stats, TokenEvent
 from nudge_local.paths import data_dir
 from nudge_local.render import bracketed, spans
 

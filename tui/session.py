@@ -10,17 +10,17 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from nudge_local.alternatives import alternatives
 from nudge_local.choose import Choice, choose_models, load_models, local_path, read_chat_template
 from nudge_local.config import Settings
-from nudge_local.context import Fitted, fit_history
-from nudge_local.devices import backend
-from nudge_local.events import Done, TokenEvent
-from nudge_local.generate import generate
-from nudge_local.model import Model
-from nudge_local.prompts import Prompts, Turn, render_prompts
-from nudge_local.remote import label
-from nudge_local.sampling import Sampling
+from nudge_local.engine.alternatives import alternatives
+from nudge_local.engine.context import Fitted, fit_history
+from nudge_local.engine.devices import backend
+from nudge_local.engine.events import Done, TokenEvent
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import Prompts, Turn, render_prompts
+from nudge_local.engine.sampling import Sampling
+from nudge_local.engine.speculative import DraftSizer
 
 
 @dataclass
@@ -70,12 +70,13 @@ class ChatSession:
     chat_template: str | None = None
     n_ctx: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sizer: DraftSizer = field(default_factory=DraftSizer)  # the loaded pair's draft costs, kept across answers
 
     @property
     def pair_name(self) -> str:
         if self.choice and self.choice.pair:
             return self.choice.pair.alias
-        names = [label(m) for m in self.models.values()]
+        names = [m.label for m in self.models.values()]
         return " + ".join(names) if names else "no models"
 
     @property
@@ -86,6 +87,7 @@ class ChatSession:
         """Resolve the pair (never downloading: the command line offers that before the app starts)
         and load both models. Errors are NudgeError sentences."""
         self.choice = choose_models(self.settings, "nudged")
+        self.settings = self.choice.settle(self.settings)
         paths = {"base": local_path(self.choice.base), "nudger": local_path(self.choice.nudger)}
         self.chat_template = read_chat_template(self.settings)
         with self.lock:
@@ -134,8 +136,13 @@ class ChatSession:
             sampling=Sampling(options.temperature, options.top_p, options.seed),
             stop_strings=self.settings.stop_strings,
             entropy=True,  # Done's Stats carry the answer's branching factors, for the inspector
+            sizer=self.sizer,
         )
         return _as_stored(events)
+
+    def forget_measurements(self) -> None:
+        """The pair's next answer measures its draft costs afresh, as on a freshly loaded pair."""
+        self.sizer = DraftSizer()
 
     def alternatives(self, prompts: Prompts, tokens: list[TokenEvent], index: int, mode: str) -> dict:
         base = self.models["base"] if mode in ("nudged", "base") else None

@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from nudge_local.catalog import is_url
 from nudge_local.choose import choose_models, fetch, load_models, local_path, missing, read_chat_template
-from nudge_local.config import FIELDS, Settings, load_settings
-from nudge_local.errors import NudgeError
+from nudge_local.commands import add_pair_options, add_settings_flags, confirmer, fetch_missing, settings_of
+from nudge_local.config import Settings, load_settings
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.sampling import Sampling
 from nudge_local.evaluate.data import TASKS, data_digest, load_items, select
 from nudge_local.evaluate.run import (
     EVAL_MODES,
@@ -25,14 +28,12 @@ from nudge_local.evaluate.run import (
     run,
     write_atomic,
 )
-from nudge_local.remote import is_url, label
-from nudge_local.sampling import Sampling
 
 PAPER_SEED = 609  # the authors drew their subsets with this seed
 PAPER_MAX_TOKENS = 512
 
 
-def add_parser(sub, add_settings_flags) -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="evaluate a pair on a task (GSM8K, SVAMP, MultiArith, multiple choice, open): accuracy, nudge "
@@ -46,11 +47,7 @@ def add_parser(sub, add_settings_flags) -> argparse.ArgumentParser:
     p.add_argument("--field", action="append", default=[], metavar="NAME=KEY",
                    help="where the file keeps NAME (id, question, answer, choices, label); KEY may be dotted "
                    "(doc.question); repeatable")  # fmt: skip
-    p.add_argument("--pair", help="a catalog pair (default: as `run` chooses: the configured one; else the "
-                   "catalog's default if downloaded, else tiny if installed)")  # fmt: skip
-    p.add_argument("--base", help="base model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
-    p.add_argument("--nudge", help="nudger model: a GGUF path, org/repo:file.gguf, or http://HOST:PORT")
-    p.add_argument("--yes", action="store_true", help="download missing model files without asking")
+    add_pair_options(p)
     p.add_argument("--modes", default="base,nudger,nudged",
                    help=f"comma-separated, from {', '.join(EVAL_MODES)} (default base,nudger,nudged); urial is "
                    "the base alone, aligned in context by a preamble and three examples")  # fmt: skip
@@ -90,27 +87,16 @@ def parse_fields(pairs: list[str]) -> dict[str, str]:
 def _settings(args) -> Settings:
     """The file's and the environment's settings under the flags; the paper's set-up (its system
     prompt, 512 tokens, greedy, seed 609) wherever a flag does not say otherwise."""
-    flags = {k: v for k, v in vars(args).items() if k in FIELDS and k != "gamma"}
-    s = load_settings(flags)
-    for key, value in (("max_tokens", PAPER_MAX_TOKENS), ("seed", PAPER_SEED), ("temperature", 0.0)):
-        if not s.sources[key].startswith("flag"):
-            s.values[key], s.sources[key] = value, "eval"
-    return s
+    s = settings_of(args, leave=("gamma",))
+    paper = {"max_tokens": PAPER_MAX_TOKENS, "seed": PAPER_SEED, "temperature": 0.0}
+    return s.updated({k: v for k, v in paper.items() if not s.source(k).startswith("flag")}, "eval", "eval")
 
 
 def _mode_for(roles: set[str]) -> str:
     return "nudged" if roles == {"base", "nudger"} else "base" if roles == {"base"} else "nudger"
 
 
-def _model_id(model) -> str:
-    """How the manifest names a model: its file's name and size, or its server's URL and name."""
-    if model.remote:
-        return f"{model.path} ({label(model)})"
-    return f"{label(model)} ({Path(model.path).stat().st_size} bytes)"
-
-
 def main(args) -> int:
-    from nudge_local.cli import _fetch_missing
     from nudge_local.evaluate.report import write_report  # matplotlib and the rest load only for a run
 
     limit = 1 if args.limit is None else args.limit
@@ -126,7 +112,7 @@ def main(args) -> int:
     task = TASKS[args.task]
     modes = parse_modes(args.modes)
     roles = roles_needed(modes)
-    system = s.system if s.sources["system"].startswith("flag") else task.system
+    system = s.system if s.source("system").startswith("flag") else task.system
     prefix = task.prefix if args.prefix is None else args.prefix
     fields = parse_fields(args.field)
     items = select(load_items(task, args.data, fields), args.limit, s.seed)
@@ -134,9 +120,10 @@ def main(args) -> int:
         raise NudgeError(f"{args.data} holds no items.")
     out = Path(args.out or f"eval-{task.name}")
 
-    choice = choose_models(s, _mode_for(roles))  # a catalog pair may set gamma and the base format
+    choice = choose_models(s, _mode_for(roles))
+    s = choice.settle(s)  # a catalog pair may set gamma and the base format
     gammas = parse_gammas(args.gamma) if args.gamma else [s.gamma]
-    _fetch_missing(choice, args.yes)  # asks on the terminal, as `run` does
+    fetch_missing(choice, args.yes)  # asks on the terminal, as `run` does
     chat_template = read_chat_template(s)
     cfg = EvalConfig(
         task=task,
@@ -173,8 +160,8 @@ def main(args) -> int:
             "task": task.name,
             "data": args.data,
             "data_sha256": data_digest(args.data),
-            "base": _model_id(models["base"]) if "base" in models else None,
-            "nudger": _model_id(models["nudger"]) if "nudger" in models else None,
+            "base": models["base"].identity if "base" in models else None,
+            "nudger": models["nudger"].identity if "nudger" in models else None,
             "settings": {
                 "system": system,
                 "prefix": prefix,
@@ -222,13 +209,11 @@ def _judge_file(ref: str, yes: bool) -> str:
     """The judge as `open_judge` takes it: a server's URL or a file on disk (a hub reference,
     org/repo:file.gguf, is downloaded into the Hugging Face cache first, asking as for the pair)."""
     from nudge_local.catalog import HubFile, parse_ref
-    from nudge_local.cli import _ask
 
     f = None if is_url(ref) else parse_ref(ref)
     if not isinstance(f, HubFile):
         return ref
-    confirm = _ask if sys.stdin and sys.stdin.isatty() else None
-    fetch(missing([f]), yes=yes, what="--judge: ", confirm=confirm)
+    fetch(missing([f]), yes=yes, what="--judge: ", confirm=confirmer())
     return str(local_path(f))
 
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
+from nudge_local.evaluate.numbers import numbers
 from nudge_local.hub import offline
 
 REASONING = "Answer the question by walking through the reasoning steps."
@@ -208,8 +209,6 @@ def _numeric(row: Row, task: Task, fields: dict[str, str]) -> tuple[str, str]:
     gold = _text(_field(row, fields, "answer", "answer", "Answer", "final_ans"))
     if question is None or gold is None:
         raise _unfit(row, task, "question and gold answer")
-    from nudge_local.evaluate.scoring import numbers
-
     if not numbers(gold):
         raise NudgeError(f"{_at(row)} has a gold answer without a number ({gold[:40]!r}).")
     return question, gold

@@ -11,14 +11,17 @@ import os
 import re
 from pathlib import Path
 
+from nudge_local.catalog import is_url
 from nudge_local.choose import load_models
 from nudge_local.config import Settings
-from nudge_local.errors import NudgeError
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.model import Model
-from nudge_local.prompts import Prompts, render_chat_template
-from nudge_local.remote import Endpoint, Http, connect, detect_api, is_url, label, served_model
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import Prompts, render_chat_template
+from nudge_local.remote.completions import served_model
+from nudge_local.remote.connect import connect, detect_api
+from nudge_local.remote.http import Endpoint, Http
 
 MAX_TOKENS = 128  # a verdict is a few tokens; room for a judge that wraps it in a code fence or a line
 JUDGE_SYSTEM = "You grade answers to questions. You reply with a single JSON object and nothing else."
@@ -89,7 +92,7 @@ class Judge:
 
     def __init__(self, model: Model, template: str, *, ref: str, max_tokens: int = MAX_TOKENS) -> None:
         self.model, self.template, self.ref, self.max_tokens = model, template, ref, max_tokens
-        self.label = label(model)  # the manifest's name for the judge
+        self.label = model.label  # the manifest's name for the judge
         self._bos = model.piece(model.bos).decode("utf-8", "replace") if model.bos >= 0 else ""
         self._eos = model.piece(model.eos).decode("utf-8", "replace") if model.eos >= 0 else ""
 
@@ -202,9 +205,10 @@ def open_judge(
         raise _as_judge(e, ref) from None
     template = chat_template or model.chat_template
     if not template:
-        where = "server" if model.remote else "GGUF"
         model.close()
-        raise NudgeError(f"The --judge model {ref} has no chat template in its {where}; give it a chat template file.")
+        raise NudgeError(
+            f"The --judge model {ref} has no chat template in its {model.kind}; give it a chat template file."
+        )
     judge = Judge(model, template, ref=ref, max_tokens=max_tokens)
     try:
         judge.prompt("?", "?", "?")  # a template that cannot render fails here, not on the first item

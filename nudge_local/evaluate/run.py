@@ -12,18 +12,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import Done, TokenEvent
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import DEFAULT_BASE_FORMAT, Prompts, base_prompt, nudger_prompt
+from nudge_local.engine.sampling import Sampling
+from nudge_local.engine.speculative import DraftSizer
 from nudge_local.evaluate.data import Item, Task, render_question
 from nudge_local.evaluate.report import looped, repetition
 from nudge_local.evaluate.scoring import cut, score
 from nudge_local.evaluate.urial import STOPS as URIAL_STOPS
 from nudge_local.evaluate.urial import urial_prompt
-from nudge_local.events import Done, TokenEvent
-from nudge_local.generate import generate
-from nudge_local.model import Model
-from nudge_local.prompts import DEFAULT_BASE_FORMAT, Prompts, base_prompt, nudger_prompt
 from nudge_local.render import spans
-from nudge_local.sampling import Sampling
 
 EVAL_MODES = ("base", "nudger", "nudged", "paper", "urial")
 GAMMA_MODES = ("nudged", "paper")  # the modes gamma changes; the others run once, with gamma null
@@ -65,6 +66,7 @@ class EvalConfig:
     chunk: int = 16
     max_rounds: int = 150
     speculative: bool = True
+    sizer: DraftSizer = field(default_factory=DraftSizer)  # the run's pair's draft costs, kept across answers
 
 
 def parse_modes(text: str) -> list[str]:
@@ -254,6 +256,7 @@ def answer(job: Job, cfg: EvalConfig, base: Model | None, nudger: Model | None) 
             chunk=cfg.chunk,
             max_rounds=cfg.max_rounds,
             speculative=cfg.speculative,
+            sizer=cfg.sizer,
             entropy=True,
         )
     )

@@ -31,10 +31,11 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from nudge_local.evaluate.numbers import numbers
+
 if TYPE_CHECKING:
     from nudge_local.evaluate.data import Item, Task
 
-NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d*)?")
 CUT_REASONS = ("length", "round")  # stop reasons of an answer a budget ended, not the answer itself
 
 
@@ -42,18 +43,6 @@ def cut(stop_reason: str | None) -> bool:
     """Whether an answer that stopped for `stop_reason` was cut short by the length limit (max_tokens,
     a full context) or paper mode's round limit, rather than ending by itself."""
     return stop_reason in CUT_REASONS
-
-
-def _normalize(match: str) -> str:
-    whole, _, frac = match.replace(",", "").partition(".")
-    frac = frac.rstrip("0")  # "3.50" is 3.5; "3.0" and "3." (a trailing period) are 3
-    return f"{int(whole)}.{frac}" if frac else str(int(whole))  # int(): exact digits, where a float rounds
-
-
-def numbers(text: str) -> list[str]:
-    """Every number in `text` by the authors' rule, normalized: "1,234" -> "1234", "3.50" -> "3.5",
-    "3.0" and "3." -> "3". Minus signs are not part of the pattern: "-5" gives "5", as in the paper."""
-    return [_normalize(m) for m in NUMBER.findall(text)]
 
 
 def numeric_correct(answer: str, gold: str) -> bool:

@@ -24,8 +24,8 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from nudge_local.errors import NudgeError
-from nudge_local.events import Done, TokenEvent
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import Done, TokenEvent
 from nudge_local.server.requests import ApiError, parse_chat, parse_completion
 from nudge_local.server.responses import Answer
 from nudge_local.server.worker import Job, Pair, Worker

@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 
 from nudge_local.config import Settings
-from nudge_local.context import POLICIES
-from nudge_local.events import MODES, Mode
-from nudge_local.prompts import Turn
+from nudge_local.engine.context import POLICIES
+from nudge_local.engine.events import MODES, Mode
+from nudge_local.engine.prompts import Turn
 
 MAX_STOPS = 4  # as the OpenAI API
 MAX_TOP_LOGPROBS = 20

@@ -10,7 +10,7 @@ import math
 import time
 import uuid
 
-from nudge_local.events import Done, TokenEvent
+from nudge_local.engine.events import Done, TokenEvent
 from nudge_local.render import spans
 from nudge_local.server.requests import Request
 from nudge_local.server.worker import Pair

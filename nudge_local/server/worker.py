@@ -17,14 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nudge_local.config import Settings
-from nudge_local.context import Fitted, fit_history
-from nudge_local.errors import ContextFull, NudgeError
-from nudge_local.events import Done, TokenEvent
-from nudge_local.generate import generate
-from nudge_local.model import Model
-from nudge_local.prompts import Prompts
-from nudge_local.remote import RemoteError, label
-from nudge_local.sampling import Sampling
+from nudge_local.engine.context import Fitted, fit_history
+from nudge_local.engine.errors import ContextFull, NudgeError
+from nudge_local.engine.events import Done, TokenEvent
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model
+from nudge_local.engine.prompts import Prompts
+from nudge_local.engine.sampling import Sampling
+from nudge_local.engine.speculative import DraftSizer
+from nudge_local.remote.http import RemoteError
 from nudge_local.server.requests import ApiError, Request
 
 log = logging.getLogger("nudge_local.server")
@@ -43,11 +44,12 @@ class Pair:
     model_id: str
     chunk: int = 16  # paper mode's L and round limit, as `run`'s defaults
     max_rounds: int = 150
+    sizer: DraftSizer = field(default_factory=DraftSizer)  # the pair's draft costs, kept across requests
 
     @property
     def files_label(self) -> str:
         """The long name of the pair: its models' file (or served) names, `BASE.gguf+NUDGER.gguf`."""
-        return "+".join(label(self.models[role]) for role in ("base", "nudger") if role in self.models)
+        return "+".join(self.models[role].label for role in ("base", "nudger") if role in self.models)
 
     @property
     def aliases(self) -> list[str]:
@@ -86,6 +88,7 @@ class Pair:
             chunk=self.chunk,
             max_rounds=self.max_rounds,
             speculative=r.speculative,
+            sizer=self.sizer,
             top_n=r.top_logprobs,
         )
 

@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from nudge_local.events import Stats, TokenEvent
+from nudge_local.engine.events import Stats, TokenEvent
 from nudge_local.tui.widgets.token_view import describe
 
 

@@ -9,8 +9,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from nudge_local.config import FIELDS
-from nudge_local.errors import NudgeError
-from nudge_local.events import CHAT_MODES
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import CHAT_MODES
 from nudge_local.tui.session import Options
 
 

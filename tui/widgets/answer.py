@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Markdown, Static
 
-from nudge_local.events import Stats, TokenEvent
+from nudge_local.engine.events import Stats, TokenEvent
 from nudge_local.tui.widgets.token_view import TokenView
 
 

@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.style import Style
 from textual.widget import Widget
 
-from nudge_local.events import TokenEvent
+from nudge_local.engine.events import TokenEvent
 
 BLOCK = 64  # small live blocks: each frame re-renders only the last one
 LIVE_STEP = 4  # the live block's height grows 4 lines at a time: a quarter of the screen reflows

@@ -7,7 +7,7 @@ import os
 import struct
 from pathlib import Path
 
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)

@@ -8,62 +8,26 @@ write until it is unsure. The final trim (`trim_repeated_suffix`) is applied by 
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nudge_local.events import PaperResult, Source, StopReason, TokenEvent
-from nudge_local.model import Model
-from nudge_local.sampling import top1
-from nudge_local.stream import Steps
+from nudge_local.engine.events import PaperResult, Source, StopReason, TokenEvent
+from nudge_local.engine.interface import Completion, CompletionToken, ScoringModel
+from nudge_local.engine.stream import Steps
 
 
-@dataclass(frozen=True, slots=True)
-class CompletionToken:
-    token: int
-    text: str  # the characters this token completes (UTF-8 safe within one completion)
-    p: float  # top-1 probability at this position (the token is the argmax)
+def complete(model: ScoringModel, text: str, max_tokens: int, *, reading: bool = True) -> Completion:
+    """What a completions server returns for `text` (ScoringModel.complete): a local file evaluates
+    only what its context does not already hold; a served model answers in one request, as the
+    authors' client asks."""
+    return model.complete(text, max_tokens, reading=reading)
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
-    tokens: list[CompletionToken]
-    finish: str  # "stop" (end of generation) or "length"
-
-    @property
-    def text(self) -> str:
-        return "".join(t.text for t in self.tokens)
-
-
-def complete(model: Model, text: str, max_tokens: int, *, reading: bool = True) -> Completion:
-    """What a completions server returns for `text`: up to `max_tokens` greedy tokens, each with
-    its text and top-1 probability, ending early at end of generation (not reported, finish
-    "stop"). Only tokens the context does not already hold are evaluated. A served model answers
-    it in one request, as the authors' client asks. `reading`: the first call reads text the model
-    did not write (a prompt, the other model's words), for the timings' breakdown; later calls write."""
-    if model.remote:
-        return model.complete(text, max_tokens)
-    seq = model.tokenize(text)
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    out: list[CompletionToken] = []
-    model.reading = reading
-    for _ in range(max_tokens):
-        t, p = top1(model.logits(seq))
-        model.reading = False
-        if model.is_eog(t):
-            return Completion(out, "stop")
-        out.append(CompletionToken(t, decoder.decode(model.piece(t)), p))
-        seq.append(t)  # `seq` is ours; the context keeps its own list
-    return Completion(out, "length")
-
-
-def api_style_complete(model: Model, text: str, n: int, *, reading: bool = True) -> Completion:  # noqa: ARG001
+def api_style_complete(model: ScoringModel, text: str, n: int, *, reading: bool = True) -> Completion:  # noqa: ARG001
     """A completion call as the authors' API client makes it: the whole text evaluated again (its
-    first call reads it all, whoever wrote it)."""
-    if model.remote:
-        return model.complete(text, n)  # the server's prefix cache decides what it re-reads
+    first call reads it all, whoever wrote it; a server's prefix cache decides what it re-reads)."""
     model.reset()
-    return complete(model, text, n)
+    return model.complete(text, n)
 
 
 Complete = Callable[..., Completion]  # (model, text, max_tokens, *, reading=True), as `complete`
@@ -105,7 +69,7 @@ def split_words(draft: str) -> tuple[str, list[str]]:
 
 
 def choose_nudging_words(
-    call: Callable[..., Completion], base: Model, context: str, words: list[str], gamma: float
+    call: Callable[..., Completion], base: ScoringModel, context: str, words: list[str], gamma: float
 ) -> tuple[int, Completion | None]:
     """How many of the draft's words to commit, and the base's probe at the accepted boundary (None
     when none was accepted). `context` is the base's text up to the draft's first word. The boundary
@@ -131,7 +95,7 @@ def _confident(tokens: list[CompletionToken], gamma: float) -> list[CompletionTo
 
 def continue_with_base(
     call: Callable[..., Completion],
-    base: Model,
+    base: ScoringModel,
     base_prompt: str,
     output: str,
     probe: Completion,
@@ -181,8 +145,8 @@ class Output:
 
 
 def paper_steps(
-    base: Model,
-    nudger: Model,
+    base: ScoringModel,
+    nudger: ScoringModel,
     base_prompt: str,
     nudger_prompt: str,
     *,
@@ -197,15 +161,16 @@ def paper_steps(
     the authors' re-send-everything cost. `max_tokens` is a budget in base tokens (0: none)."""
     out = Output()
 
-    def call(model: Model, text: str, *, reading: bool = True) -> Completion:
+    def call(model: ScoringModel, text: str, *, reading: bool = True) -> Completion:
         return complete(model, text, chunk, reading=reading)
 
     written = 0  # tokens yielded: the budget of a text-only served base, which cannot tokenize
 
     def over_budget(text: str) -> bool:
-        if base.text_only:
-            return max_tokens > 0 and written >= max_tokens
-        return max_tokens > 0 and len(base.tokenize(text)) - (base.tokenize("") != []) >= max_tokens
+        if max_tokens <= 0:
+            return False
+        n = base.count_tokens(text)
+        return (written if n is None else n - (base.count_tokens("") != 0)) >= max_tokens
 
     def counted(events: Steps):
         nonlocal written

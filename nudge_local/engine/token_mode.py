@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from nudge_local.events import Result, Source, TokenEvent
-from nudge_local.model import Model
-from nudge_local.sampling import Chooser, prob, top1
-from nudge_local.stream import Steps
-from nudge_local.views import Answer, View
-from nudge_local.words import ends_word, has_text
+from nudge_local.engine.events import Result, Source, TokenEvent
+from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.sampling import Chooser, prob, top1
+from nudge_local.engine.stream import Steps
+from nudge_local.engine.views import Answer, View
+from nudge_local.engine.words import ends_word, has_text
 
 
 def nudged_word(
-    nudger: Model,
+    nudger: ScoringModel,
     view: View,
     answer: Answer,
     *,
@@ -45,8 +45,8 @@ def nudged_word(
 
 
 def nudged_steps(
-    base: Model,
-    nudger: Model,
+    base: ScoringModel,
+    nudger: ScoringModel,
     base_view: View,
     nudger_view: View,
     answer: Answer,
@@ -86,7 +86,7 @@ def nudged_steps(
 
 
 def single_steps(
-    model: Model, view: View, answer: Answer, *, source: Source, max_tokens: int, choose: Chooser
+    model: ScoringModel, view: View, answer: Answer, *, source: Source, max_tokens: int, choose: Chooser
 ) -> Steps:
     """One model writes every token: the base-only (source "base") and nudger-only ("nudge") baselines."""
     for i in range(max_tokens):

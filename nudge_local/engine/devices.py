@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import shutil
 from pathlib import Path
 
-from nudge_local.errors import NudgeError
-from nudge_local.gguf_check import model_header
+import llama_cpp as ll
+
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.gguf_check import model_header
 
 DEFAULT_CONTEXT = 4096  # enough for a chat of several turns
 HEADROOM = 512 * 2**20  # bytes left free for llama.cpp's compute buffers and the app
+
+
+@ll.llama_log_callback
+def _quiet_log(level, text, user_data):  # noqa: ARG001 - llama.cpp's log goes nowhere
+    return None
+
+
+_backend_ready = False
+
+
+def init_backend() -> None:
+    """Once per process: llama.cpp's log silenced (never by redirecting file descriptors, which
+    blanks a terminal UI) and its backend initialised."""
+    global _backend_ready
+    if not _backend_ready:
+        ll.llama_log_set(_quiet_log, ctypes.c_void_p(0))  # _quiet_log stays referenced at module level
+        ll.llama_backend_init()
+        _backend_ready = True
+
+
+def amx_build() -> bool:
+    """Whether this llama.cpp build multiplies quantized weights with Intel AMX. Its AMX kernels crash
+    the process inside llama_decode on quantized models (seen with Q4_K_M and Q4_1 on a Xeon with
+    AMX, llama-cpp-python 0.3.36), so models load without extra buffer types there."""
+    return b"AMX_INT8 = 1" in ll.llama_print_system_info()
 
 
 def default_threads() -> int:
@@ -23,9 +51,6 @@ def default_threads() -> int:
 
 
 def gpu_offload_supported() -> bool:
-    import llama_cpp as ll
-
-    from nudge_local.model import init_backend
 
     init_backend()
     return bool(ll.llama_supports_gpu_offload())
@@ -33,7 +58,6 @@ def gpu_offload_supported() -> bool:
 
 def backend() -> str:
     """ "CUDA", "Metal", "Vulkan", ... when this llama.cpp build can offload to a GPU, else "CPU"."""
-    import llama_cpp as ll
 
     if not gpu_offload_supported():
         return "CPU"

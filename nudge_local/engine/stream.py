@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import replace
 
-from nudge_local.errors import ContextFull
-from nudge_local.events import Done, DraftResult, Result, Role, Stats, TokenEvent
-from nudge_local.model import Model
-from nudge_local.words import WHITESPACE
+from nudge_local.engine.errors import ContextFull
+from nudge_local.engine.events import Done, DraftResult, Result, Role, Stats, TokenEvent
+from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.words import WHITESPACE
 
 Steps = Generator[tuple[TokenEvent, bytes], None, Result]  # what a decoding mode is
 Events = Generator[TokenEvent, None, Result]
@@ -173,7 +173,7 @@ def stripped(events: Events) -> Events:
 
 def stream(
     steps: Steps,
-    models: Mapping[Role, Model],
+    models: Mapping[Role, ScoringModel],
     prompt_tokens: Mapping[Role, int],
     *,
     stop_strings: Sequence[str] = (),
@@ -211,7 +211,7 @@ def stream(
         for r, m in models.items():
             stats.evaluated_tokens[r] = m.evaluated_tokens - start[r][0]
             stats.forward_calls[r] = m.forward_calls - start[r][1]
-            if m.remote:
+            if m.prompt_read is not None:  # a server reports what it read
                 stats.served_prompt_read[r] = m.prompt_read - start[r][2]
     if isinstance(result, DraftResult):
         stats.draft_proposed, stats.draft_accepted = result.draft_proposed, result.draft_accepted

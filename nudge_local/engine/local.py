@@ -7,6 +7,7 @@ and silences logs by redirecting file descriptors.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import os
 import re
@@ -17,35 +18,12 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
-from nudge_local.devices import default_threads, gpu_layers
-from nudge_local.errors import ContextFull, NudgeError
-from nudge_local.gguf_check import check_gguf
-from nudge_local.retokenize import Retokenizer
-
-
-@ll.llama_log_callback
-def _quiet_log(level, text, user_data):  # noqa: ARG001 - llama.cpp's log goes nowhere
-    return None
-
-
-_backend_ready = False
-
-
-def init_backend() -> None:
-    """Once per process: llama.cpp's log silenced (never by redirecting file descriptors, which
-    blanks a terminal UI) and its backend initialised."""
-    global _backend_ready
-    if not _backend_ready:
-        ll.llama_log_set(_quiet_log, ctypes.c_void_p(0))  # _quiet_log stays referenced at module level
-        ll.llama_backend_init()
-        _backend_ready = True
-
-
-def amx_build() -> bool:
-    """Whether this llama.cpp build multiplies quantized weights with Intel AMX. Its AMX kernels crash
-    the process inside llama_decode on quantized models (seen with Q4_K_M and Q4_1 on a Xeon with
-    AMX, llama-cpp-python 0.3.36), so models load without extra buffer types there."""
-    return b"AMX_INT8 = 1" in ll.llama_print_system_info()
+from nudge_local.engine.devices import amx_build, default_threads, gpu_layers, init_backend
+from nudge_local.engine.errors import ContextFull, NudgeError
+from nudge_local.engine.gguf_check import check_gguf
+from nudge_local.engine.interface import Completion, CompletionToken, ScoringModel
+from nudge_local.engine.retokenize import Retokenizer
+from nudge_local.engine.sampling import top1
 
 
 def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
@@ -74,15 +52,15 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-class Model:
-    """A GGUF model loaded into one llama.cpp context (sequence 0), used from one thread."""
+class Model(ScoringModel):
+    """A GGUF model loaded into one llama.cpp context (sequence 0), used from one thread: the model
+    interface (interface.py) answered by this process. It has token ids, scores a draft in one batch
+    and reads its own prompts (no server reports reading them)."""
 
-    # What a served model (remote.py) answers differently: a local file is no server, has token ids,
-    # scores a draft in one batch, and reads its own prompts (no server reports reading them).
-    remote = False
-    text_only = False
+    kind = "GGUF"
+    has_token_ids = True
     scores_drafts = True
-    prompt_read = 0
+    prompt_read = None
 
     def __init__(
         self,
@@ -116,7 +94,7 @@ class Model:
         self._pieces: dict[int, bytes] = {}
         self._byte_tokens: dict[int, int] | None = None
         self._retokenizer: Retokenizer | bool | None = None  # None: not made yet; False: cuts not known exact
-        self.vocab_matches: dict = {}  # views.same_vocabulary's answers, by the other model
+        self.vocab_matches: dict = {}
         self._tokens: list[int] = []  # what the KV cache holds, position by position
         self._batch_ends: dict[int, np.ndarray] = {}  # rows after the last token of recent batches
         self._last: np.ndarray | None = None  # logits after the last held token, when computed
@@ -182,6 +160,14 @@ class Model:
         return self.metadata("general.name") or Path(self.path).name
 
     @property
+    def label(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def identity(self) -> str:
+        return f"{self.label} ({Path(self.path).stat().st_size} bytes)"
+
+    @property
     def chat_template(self) -> str | None:
         t = ll.llama_model_chat_template(self._model, None)
         return t.decode("utf-8") if t else None
@@ -211,6 +197,9 @@ class Model:
             tokens.append(self.byte_token(b))
         self.tokenize_seconds += time.perf_counter() - t0
         return tokens
+
+    def count_tokens(self, text: str | bytes) -> int:
+        return len(self.tokenize(text))
 
     def read_cuts(self) -> None:
         """Read the vocabulary for cuts now, not once tokenizing has cost as much (a benchmark's
@@ -294,6 +283,32 @@ class Model:
             return self._last
         self._last = self.evaluate(tokens, [len(tokens) - 1])[0]
         return self._last
+
+    def text_logits(self, data: bytes, written: int) -> np.ndarray:  # noqa: ARG002 - its tokens say it all
+        """Next-token logits after the text `data`, tokenized as this model's own tokens."""
+        return self.logits(self.tokenize(data))
+
+    def prompt_length(self, prompt: bytes) -> int:
+        return len(self.tokenize(prompt))
+
+    def complete(self, text: str, max_tokens: int, *, reading: bool = True) -> Completion:
+        """What a completions server returns for `text`: up to `max_tokens` greedy tokens, each with
+        its text and top-1 probability, ending early at end of generation (not reported, finish
+        "stop"). Only tokens the context does not already hold are evaluated. `reading`: the first
+        call reads text the model did not write (a prompt, the other model's words), for the
+        timings' breakdown; later calls write."""
+        seq = self.tokenize(text)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        out: list[CompletionToken] = []
+        self.reading = reading
+        for _ in range(max_tokens):
+            t, p = top1(self.logits(seq))
+            self.reading = False
+            if self.is_eog(t):
+                return Completion(out, "stop")
+            out.append(CompletionToken(t, decoder.decode(self.piece(t)), p))
+            seq.append(t)  # `seq` is ours; the context keeps its own list
+        return Completion(out, "length")
 
     def evaluate(self, tokens: list[int], rows: list[int]) -> np.ndarray:
         """Bring the context to hold exactly `tokens` and return the logits rows after the

@@ -6,38 +6,39 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 
-from nudge_local.errors import NudgeError
-from nudge_local.events import MODES, Done, Mode, Role, TokenEvent
-from nudge_local.model import Model
-from nudge_local.paper_mode import paper_steps, trim_repeated_suffix
-from nudge_local.prompts import Prompts
-from nudge_local.sampling import Chooser, Sampling
-from nudge_local.speculative import speculative_steps
-from nudge_local.stream import Steps, stream
-from nudge_local.token_mode import nudged_steps, single_steps
-from nudge_local.views import Answer, TokenSpaceView, make_views, view_of
+from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.events import MODES, Done, Mode, Role, TokenEvent
+from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.paper_mode import paper_steps, trim_repeated_suffix
+from nudge_local.engine.prompts import Prompts
+from nudge_local.engine.sampling import Chooser, Sampling
+from nudge_local.engine.speculative import DraftSizer, speculative_steps
+from nudge_local.engine.stream import Steps, stream
+from nudge_local.engine.token_mode import nudged_steps, single_steps
+from nudge_local.engine.views import Answer, TokenSpaceView, make_views, view_of
 
-Plan = tuple[Steps, dict[Role, Model], dict[Role, int]]  # a mode's steps, the models it uses, their prompt lengths
+# A mode's steps, the models it uses, their prompt lengths
+Plan = tuple[Steps, dict[Role, ScoringModel], dict[Role, int]]
 
 
-def _nudged(prompts: Prompts, base: Model, nudger: Model, *, speculative: bool, draft: int | None,
-            text_space: bool | None, **rule) -> Plan:  # fmt: skip
+def _nudged(prompts: Prompts, base: ScoringModel, nudger: ScoringModel, *, speculative: bool, draft: int | None,
+            sizer: DraftSizer | None, text_space: bool | None, **rule) -> Plan:  # fmt: skip
     answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)
     drafts = speculative and isinstance(bview, TokenSpaceView)  # drafts need shared token ids
     if drafts and not base.scores_drafts:
-        note_once(
+        note(
             f"The base's server ({base.path}) cannot score a draft in one request; "
             f"speculative nudging runs as token mode."
         )
         drafts = False
     if drafts:
-        steps = speculative_steps(base, nudger, bview, nview, answer, draft_len=draft, **rule)
+        steps = speculative_steps(base, nudger, bview, nview, answer, draft_len=draft, sizer=sizer, **rule)
     else:
         steps = nudged_steps(base, nudger, bview, nview, answer, **rule)
     return steps, {"base": base, "nudger": nudger}, {"base": bview.prompt_tokens, "nudger": nview.prompt_tokens}
 
 
-def _paper(prompts: Prompts, base: Model, nudger: Model, *, gamma: float, chunk: int, max_rounds: int,
+def _paper(prompts: Prompts, base: ScoringModel, nudger: ScoringModel, *, gamma: float, chunk: int, max_rounds: int,
            max_tokens: int) -> Plan:  # fmt: skip
     steps = paper_steps(base, nudger, prompts.base, prompts.nudge, gamma=gamma, chunk=chunk, max_rounds=max_rounds,
                         max_tokens=max_tokens)  # fmt: skip
@@ -45,23 +46,18 @@ def _paper(prompts: Prompts, base: Model, nudger: Model, *, gamma: float, chunk:
     return steps, {"base": base, "nudger": nudger}, prompt_tokens
 
 
-def prompt_length(model: Model, prompt: str) -> int:
+def prompt_length(model: ScoringModel, prompt: str) -> int:
     """Tokens in `prompt` (a text-only served model counts them in its first answer: 0 here)."""
-    return 0 if model.text_only else len(model.tokenize(prompt))
+    return model.count_tokens(prompt) or 0
 
 
-_noted: set[str] = set()
+def note(message: str) -> None:
+    """A fallback the user should know of, on the nudge_local.notes logger: each consumer decides
+    how it says it (the command line once per process, on stderr; the chat not at all)."""
+    logging.getLogger("nudge_local.notes").warning(message)
 
 
-def note_once(message: str) -> None:
-    """A fallback the user should know of, said once per process (on the nudge_local.notes logger:
-    the command line prints it on stderr)."""
-    if message not in _noted:
-        _noted.add(message)
-        logging.getLogger("nudge_local.notes").warning(message)
-
-
-def _single(role: Role, model: Model, prompt: str, *, max_tokens: int, choose: Chooser) -> Plan:
+def _single(role: Role, model: ScoringModel, prompt: str, *, max_tokens: int, choose: Chooser) -> Plan:
     answer = Answer()
     view = view_of(model, prompt, answer, text_space=False)
     source = "base" if role == "base" else "nudge"
@@ -73,8 +69,8 @@ def generate(
     prompts: Prompts,
     *,
     mode: Mode = "nudged",
-    base: Model | None = None,
-    nudger: Model | None = None,
+    base: ScoringModel | None = None,
+    nudger: ScoringModel | None = None,
     gamma: float = 0.4,
     max_tokens: int = 256,
     word_cap: int = 16,
@@ -85,12 +81,14 @@ def generate(
     max_rounds: int = 150,
     speculative: bool = True,
     draft: int | None = None,
+    sizer: DraftSizer | None = None,
     top_n: int = 0,
     entropy: bool = False,
 ) -> Iterator[TokenEvent | Done]:
     """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode; speculative where
     the vocabularies match unless `speculative` is False, each draft sized from measured costs or
-    `draft` tokens long), "base", "nudger" or "paper" (the authors' algorithm; `chunk` and
+    `draft` tokens long; `sizer` keeps those costs across a loaded pair's answers, a fresh one where
+    None), "base", "nudger" or "paper" (the authors' algorithm; `chunk` and
     `max_rounds` are its L and round limit, `max_tokens` its budget in base tokens, 0 for none;
     no stop strings; its Done.result is a PaperResult). With `top_n` > 0 each TokenEvent carries
     the writing model's top_n tokens at its position (not in paper mode, which sees only the
@@ -101,7 +99,8 @@ def generate(
     trim = None
     if mode == "nudged":
         rule = dict(gamma=gamma, max_tokens=max_tokens, word_cap=word_cap, choose=choose)
-        plan = _nudged(prompts, base, nudger, speculative=speculative, draft=draft, text_space=text_space, **rule)
+        plan = _nudged(prompts, base, nudger, speculative=speculative, draft=draft, sizer=sizer, text_space=text_space,
+                       **rule)
     elif mode == "paper":
         plan = _paper(prompts, base, nudger, gamma=gamma, chunk=chunk, max_rounds=max_rounds, max_tokens=max_tokens)
         stop_strings, trim = (), trim_repeated_suffix  # the published algorithm has no stop strings

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nudge_local.events import TokenEvent
-from nudge_local.model import Model
-from nudge_local.prompts import Prompts
-from nudge_local.sampling import top_k
-from nudge_local.views import Answer, make_views, view_of
+from nudge_local.engine.events import TokenEvent
+from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.prompts import Prompts
+from nudge_local.engine.sampling import top_k
+from nudge_local.engine.views import Answer, make_views, view_of
 
 
 def alternatives(
@@ -16,8 +16,8 @@ def alternatives(
     tokens: Sequence[TokenEvent],
     index: int,
     *,
-    base: Model | None,
-    nudger: Model | None,
+    base: ScoringModel | None,
+    nudger: ScoringModel | None,
     k: int = 5,
 ) -> dict[str, list[tuple[str, float]]]:
     """Each model's top-k next tokens (text, probability) before `tokens[index]`, seeing the answer

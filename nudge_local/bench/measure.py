@@ -1,4 +1,5 @@
-"""Side-by-side decoding benchmark: every mode on the same pair, in one process, with ratios.
+"""Side-by-side decoding benchmark: every mode on the same pair, in one process, with ratios (this
+module measures; cli.py reads the options and picks the pair).
 
     .venv/bin/python scripts/bench.py [--vocab ../shared/vocab/ggml-vocab-llama-bpe.gguf]
         [--agreement 0.5,0.7,0.9] [--max-tokens 128] [--rounds 3] [--modes base,speculative] [--json out.json]
@@ -26,34 +27,24 @@ shared machines are noise; the ratios are the result.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from nudge_local.catalog import is_url
+from nudge_local.engine.events import Done
+from nudge_local.engine.generate import generate
+from nudge_local.engine.local import Model, common_prefix
+from nudge_local.engine.paper_mode import api_style_complete, paper_steps, trim_repeated_suffix
+from nudge_local.engine.prompts import render_prompts
+from nudge_local.engine.speculative import DraftSizer
+from nudge_local.engine.stream import stream
+from nudge_local.engine.views import make_views, same_vocabulary
+from nudge_local.remote.connect import connect
+from nudge_local.remote.http import Endpoint, flag
 
-from nudge_local.catalog import load_catalog, parse_ref
-from nudge_local.choose import local_path
-from nudge_local.cli import Parser
-from nudge_local.errors import NudgeError
-from nudge_local.events import Done
-from nudge_local.generate import generate
-from nudge_local.gguf_check import check_gguf, read_header
-from nudge_local.model import Model, common_prefix
-from nudge_local.paper_mode import api_style_complete, paper_steps, trim_repeated_suffix
-from nudge_local.prompts import render_prompts
-from nudge_local.remote import Endpoint, connect, flag, is_url
-from nudge_local.stream import stream
-from nudge_local.synthetic import CHATML, Table, bpe_vocab, load_vocab, write_model
-from nudge_local.views import make_views, same_vocabulary
-
-PIECES = [b" the", b" Step", b" 1", b":", b".", b",", b"\n", b"\n\n", b" so", b" we", b" need", b" to", b" find",
-          b" answer", b" is", b" Sure", b" First", b" cost", b" total", b" by", b" step", b" 2", b" 3", b" and",
-          b" of", b" a", b" in", b" it", b" that", b" this"]  # fmt: skip
 # The systems compared: the engine's modes, plus speculative and the authors' API-style paper mode.
 SYSTEMS = ("base", "nudger", "nudged", "speculative", "paper", "paper-api")
 # The questions a round answers, varied in kind; the first is the generated pairs' only one.
@@ -70,63 +61,6 @@ QUESTIONS = (
 # Figures of one answer that add up over a round's answers.
 SUMMED = ("tokens", "seconds", "in_llama", "evaluated", "forward_calls", "base_calls", "draft_proposed",
           "draft_accepted")  # fmt: skip
-
-
-CYCLE, CONFIDENT = 24, 20  # the greedy text's cycle, and the positions on it where the base is confident
-BASE_SHAPE, NUDGER_SHAPE = (1024, 16, 2816), (256, 6, 704)  # width, layers, FFN width
-
-
-def make_pair(
-    out: Path,
-    vocab_path: str | None,
-    agreement: float,
-    seed: int = 0,
-    quant: str = "F16",
-    shapes: tuple[tuple[int, int, int], tuple[int, int, int]] = (BASE_SHAPE, NUDGER_SHAPE),
-) -> tuple[Path, Path]:
-    """A base of realistic shape (d=1024, 16 layers) and a nudger ~10x smaller in compute, over a
-    Markov table whose greedy text runs round one cycle of 24 tokens. The base is confident (top-1
-    p ~ 0.87) at 20 of them and the nudger's top-1 is the base's at `agreement` of those 20 (10, 14
-    and 18 for 50%, 70% and 90%: exact, not a draw); at the other 4 the base is unsure (top-1 p ~
-    0.29, below gamma 0.4) and the nudger writes the cycle's next token, so the text stays on the
-    cycle and every cycle meets the agreement asked. Where the nudger disagrees its choice starts
-    with a space, so a nudged word never runs into it. Weights other than the table are zero: ggml
-    multiplies zeros as fast as anything else, so the compute is that of a real model of this shape
-    while the output stays the planted table. `shapes` shrinks both models for tests."""
-    vocab = load_vocab(vocab_path) if vocab_path else bpe_vocab(0)
-    alpha = sorted({i for i in (vocab.find(p) for p in PIECES) if i is not None})
-    if len(alpha) < CYCLE:
-        raise ValueError(f"the vocabulary has {len(alpha)} of the benchmark's words as single tokens; it needs {CYCLE}")
-    rng = np.random.default_rng(seed)
-    order = [int(x) for x in rng.permutation(alpha)[:CYCLE]]
-    succ = {t: order[(i + 1) % len(order)] for i, t in enumerate(order)}
-    spaced = [t for t in order if vocab.piece(t)[:1] == b" "]
-    picked = [int(x) for x in rng.permutation(order)]  # confident and agreeing rows lie anywhere on the cycle
-    confident = picked[:CONFIDENT]
-    agreeing = set(confident[: round(agreement * CONFIDENT)])
-    confident = set(confident)
-    base_rows, nudger_rows = {}, {}
-    for t in order:
-        top = succ[t]
-        others = [int(x) for x in rng.permutation(order) if x != top]
-        if t in confident:
-            base_rows[t] = {top: 4.0, others[0]: 1.5, others[1]: 1.0}
-        else:
-            base_rows[t] = {top: 1.0, others[0]: 0.9, others[1]: 0.8, others[2]: 0.7}
-        if t in agreeing or t not in confident:
-            nudger_rows[t] = {top: 5.0, others[3]: 1.0}
-        else:
-            other = next(int(x) for x in rng.permutation(spaced) if x != top)
-            nudger_rows[t] = {other: 5.0, top: 1.0}
-    first = {order[0]: 4.0}  # after a token outside the cycle (the prompt's last) the base starts the cycle
-    base_table = Table(rows=base_rows, default=first)
-    nudger_table = Table(rows=nudger_rows, default={order[0]: 5.0})
-    (bw, bl, bf), (nw, nl, nf) = shapes
-    base = write_model(out / "bench-base.gguf", vocab, base_table, width=bw, layers=bl, ffn=bf, noise=0.0,
-                       seed=seed, quant=quant)  # fmt: skip
-    nudger = write_model(out / "bench-nudger.gguf", vocab, nudger_table, width=nw, layers=nl, ffn=nf, noise=0.0,
-                         chat_template=CHATML, seed=seed + 1, quant=quant)  # fmt: skip
-    return base, nudger
 
 
 # Where a run's time goes: the models' calls into llama.cpp (the base writing its own tokens; the
@@ -159,7 +93,8 @@ def time_parts(before: dict[str, float], after: dict[str, float], seconds: float
     return parts
 
 
-def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
+def run_mode(mode: str, base: Model, nudger: Model, prompts, args, sizer: DraftSizer | None = None) -> dict:
+    """One answer in one mode. `sizer`: the pair's draft sizer, kept across its answers (speculative)."""
     base.reset()
     nudger.reset()
     clocks = _clocks(base, nudger)
@@ -171,7 +106,8 @@ def run_mode(mode: str, base: Model, nudger: Model, prompts, args) -> dict:
     else:
         engine_mode = "nudged" if mode == "speculative" else mode
         events = generate(prompts, mode=engine_mode, base=base, nudger=nudger, gamma=args.gamma,
-                          max_tokens=args.max_tokens, speculative=mode == "speculative")  # fmt: skip
+                          max_tokens=args.max_tokens, speculative=mode == "speculative",
+                          draft=getattr(args, "draft", None), sizer=sizer)  # fmt: skip
     tokens, done = [], None
     for ev in events:
         if isinstance(ev, Done):
@@ -239,9 +175,9 @@ def _greedy_text(model: Model, ids: list[int], length: int) -> bytes:
     return text
 
 
-def run_answers(mode: str, base: Model, nudger: Model, prompt_sets: list, args) -> dict:
+def run_answers(mode: str, base: Model, nudger: Model, prompt_sets: list, args, sizer: DraftSizer) -> dict:
     """One mode answers every question in turn: figures summed over the answers, the answers kept."""
-    runs = [run_mode(mode, base, nudger, prompts, args) for prompts in prompt_sets]
+    runs = [run_mode(mode, base, nudger, prompts, args, sizer) for prompts in prompt_sets]
     total = {k: sum(r[k] for r in runs) for k in SUMMED}
     seconds, tokens = total["seconds"], total["tokens"]
     total.update(
@@ -259,14 +195,15 @@ def run_answers(mode: str, base: Model, nudger: Model, prompt_sets: list, args) 
 
 def run_rounds(base: Model, nudger: Model, prompt_sets: list, modes: list[str], args) -> dict[str, list[dict]]:
     runs = {m: [] for m in modes}
+    sizer = DraftSizer()  # the pair's, as a loaded pair keeps one across its answers
     for m in modes:  # warm-up: the first pass pages the weights in from disk
-        run_mode(m, base, nudger, prompt_sets[0], argparse.Namespace(**{**vars(args), "max_tokens": 8}))
+        run_mode(m, base, nudger, prompt_sets[0], argparse.Namespace(**{**vars(args), "max_tokens": 8}), sizer)
     order = random.Random(0)
     for _ in range(args.rounds):
         # Interleaved, so drift on a shared machine hits every mode alike; in a shuffled order,
         # so no mode always runs right after another.
         for m in order.sample(modes, len(modes)):
-            runs[m].append(run_answers(m, base, nudger, prompt_sets, args))
+            runs[m].append(run_answers(m, base, nudger, prompt_sets, args, sizer))
     return runs
 
 
@@ -288,7 +225,7 @@ def bench_pair(base_path: Path | str, nudger_path: Path | str, modes: list[str],
                 m.read_cuts()  # once, before any timing (a model would do it when tokenizing had cost as much)
         runs = run_rounds(base, nudger, prompt_sets, modes, args)
         agreement = None
-        if "nudged" in runs and not nudger.text_only:  # a model served by text only has no greedy row to read
+        if "nudged" in runs and nudger.has_token_ids:  # a model served by text only has no greedy row to read
             text_space = not same_vocabulary(base, nudger)
             agreement = agreement_on_path(
                 base, nudger, prompt_sets[0], runs["nudged"][0]["events"], text_space=text_space
@@ -417,179 +354,3 @@ def compare_texts(runs: dict[str, list[dict]], table: dict) -> None:
         print(f"paper cached vs API-style: wall time {t_a / t_c:.1f}x faster, {ev:.1f}x fewer tokens evaluated, "
               f"same text: {same}")  # fmt: skip
         table["paper_speedup"] = {"wall_time": t_a / t_c, "evaluated": ev, "same_text": same}
-
-
-def real_pair(args) -> tuple[Path, Path] | None:
-    """The files of --pair or --base/--nudge, from disk or the Hugging Face cache (the benchmark
-    downloads nothing: `nudge-local pull` does); None for the generated pairs."""
-    if args.pair:
-        pair = load_catalog().pair(args.pair)
-        refs = (pair.base, pair.nudger)
-    elif args.base or args.nudge:
-        if not (args.base and args.nudge):
-            raise NudgeError("A real pair needs both --base and --nudge (or --pair ALIAS).")
-        refs = tuple(ref if is_url(ref) else parse_ref(ref) for ref in (args.base, args.nudge))
-    else:
-        return None
-    return tuple(
-        r if is_url(r) else check_gguf(local_path(r), role=role)
-        for r, role in zip(refs, ("base", "nudger"), strict=True)
-    )
-
-
-def _shape(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """WIDTH,LAYERS for the base; the nudger keeps the default pair's proportions (1/4 the width,
-    3/8 the layers), and both FFNs are 2.75x their width."""
-    try:
-        width, layers = (int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"WIDTH,LAYERS (like 1024,16) expected, not {text!r}") from None
-    if width < 32 or layers < 1:
-        raise argparse.ArgumentTypeError("a width of at least 32 and at least one layer are needed")
-    nw, nl = max(32, width // 4), max(1, layers * 3 // 8)
-    return (width, layers, width * 11 // 4), (nw, nl, nw * 11 // 4)
-
-
-def _vocab(text: str) -> str:
-    """A GGUF file with a tokenizer (a vocabulary-only file or a model)."""
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} is not a file")
-    try:
-        kv, _ = read_header(path, keys=lambda k: k == "tokenizer.ggml.tokens")
-    except Exception:  # noqa: BLE001 - whatever a damaged file raises, the user gets one sentence
-        kv = {}
-    if "tokenizer.ggml.tokens" not in kv:
-        raise argparse.ArgumentTypeError(f"{text} is not a GGUF file with a tokenizer")
-    return str(path)
-
-
-def _agreements(text: str) -> list[float]:
-    try:
-        values = [float(a) for a in text.split(",") if a.strip()]
-    except ValueError:
-        values = []
-    if not values or not all(0.0 <= a <= 1.0 for a in values):
-        raise argparse.ArgumentTypeError(f"comma-separated shares from 0 to 1 expected (like 0.5,0.7), not {text!r}")
-    return values
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a share from 0 to 1 expected (like 0.7), not {text!r}")
-    return value
-
-
-def add_pair_options(ap: argparse.ArgumentParser) -> None:
-    """The pair options of the side-by-side scripts (scripts/bench_serve.py, bench_remote.py): one
-    generated pair (vocabulary, weights, agreement, shape), or a real one (--base and --nudge)."""
-    ap.add_argument("--vocab", type=_vocab, help="vocabulary GGUF for the generated pair (default: built-in BPE)")
-    ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"), help="weights of the generated pair")
-    ap.add_argument("--agreement", type=_share, default=0.7, help="the generated pair's agreement (default 0.7)")
-    ap.add_argument("--shape", type=_shape, default=(BASE_SHAPE, NUDGER_SHAPE), metavar="WIDTH,LAYERS",
-                    help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
-    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path or org/repo:file.gguf")
-    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path or org/repo:file.gguf")
-
-
-def _modes(text: str) -> list[str]:
-    modes = [m for m in text.split(",") if m]
-    unknown = [m for m in modes if m not in SYSTEMS]
-    if not modes or unknown:
-        raise argparse.ArgumentTypeError(f"modes are some of {','.join(SYSTEMS)}, not {text!r}")
-    return modes
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of at least 1 expected, not {text!r}")
-    return n
-
-
-def _questions(text: str) -> int:
-    n = _positive(text)
-    if n > len(QUESTIONS):
-        raise argparse.ArgumentTypeError(f"at most {len(QUESTIONS)} questions, not {text!r}")
-    return n
-
-
-def _template(text: str) -> str:
-    """A Jinja chat template file, read."""
-    try:
-        return Path(text).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise argparse.ArgumentTypeError(f"the chat template {text} cannot be read ({e})") from None
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = Parser(prog="nudge-local bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--vocab", type=_vocab, help="vocabulary GGUF for the generated pair (default: a small built-in BPE)"
-    )
-    ap.add_argument("--base", help="a real base model instead of the generated pair: a GGUF path, org/repo:file.gguf "
-                    "or a server's URL")  # fmt: skip
-    ap.add_argument("--nudge", help="a real nudger model (with --base): a GGUF path, org/repo:file.gguf or a URL")
-    ap.add_argument("--base-model", help="with --base URL: the model's name where its server serves several")
-    ap.add_argument("--nudge-model", help="with --nudge URL: the model's name where its server serves several")
-    ap.add_argument("--pair", help="a catalog pair instead of the generated pair (its files downloaded beforehand)")
-    ap.add_argument(
-        "--agreement",
-        type=_agreements,
-        default=[0.5, 0.7, 0.9],
-        help="comma-separated agreements to generate pairs for",
-    )
-    ap.add_argument("--gamma", type=float, default=0.4)
-    ap.add_argument("--max-tokens", type=_positive, default=128)
-    ap.add_argument("--rounds", type=_positive, default=3)
-    ap.add_argument("--questions", type=_questions, default=None,
-                    help="questions answered each round (default 1 on generated pairs, 5 on a real pair)")  # fmt: skip
-    ap.add_argument("--chat-template", type=_template, default=None, metavar="FILE",
-                    help="Jinja chat template file for the nudger (default: its GGUF's)")  # fmt: skip
-    ap.add_argument("--modes", type=_modes, default=list(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
-    ap.add_argument("--threads", type=_positive, default=None)
-    ap.add_argument("--quant", default="F16", choices=("F16", "Q8_0", "Q4_0"),
-                    help="weights of the generated pair: F16, or quantized as laptops run them")  # fmt: skip
-    ap.add_argument("--shape", type=_shape, default=(BASE_SHAPE, NUDGER_SHAPE), metavar="WIDTH,LAYERS",
-                    help="the generated base's width and layers (default 1024,16; the nudger scales)")  # fmt: skip
-    ap.add_argument("--json", help="write the results here")
-    args = ap.parse_args(argv)
-    modes = args.modes
-    if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
-        raise NudgeError(f"The folder for --json {args.json} does not exist; create it or give another path.")
-    results = {}
-    real = real_pair(args)
-    if args.questions is None:
-        args.questions = 5 if real else 1
-    if real:
-        print(f"== {real[0]} + {real[1]}")
-        results["real"] = bench_pair(*real, modes, args)
-    else:
-        for agreement in args.agreement:
-            print(f"\n== generated pair, agreement {agreement:.0%}")
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    base_path, nudger_path = make_pair(Path(tmp), args.vocab, agreement, quant=args.quant,
-                                                       shapes=args.shape)  # fmt: skip
-                except ValueError as e:  # a vocabulary without the benchmark's words
-                    raise NudgeError(f"The vocabulary {args.vocab} cannot make the benchmark's pair: {e}.") from None
-                results[f"agreement_{agreement}"] = bench_pair(base_path, nudger_path, modes, args)
-    if args.json:
-        tmp = Path(args.json + ".part")  # written beside, then renamed: never a half-written file
-        try:
-            tmp.write_text(json.dumps(results, indent=2))
-            tmp.replace(args.json)
-        except OSError as e:
-            raise NudgeError(f"The results cannot be written to {args.json} ({e.strerror}).") from None
-        print(f"results written to {args.json}")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nudge_local.errors import NudgeError
+from nudge_local.engine.errors import NudgeError
 
 if TYPE_CHECKING:
-    from nudge_local.model import Model
+    from nudge_local.engine.interface import ScoringModel
 
 DEFAULT_BASE_FORMAT = "{system}\nQuestion: {question}\nAnswer:"
 
@@ -121,13 +121,18 @@ def render_chat_template(template: str, messages: list[dict], *, bos_token: str,
 
 
 def nudger_prompt(
-    nudger: Model, question: str, *, history: Sequence[Turn] = (), system: str = "", chat_template: str | None = None
+    nudger: ScoringModel,
+    question: str,
+    *,
+    history: Sequence[Turn] = (),
+    system: str = "",
+    chat_template: str | None = None,
 ) -> str:
     template = chat_template or nudger.chat_template
     if not template:
         raise NudgeError(
-            f"The nudger {Path(str(nudger.path)).name} has no chat template in its "
-            f"{'server' if nudger.remote else 'GGUF'}; give one with --chat-template FILE."
+            f"The nudger {Path(str(nudger.path)).name} has no chat template in its {nudger.kind}; "
+            f"give one with --chat-template FILE."
         )
     bos = nudger.piece(nudger.bos).decode("utf-8", "replace") if nudger.bos >= 0 else ""
     eos = nudger.piece(nudger.eos).decode("utf-8", "replace") if nudger.eos >= 0 else ""
@@ -136,8 +141,8 @@ def nudger_prompt(
 
 
 def render_prompts(
-    base: Model | None,
-    nudger: Model | None,
+    base: ScoringModel | None,
+    nudger: ScoringModel | None,
     question: str,
     *,
     history: Sequence[Turn] = (),

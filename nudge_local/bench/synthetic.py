@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, quants
 
-from nudge_local.gguf_check import read_header
+from nudge_local.engine.gguf_check import read_header
 
 FLOOR = -40.0  # logit of every token a row does not list: probability ~1e-17 each
 CHATML = (

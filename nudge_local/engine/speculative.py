@@ -11,18 +11,17 @@ One round, the way gpt-fast splits decoding: `draft` (the nudger), `check` (the 
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from nudge_local.events import DraftResult, Source, StopReason, TokenEvent
-from nudge_local.model import Model, common_prefix
-from nudge_local.sampling import Chooser, prob, top1
-from nudge_local.stream import Steps
-from nudge_local.views import Answer, TokenSpaceView
-from nudge_local.words import ends_word, has_text
+from nudge_local.engine.events import DraftResult, Source, StopReason, TokenEvent
+from nudge_local.engine.local import ScoringModel, common_prefix
+from nudge_local.engine.sampling import Chooser, prob, top1
+from nudge_local.engine.stream import Steps
+from nudge_local.engine.views import Answer, TokenSpaceView
+from nudge_local.engine.words import ends_word, has_text
 
 CATCH_UP = 8  # a round whose models read more than this beyond the draft read a prompt: not timed
 
@@ -247,19 +246,6 @@ class FixedDraft(DraftSizer):
         return self.k
 
 
-_sizers: weakref.WeakKeyDictionary[Model, dict[int, DraftSizer]] = weakref.WeakKeyDictionary()
-
-
-def sizer_for(base: Model, nudger: Model) -> DraftSizer:
-    """One sizer per loaded pair, kept across answers: costs and acceptance carry over."""
-    return _sizers.setdefault(base, {}).setdefault(id(nudger), DraftSizer())
-
-
-def forget_measurements(base: Model) -> None:
-    """The pair's next answer measures its costs afresh, as on a freshly loaded pair."""
-    _sizers.pop(base, None)
-
-
 @dataclass
 class Word:
     """The nudged word being written; it can run on across rounds."""
@@ -297,7 +283,7 @@ class Round:
     rows_b: np.ndarray | None = None  # the base's logits after draft[:i], computed once needed
 
 
-def draft(nudger: Model, rnd: Round, room: int, n_shared: int) -> None:
+def draft(nudger: ScoringModel, rnd: Round, room: int, n_shared: int) -> None:
     """The nudger drafts up to `room` tokens greedily, stopping before its end of turn."""
     for _ in range(max(0, room)):
         row = nudger.logits(rnd.ids_n + rnd.draft)[:n_shared]
@@ -309,7 +295,7 @@ def draft(nudger: Model, rnd: Round, room: int, n_shared: int) -> None:
         rnd.draft.append(t)
 
 
-def check(base: Model, rnd: Round, n_shared: int) -> tuple[int, float]:
+def check(base: ScoringModel, rnd: Round, n_shared: int) -> tuple[int, float]:
     """The base evaluates the whole draft in one batch: a logits row after every drafted prefix.
     Returns (tokens evaluated, seconds) for the sizer."""
     before, spent = base.evaluated_tokens, base.decode_seconds
@@ -328,7 +314,7 @@ def _emit(rule: Rule, answer: Answer, t: int, piece: bytes, event: TokenEvent) -
 
 
 def apply_rule(
-    base: Model, nudger: Model, rnd: Round, rule: Rule, answer: Answer, n_shared: int, on_check
+    base: ScoringModel, nudger: ScoringModel, rnd: Round, rule: Rule, answer: Answer, n_shared: int, on_check
 ) -> Generator[tuple[TokenEvent, bytes], None, StopReason | None]:
     """Token mode's rule at each position of the draft, in token mode's order and on the same
     logits. Returns a stop reason, or None when the round ends: a written token left the draft,
@@ -386,8 +372,8 @@ def apply_rule(
 
 
 def speculative_steps(
-    base: Model,
-    nudger: Model,
+    base: ScoringModel,
+    nudger: ScoringModel,
     base_view: TokenSpaceView,
     nudger_view: TokenSpaceView,
     answer: Answer,
@@ -397,12 +383,13 @@ def speculative_steps(
     word_cap: int,
     choose: Chooser,
     draft_len: int | None = None,
+    sizer: DraftSizer | None = None,
 ) -> Steps:
     """Token mode with drafts: every decision is token mode's, made in token mode's order on the
     same logits (drafts are greedy and draw nothing from the sampler), so the output is token
     mode's for any seed. `draft_len` fixes the draft length; None sizes each draft from measured
-    costs (DraftSizer)."""
-    sizer = sizer_for(base, nudger) if draft_len is None else FixedDraft(draft_len)
+    costs (`sizer`, kept by whoever keeps the pair loaded; a fresh DraftSizer where None)."""
+    sizer = FixedDraft(draft_len) if draft_len is not None else sizer or DraftSizer()
     rule = Rule(gamma, max_tokens, word_cap, choose)
     n = nudger_view.n_shared
     # The first round reads the prompt (or the new turn): its calls cost what a prompt costs, not

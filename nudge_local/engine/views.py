@@ -7,8 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
-from nudge_local.model import Model
-from nudge_local.words import WHITESPACE
+from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.words import WHITESPACE
 
 _BLANK = WHITESPACE.encode()
 
@@ -28,7 +28,7 @@ class Answer:
 class View(Protocol):
     """One model's view of the shared answer: how long its prompt is, and its next-token logits."""
 
-    model: Model
+    model: ScoringModel
 
     @property
     def prompt_tokens(self) -> int: ...
@@ -39,7 +39,7 @@ class View(Protocol):
 class TokenSpaceView:
     """The model sees tok(prompt) + answer ids; its logits are cut to the ids both models share."""
 
-    def __init__(self, model: Model, prompt: str, answer: Answer, n_shared: int | None = None) -> None:
+    def __init__(self, model: ScoringModel, prompt: str, answer: Answer, n_shared: int | None = None) -> None:
         self.model, self.answer = model, answer
         self.prompt_ids = model.tokenize(prompt)
         self.n_shared = n_shared or model.n_vocab
@@ -65,14 +65,15 @@ def text_read(prompt: bytes, answer: bytes, *, shown: bool = False) -> bytes:
 
 
 class TextSpaceView:
-    """The model sees tok(text_read(prompt, answer text)) in its own vocabulary; its KV cache keeps
-    the longest common token prefix with what it held. `shown`: the answer without its leading
-    whitespace (the nudger's chat turn, which never starts with the base's space)."""
+    """The model sees text_read(prompt, answer text) as its own tokens (a local file's KV cache keeps
+    the longest common token prefix with what it held), or as text where its server is text-only.
+    `shown`: the answer without its leading whitespace (the nudger's chat turn, which never starts
+    with the base's space)."""
 
-    def __init__(self, model: Model, prompt: str, answer: Answer, *, shown: bool = False) -> None:
+    def __init__(self, model: ScoringModel, prompt: str, answer: Answer, *, shown: bool = False) -> None:
         self.model, self.answer, self.shown = model, answer, shown
         self.prompt = prompt.encode("utf-8")
-        self._prompt_tokens = len(model.tokenize(self.prompt))
+        self._prompt_tokens: int | None = None
 
     def text(self) -> bytes:
         """What the model reads now: its prompt and the answer so far."""
@@ -80,33 +81,9 @@ class TextSpaceView:
 
     @property
     def prompt_tokens(self) -> int:
-        return self._prompt_tokens
-
-    def logits(self) -> np.ndarray:
-        return self.model.logits(self.model.tokenize(self.text()))
-
-
-class RemoteTextView:
-    """A text-only served model (OpenAI /v1/completions) sees the prompt and the answer as text, as
-    TextSpaceView joins them; its rows are over its own numbering of the token texts its server
-    returned."""
-
-    def __init__(self, model, prompt: str, answer: Answer, *, shown: bool = False) -> None:
-        self.model, self.answer, self.shown = model, answer, shown
-        self.prompt = prompt.encode("utf-8")
-        self._prompt_tokens: int | None = None
-
-    @property
-    def prompt_tokens(self) -> int:
-        """As its server counts them, in its answer to the prompt alone (asked for before the answer
-        starts, when it is the first row needed anyway)."""
         if self._prompt_tokens is None:
-            self.model.text_logits(self.prompt, 0)
-            self._prompt_tokens = self.model.chunk_prompt_tokens(self.prompt)
+            self._prompt_tokens = self.model.prompt_length(self.prompt)
         return self._prompt_tokens
-
-    def text(self) -> bytes:
-        return text_read(self.prompt, self.answer.data, shown=self.shown)
 
     def logits(self) -> np.ndarray:
         return self.model.text_logits(self.text(), len(self.answer.ids))
@@ -115,46 +92,51 @@ class RemoteTextView:
 PROBE = "Hello, world! 1234 + 5678 = 6912.\nÉté, naïve café; 東京 — Привет 🙂\tdef f(x): return x**2"
 
 
-def same_vocabulary(a: Model, b: Model) -> bool:
+def same_vocabulary(a: ScoringModel, b: ScoringModel) -> bool:
     """llama.cpp's draft-model test: same tokenizer type, sizes within 128 padding ids,
     the same token texts for every shared id. A served model's vocabulary cannot be listed: there
     the sizes, the type and the tokens and pieces of a probe text must agree."""
     key = (b.path, b.n_vocab)
     if key not in a.vocab_matches:  # compared once per pair: 128k texts take ~0.1 s
-        n = min(a.n_vocab, b.n_vocab)
-        if a.text_only or b.text_only:
-            same = False
-        elif a.remote or b.remote:
-            ta, tb = a.tokenize(PROBE), b.tokenize(PROBE)
-            same = (a.vocab_type == b.vocab_type and abs(a.n_vocab - b.n_vocab) <= 128 and ta == tb
-                    and [a.piece(t) for t in ta] == [b.piece(t) for t in tb])  # fmt: skip
-        else:
-            same = (a.vocab_type == b.vocab_type and abs(a.n_vocab - b.n_vocab) <= 128
-                    and a.token_texts()[:n] == b.token_texts()[:n])  # fmt: skip
-        a.vocab_matches[key] = same
+        a.vocab_matches[key] = shares_ids(a, b) and _same_tokens(a, b)
     return a.vocab_matches[key]
 
 
+def shares_ids(a: ScoringModel, b: ScoringModel) -> bool:
+    """Whether both models have real token ids (token space is possible at all)."""
+    return a.has_token_ids and b.has_token_ids
+
+
+def _same_tokens(a: ScoringModel, b: ScoringModel) -> bool:
+    if a.vocab_type != b.vocab_type or abs(a.n_vocab - b.n_vocab) > 128:
+        return False
+    texts_a, texts_b = a.token_texts(), b.token_texts()
+    if texts_a is None or texts_b is None:  # a server: the probe's tokens and pieces
+        ta, tb = a.tokenize(PROBE), b.tokenize(PROBE)
+        return ta == tb and [a.piece(t) for t in ta] == [b.piece(t) for t in tb]
+    n = min(a.n_vocab, b.n_vocab)
+    return texts_a[:n] == texts_b[:n]
+
+
 def view_of(
-    model: Model, prompt: str, answer: Answer, *, text_space: bool, n_shared: int | None = None, shown: bool = False
+    model: ScoringModel, prompt: str, answer: Answer, *, text_space: bool, n_shared: int | None = None,
+    shown: bool = False,
 ) -> View:
-    """One model's view: token or text space, or text for a text-only served model. `shown` (text
-    only): the model reads the answer without its leading whitespace."""
-    if model.text_only:
-        return RemoteTextView(model, prompt, answer, shown=shown)
+    """One model's view: token or text space. `shown` (text only): the model reads the answer without
+    its leading whitespace."""
     if text_space:
         return TextSpaceView(model, prompt, answer, shown=shown)
     return TokenSpaceView(model, prompt, answer, n_shared)
 
 
 def make_views(
-    base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, *, text_space: bool | None = None
+    base: ScoringModel, nudger: ScoringModel, base_prompt: str, nudger_prompt: str, *, text_space: bool | None = None
 ) -> tuple[Answer, View, View]:
     """Both models' views of one shared Answer; token space when the vocabularies match unless
     `text_space` forces a choice. In text space the nudger reads the answer as shown (its chat turn
     never starts with the base's leading space); token space reads the shared ids exactly."""
     answer = Answer()
-    if base.text_only or nudger.text_only:
+    if not shares_ids(base, nudger):
         text_space = True
     elif text_space is None:
         text_space = not same_vocabulary(base, nudger)

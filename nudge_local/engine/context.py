@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from nudge_local.errors import ContextFull
-from nudge_local.prompts import DEFAULT_BASE_FORMAT, Prompts, Turn, render_prompts
+from nudge_local.engine.errors import ContextFull
+from nudge_local.engine.prompts import DEFAULT_BASE_FORMAT, Prompts, Turn, render_prompts
 
 POLICIES = ("drop_oldest", "stop")
 MIN_ROOM = 4  # the answer's room where max_tokens cannot fit: at least a quarter of the context
@@ -30,8 +30,9 @@ def prompt_sizes(models: Mapping[str, object], prompts: Prompts) -> dict[str, in
     out = {}
     for role, model in models.items():
         text = prompts.base if role == "base" else prompts.nudge
-        if text is not None and model is not None and not model.text_only:
-            out[role] = len(model.tokenize(text))
+        n = model.count_tokens(text) if text is not None and model is not None else None
+        if n is not None:
+            out[role] = n
     return out
 
 
