@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from nudge_local.bench.synthetic import CHATML, Table, write_model
+from nudge_local.catalog import load_catalog
+from nudge_local.choose import Choice
 from nudge_local.config import load_settings
 from nudge_local.engine.generate import generate
 from nudge_local.engine.local import Model
 from nudge_local.engine.prompts import render_prompts
+from nudge_local.tui import session as session_module
 from nudge_local.tui.app import ACTIONS, NudgeApp
 from nudge_local.tui.history import History
 from nudge_local.tui.screens.compare import CompareScreen
 from nudge_local.tui.screens.inspector import InspectorScreen
-from nudge_local.tui.session import ChatSession
+from nudge_local.tui.session import ChatSession, Options
 from nudge_local.tui.widgets.answer import AnswerView
+from nudge_local.tui.widgets.prompt import PromptArea
 from nudge_local.tui.widgets.token_view import TokenView
 from pairs import vocab
 
@@ -447,3 +453,139 @@ def test_a_block_closed_by_one_batch_takes_its_exact_height_when_the_next_batch_
             assert not first.live and first.size.height == lines
 
     asyncio.run(run())
+
+
+def test_prompts_are_made_in_the_worker_under_the_lock(tmp_path, pair, monkeypatch):
+    """Fitting the history and rendering prompts tokenize (over HTTP for a served model): never on
+    the UI thread, for a question, a regenerated answer, compare and a reopened answer's inspector."""
+    calls = []
+
+    def record(name):
+        real = getattr(ChatSession, name)
+
+        def wrapped(self, *args, **kwargs):
+            calls.append((name, threading.current_thread() is threading.main_thread(), self.lock.locked()))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(ChatSession, name, wrapped)
+
+    record("fit")
+    record("prompts")
+
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(150, 30)) as pilot:
+
+            def regenerated():
+                return original.parent is None and [v.done for v in app.query("#chat AnswerView").results(AnswerView)]
+
+            original = await ask(app, pilot)
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: regenerated() == [True])
+            await pilot.press("f4")
+            await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+            await until(pilot, lambda: all(v.done for v in app.screen.views.values()))
+            await pilot.press("escape")
+            app.open_conversation(app.conversation)
+            await pilot.pause()
+            view = app.query_one("#chat AnswerView", AnswerView)
+            assert view.prompts is None
+            await pilot.click(view.query_one(TokenView), offset=(6, 0))
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            assert view.prompts is not None  # made once, kept for the next click
+
+    run(go())
+    assert [name for name, _, _ in calls] == ["fit", "fit", "prompts", "prompts"]
+    assert all(not on_ui and locked for _, on_ui, locked in calls), calls
+
+
+def endless_app(tmp_path, pair):
+    """An answer that goes on for tens of seconds (see the cancel test)."""
+    return make_app(tmp_path, pair, base="endless", max_tokens=100000, context_size=65536)
+
+
+def test_escape_puts_the_question_back_unless_the_user_typed_a_new_one(tmp_path, pair):
+    async def go():
+        app = endless_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            prompt = app.query_one(PromptArea)
+            await until(pilot, lambda: app.ready)
+            await pilot.press(*"Go", "enter")
+            await until(pilot, lambda: app.current is not None and len(app.current.tokens) > 3)
+            assert prompt.text == ""
+            await pilot.press("escape")
+            assert prompt.text == "Go" and prompt.cursor_location == (0, 2)  # to edit and send again
+            await pilot.press("backspace", "backspace", *"Again", "enter")
+            await until(pilot, lambda: app.current is not None and len(app.current.tokens) > 3)
+            assert app.current.question == "Again"
+            await pilot.press(*"mine")  # typed while the answer is written
+            await pilot.press("escape")
+            assert app.current is None and prompt.text == "mine"
+            asked = [m.question for m in app.history.messages(app.conversation)]
+            assert asked == ["Go", "Again"]
+
+    run(go())
+
+
+def test_escape_before_the_prompts_are_made_asks_nothing(tmp_path, pair, monkeypatch):
+    """Esc while the worker still fits the prompts: no answer is shown or stored, the question goes
+    back to the input, and the next question is answered."""
+    gate, real = threading.Event(), ChatSession.fit
+
+    def fit(self, *args, **kwargs):
+        assert gate.wait(20)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChatSession, "fit", fit)
+
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            await pilot.press(*"Why?", "enter")
+            assert app.current is not None and "writing" in str(app.query_one("#status").render())
+            await pilot.press("escape")
+            assert app.current is None and app.query_one(PromptArea).text == "Why?"
+            gate.set()
+            await pilot.pause(0.3)
+            assert not app.query("#chat AnswerView") and app.conversation is None
+            view = await ask(app, pilot, "")  # the question put back, sent as it is
+            assert view.question == "Why?" and view.stop_reason == "eos"
+            assert [m.question for m in app.history.messages(app.conversation)] == ["Why?"]
+
+    run(go())
+
+
+@pytest.mark.parametrize("key", [None, "ctrl+o", "alt+down"])
+def test_the_options_take_the_pairs_defaults_once_loaded(tmp_path, pair, monkeypatch, key):
+    """A catalog pair's gamma reaches the chat's options once the models are loaded; an option the
+    user changed while they loaded stays as the user set it."""
+    gate, real = threading.Event(), session_module.choose_models
+
+    def choose(settings, mode):
+        assert gate.wait(20)
+        chosen = real(settings, mode)
+        planted = replace(load_catalog().pair("tiny"), alias="planted", gamma=0.25, base_format=None, stop=None,
+                          context_size=None)  # fmt: skip
+        return Choice(chosen.base, chosen.nudger, planted)
+
+    monkeypatch.setattr(session_module, "choose_models", choose)
+
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 30)) as pilot:
+            assert app.options == Options.from_settings(app.settings) and app.options.gamma == 0.4
+            if key:
+                await pilot.press(key)
+            gate.set()
+            await until(pilot, lambda: app.ready)
+            expected = Options.from_settings(app.session.settings)
+            assert expected.gamma == 0.25
+            if key == "ctrl+o":
+                expected.mode = "base"
+            if key == "alt+down":
+                expected.gamma = 0.35
+            assert app.options == expected
+            assert f"gamma {expected.gamma:.2f} · {expected.mode}" in str(app.query_one("#status").render())
+
+    run(go())

@@ -1,12 +1,13 @@
-"""The chat app: who wrote every token, live. A consumer of the engine's event stream: generation
-runs in a thread worker that posts batched token messages; the UI never blocks on llama.cpp."""
+"""The chat app: who wrote every token, live. A consumer of the engine's event stream: fitting the
+history, rendering prompts and generation run in thread workers that post typed messages (tokens in
+batches); the UI thread never waits on llama.cpp or a server."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from textual import work
@@ -18,9 +19,10 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
 from nudge_local.config import Settings
+from nudge_local.engine.context import Fitted
 from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.events import CHAT_MODES, Done, TokenEvent
-from nudge_local.engine.prompts import Turn
+from nudge_local.engine.prompts import Prompts, Turn
 from nudge_local.tui.history import History
 from nudge_local.tui.screens.compare import COLUMNS, CompareScreen
 from nudge_local.tui.screens.history import HistoryScreen
@@ -51,8 +53,37 @@ ACTIONS = [
 ]
 
 
+@dataclass(frozen=True)
+class Request:
+    """What an answer's prompts are made from: read from the widgets on the UI thread, made into
+    prompts in a worker (tokenizing can be slow: a served model answers each count over HTTP)."""
+
+    question: str
+    history: list[Turn]
+    options: Options
+    dropped: int = 0  # the conversation's oldest turns already left out
+
+
 # What the workers post back. Textual's Message.__post_init__ does Message's own setup, so a
 # dataclass needs nothing more (the pattern of Textual's Input.Changed).
+
+
+@dataclass
+class Asked(Message):
+    """A question's prompts, fitted to the context, or the sentence why they cannot be."""
+
+    view: AnswerView
+    request: Request
+    fitted: Fitted | None
+    error: str | None
+
+
+@dataclass
+class Prompted(Message):
+    """The prompts the compare screen's answers are written from."""
+
+    views: list[AnswerView]
+    prompts: Prompts
 
 
 @dataclass
@@ -87,6 +118,7 @@ class LoadProgress(Message):
 class Inspected(Message):
     view: AnswerView
     index: int
+    prompts: Prompts | None
     alternatives: dict | None
     error: str | None
 
@@ -140,8 +172,7 @@ class NudgeApp(App):
         self._load()
 
     def watch_theme(self, theme: str) -> None:
-        if getattr(self, "history", None) is not None:
-            self.history.set_state("theme", theme)
+        self.history.set_state("theme", theme)
 
     def update_status(self) -> None:
         o = self.options
@@ -184,8 +215,17 @@ class NudgeApp(App):
     def on_loaded(self, m: Loaded) -> None:
         self.ready = m.error is None
         self.loading = "ready" if self.ready else "no models"
+        if self.ready:
+            self.options = self._settled_options()
         self.show_error(m.error)
         self.update_status()
+
+    def _settled_options(self) -> Options:
+        """The options with the loaded pair's defaults (a catalog pair's gamma) settled in, except
+        those the user changed while the models loaded."""
+        started = Options.from_settings(self.settings).as_dict()
+        changed = {k: v for k, v in self.options.as_dict().items() if v != started[k]}
+        return replace(Options.from_settings(self.session.settings), **changed)
 
     # -- asking -------------------------------------------------------------------------------
 
@@ -207,34 +247,71 @@ class NudgeApp(App):
         ]
 
     def ask(self, question: str) -> None:
-        o = self.options
-        try:
-            fitted = self.session.fit(question, self.turns(), o, self.dropped)
-        except NudgeError as e:
-            self.show_error(str(e))
+        """Start an answer. Its prompts are fitted in the worker; `on_asked` stores and shows it."""
+        options = replace(self.options)  # as it is now: a key pressed meanwhile changes the next answer
+        view = AnswerView(question, mode=options.mode, gamma=options.gamma, brackets=self.brackets)
+        self.current = view
+        self._cancel = threading.Event()
+        self.update_status()
+        request = Request(question, self.turns(), options, self.dropped)
+        self._writing[self._ask(view, request, self._cancel)] = [view]
+
+    def on_asked(self, m: Asked) -> None:
+        view, fitted = m.view, m.fitted
+        if view.done:  # cancelled before its prompts were made: never shown, nothing stored
+            return
+        if fitted is None:  # the question does not fit: it is not asked
+            self.show_error(m.error)
+            self.current = None
+            self.update_status()
             return
         self.show_error(None)
-        self.dropped, prompts = fitted.dropped, fitted.prompts
+        self.dropped = fitted.dropped
         if self.conversation is None:
-            self.conversation = self.history.new_conversation(question[:60], {"pair": self.session.pair_name})
-        settings = {**o.as_dict(), "turns_held": fitted.held, "turns_dropped": fitted.dropped}
-        msg_id = self.history.start_answer(self.conversation, question, mode=o.mode, settings=settings)
-        view = AnswerView(question, mode=o.mode, gamma=o.gamma, brackets=self.brackets, msg_id=msg_id,
-                          dropped=fitted.dropped)  # fmt: skip
-        view.settings = settings
-        view.prompts = prompts
+            self.conversation = self.history.new_conversation(view.question[:60], {"pair": self.session.pair_name})
+        view.settings = {**m.request.options.as_dict(), "turns_held": fitted.held, "turns_dropped": fitted.dropped}
+        view.msg_id = self.history.start_answer(self.conversation, view.question, mode=view.mode,
+                                                settings=view.settings)  # fmt: skip
+        view.dropped = fitted.dropped
+        view.prompts = fitted.prompts
         view.prompt_tokens = max(fitted.tokens.values(), default=0)
         chat = self.query_one("#chat", VerticalScroll)
         chat.mount(view)
         chat.scroll_end(animate=False)
-        self.current = view
-        self._cancel = threading.Event()
-        self.update_status()
-        self._writing[self._generate([(view, o.mode)], prompts, o, self._cancel)] = [view]
 
     @work(thread=True, group="engine", exit_on_error=False)
-    def _generate(self, jobs: list[tuple[AnswerView, str]], prompts, options: Options, cancel: threading.Event):
+    def _ask(self, view: AnswerView, request: Request, cancel: threading.Event) -> None:
+        with self.session.lock:
+            try:
+                fitted = self.session.fit(request.question, request.history, request.options, request.dropped)
+            except NudgeError as e:
+                self.post_message(Asked(view, request, None, str(e)))
+                return
+        self.post_message(Asked(view, request, fitted, None))
+        self._write([(view, request.options.mode)], fitted.prompts, request.options, cancel)
+
+    @work(thread=True, group="engine", exit_on_error=False)
+    def _compare(self, jobs: list[tuple[AnswerView, str]], request: Request, cancel: threading.Event) -> None:
+        with self.session.lock:
+            try:
+                prompts = self.session.prompts(request.question, request.history, request.options, request.dropped)
+            except NudgeError as e:
+                for view, _ in jobs:
+                    self.post_message(Finished(view, None, str(e)))
+                return
+        self.post_message(Prompted([view for view, _ in jobs], prompts))
+        self._write(jobs, prompts, request.options, cancel)
+
+    def on_prompted(self, m: Prompted) -> None:
+        for view in m.views:
+            view.prompts = m.prompts
+
+    def _write(self, jobs: list[tuple[AnswerView, str]], prompts: Prompts, options: Options,
+               cancel: threading.Event) -> None:  # fmt: skip
+        """The workers' common end: each job's answer, its tokens posted in batches about 30 times a second."""
         for view, mode in jobs:
+            if cancel.is_set():
+                return
             batch: list[TokenEvent] = []
             done, error, last = None, None, time.monotonic()
             with self.session.lock:
@@ -259,8 +336,6 @@ class NudgeApp(App):
             if batch:
                 self.post_message(Tokens(view, batch))  # flush on stop: nothing shown is lost
             self.post_message(Finished(view, done, error))
-            if cancel.is_set():
-                break
 
     def on_tokens(self, m: Tokens) -> None:
         if m.view.done:
@@ -272,17 +347,15 @@ class NudgeApp(App):
             self.history.append_tokens(m.view.msg_id, m.tokens)
         if m.view is self.current and m.view.prompts is not None:
             self.context_used = self._within(m.view.prompt_tokens + len(m.view.tokens))
-        now = time.monotonic()
-        if now - getattr(m.view, "_summary_at", 0.0) > 0.25:  # the counts move at 4 Hz, not per batch
-            m.view._summary_at = now
-            m.view.set_summary(len(m.view.tokens), m.view.nudged, 0.0)
+        m.view.show_counts()
         if grew and follow and m.view.parent is not None and m.view.screen is self.screen:
             chat.scroll_end(animate=False)
 
     def on_finished(self, m: Finished) -> None:
         view = m.view
         chat = self.query_one("#chat", VerticalScroll)
-        if view.screen is self.screen and chat.scroll_y >= chat.max_scroll_y - 1:
+        # not attached: its prompts failed (a bug in the worker) before it was shown, or its screen was closed
+        if view.is_attached and view.screen is self.screen and chat.scroll_y >= chat.max_scroll_y - 1:
             self.call_after_refresh(chat.scroll_end, animate=False)  # the last line, laid out at the end
         if not view.done:
             if m.error:
@@ -325,6 +398,19 @@ class NudgeApp(App):
         self._cancel.set()
 
     def action_cancel(self) -> None:
+        """Stop the answer being written and put its question back in the input to edit and send
+        again, unless the user has typed something new there meanwhile."""
+        view = self.current
+        if view is None:
+            return
+        self._stop_current()
+        prompt = self.query_one(PromptArea)
+        if not prompt.text.strip():
+            prompt.text = view.question
+            prompt.move_cursor(prompt.document.end)
+
+    def _stop_current(self) -> None:
+        """Cancel the answer being written; its partial answer is kept, and stored as cancelled."""
         view = self.current
         if view is None:
             return
@@ -375,8 +461,7 @@ class NudgeApp(App):
             done[-1].toggle_markdown()
 
     def action_new_conversation(self) -> None:
-        if self.current is not None:
-            self.action_cancel()
+        self._stop_current()
         self.conversation = None
         self.query("#chat AnswerView").remove()
         self.context_used = 0
@@ -407,8 +492,7 @@ class NudgeApp(App):
         self.push_screen(HistoryScreen(self.history), chosen)
 
     def open_conversation(self, conv_id: int) -> None:
-        if self.current is not None:
-            self.action_cancel()
+        self._stop_current()
         self.query("#chat AnswerView").remove()
         self.conversation = conv_id
         self.dropped = 0
@@ -441,15 +525,12 @@ class NudgeApp(App):
         if not question:
             self.notify("Type a prompt to compare.", severity="warning")
             return
-        o = self.options
-        prompts = self.session.prompts(question, [], o)
-        screen = CompareScreen(question, o.gamma, self.brackets)
-        for v in screen.views.values():
-            v.prompts = prompts
+        options = replace(self.options)
+        screen = CompareScreen(question, options.gamma, self.brackets)
         self.push_screen(screen)
         self._cancel = threading.Event()
         jobs = [(screen.views[m], m) for m in COLUMNS]
-        self._writing[self._generate(jobs, prompts, o, self._cancel)] = [v for v, _ in jobs]
+        self._writing[self._compare(jobs, Request(question, [], options), self._cancel)] = [v for v, _ in jobs]
 
     # -- inspecting ---------------------------------------------------------------------------
 
@@ -468,30 +549,34 @@ class NudgeApp(App):
                 )
             )
             return
+        reopened = None
         if view.prompts is None:  # a reopened answer: its prompts from the turns before it
             views = list(self.query("#chat AnswerView").results(AnswerView))
             before = [Turn(v.question, "".join(t.text for t in v.tokens)) for v in views[: views.index(view)]]
-            given = {**self.options.as_dict(), **getattr(view, "settings", {})}
+            given = {**self.options.as_dict(), **view.settings}
             opts = Options(**{k: v for k, v in given.items() if k in Options.__dataclass_fields__})
-            try:
-                dropped = getattr(view, "settings", {}).get("turns_dropped", 0)
-                view.prompts = self.session.prompts(view.question, before, opts, dropped=dropped)
-            except NudgeError as e:
-                self.post_message(Inspected(view, m.index, None, str(e)))
-                return
-        self._inspect(view, view.prompts, list(view.tokens), m.index, view.mode)
+            reopened = Request(view.question, before, opts, view.settings.get("turns_dropped", 0))
+        self._inspect(view, view.prompts, reopened, list(view.tokens), m.index, view.mode)
 
     @work(thread=True, group="engine", exit_on_error=False)
-    def _inspect(self, view: AnswerView, prompts, tokens: list[TokenEvent], index: int, mode: str) -> None:
-        """`view` only travels back in the message: what the engine needs was read on the UI thread."""
+    def _inspect(self, view: AnswerView, prompts: Prompts | None, reopened: Request | None, tokens: list[TokenEvent],
+                 index: int, mode: str) -> None:  # fmt: skip
+        """`view` only travels back in the message: what the engine needs was read on the UI thread. A
+        reopened answer's prompts (None) are made here from `reopened`, and travel back to be kept."""
         try:
+            if prompts is None:
+                with self.session.lock:
+                    prompts = self.session.prompts(reopened.question, reopened.history, reopened.options,
+                                                   reopened.dropped)  # fmt: skip
             alts = self.session.alternatives(prompts, tokens, index, mode)
-            self.post_message(Inspected(view, index, alts, None))
+            self.post_message(Inspected(view, index, prompts, alts, None))
         except NudgeError as e:
-            self.post_message(Inspected(view, index, None, str(e)))
+            self.post_message(Inspected(view, index, prompts, None, str(e)))
 
     def on_inspected(self, m: Inspected) -> None:
-        branching = branching_line(m.view.stats or getattr(m.view, "saved_stats", None))
+        if m.prompts is not None:
+            m.view.prompts = m.prompts
+        branching = branching_line(m.view.stats or m.view.saved_stats)
         self.push_screen(
             InspectorScreen(m.view.tokens[m.index], m.index, m.view.gamma, m.alternatives, m.error or "", branching)
         )

@@ -11,6 +11,14 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, ListItem, ListView, Static
 
 
+class ConversationItem(ListItem):
+    """One saved conversation in the list."""
+
+    def __init__(self, text: str, conv_id: int) -> None:
+        super().__init__(Static(text, markup=False))
+        self.conv_id = conv_id
+
+
 class HistoryScreen(ModalScreen[tuple[str, int] | None]):
     """Dismisses with ("open", id) or None; rename and delete happen in place."""
 
@@ -46,19 +54,18 @@ class HistoryScreen(ModalScreen[tuple[str, int] | None]):
         items = []
         for c in self.history.conversations():
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated))
-            item = ListItem(Static(f"{c.title}  ·  {c.n_messages} answers  ·  {when}", markup=False))
-            item.conv_id = c.id
-            items.append(item)
+            items.append(ConversationItem(f"{c.title}  ·  {c.n_messages} answers  ·  {when}", c.id))
         await lv.extend(items)
         lv.index = 0 if items else None
         lv.focus()
 
     def _selected(self) -> int | None:
         item = self.query_one(ListView).highlighted_child
-        return getattr(item, "conv_id", None)
+        return item.conv_id if isinstance(item, ConversationItem) else None
 
     def on_list_view_selected(self, event: ListView.Selected) -> None:
-        self.dismiss(("open", event.item.conv_id))
+        if isinstance(event.item, ConversationItem):
+            self.dismiss(("open", event.item.conv_id))
 
     def action_rename(self) -> None:
         if self._selected() is not None:

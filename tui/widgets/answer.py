@@ -9,6 +9,7 @@ from textual.content import Content
 from textual.widgets import Markdown, Static
 
 from nudge_local.engine.events import Stats, TokenEvent
+from nudge_local.engine.prompts import Prompts
 from nudge_local.tui.widgets.token_view import TokenView
 
 
@@ -38,10 +39,15 @@ class AnswerView(Vertical):
     def __init__(self, question: str, *, mode: str, gamma: float, brackets: bool, msg_id: int | None = None,
                  dropped: int = 0) -> None:  # fmt: skip
         super().__init__()
-        self.dropped = dropped  # earlier turns outside the models' context for this answer
-        self.prompt_tokens = 0  # the fuller prompt's tokens, for the status bar
         self.question, self.mode, self.gamma, self.brackets = question, mode, gamma, brackets
+        # what the history holds of it beside its tokens
         self.msg_id = msg_id
+        self.settings: dict = {}  # the options it was written with, and the turns its prompts held and dropped
+        self.saved_stats: dict | None = None  # a reopened answer's stored Stats (its branching factors)
+        self.dropped = dropped  # earlier turns outside the models' context for this answer
+        # what it was written from
+        self.prompts: Prompts | None = None  # for the inspector; None for a reopened answer until inspected
+        self.prompt_tokens = 0  # the fuller prompt's tokens, for the status bar
         self.tokens: list[TokenEvent] = []
         self.nudged = 0
         self.done = False
@@ -49,10 +55,10 @@ class AnswerView(Vertical):
         self.cancelled = False
         self.stop_reason: str | None = None
         self.stats: Stats | None = None
-        self.prompts = None  # the engine's Prompts, for the inspector
         self._blocks: list[TokenView] = []
         self._summary = Static("writing…", classes="summary")
         self._summary_lines = 0
+        self._counted_at = 0.0  # when show_counts last updated the summary
         self._markdown: Markdown | None = None
         self._pending: list[TokenEvent] = []
         self._ready = False
@@ -107,6 +113,13 @@ class AnswerView(Vertical):
         if stats is not None:
             self.set_summary(stats.tokens, stats.nudge_tokens, stats.tokens_per_second)
         else:
+            self.set_summary(len(self.tokens), self.nudged, 0.0)
+
+    def show_counts(self) -> None:
+        """The live summary's counts, at most 4 times a second rather than once per batch of tokens."""
+        now = time.monotonic()
+        if now - self._counted_at > 0.25:
+            self._counted_at = now
             self.set_summary(len(self.tokens), self.nudged, 0.0)
 
     def set_summary(self, tokens: int, nudged: int, tps: float) -> None:
