@@ -14,11 +14,6 @@ COLUMNS = ("base", "nudger", "nudged")
 
 
 class CompareScreen(Screen[None]):
-    DEFAULT_CSS = """
-    CompareScreen Horizontal { height: 1fr; }
-    CompareScreen VerticalScroll { width: 1fr; border: round $primary; padding: 0 1; }
-    CompareScreen .heading { text-style: bold; }
-    """
     BINDINGS = [Binding("escape", "close", "Back to chat", id="compare.close")]
 
     def __init__(self, question: str, gamma: float, brackets: bool) -> None:

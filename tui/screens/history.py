@@ -22,13 +22,6 @@ class ConversationItem(ListItem):
 class HistoryScreen(ModalScreen[tuple[str, int] | None]):
     """Dismisses with ("open", id) or None; rename and delete happen in place."""
 
-    DEFAULT_CSS = """
-    HistoryScreen { align: center middle; }
-    HistoryScreen > Vertical { width: 80; height: 80%; border: thick $accent; padding: 1 2; background: $surface; }
-    HistoryScreen ListView { height: 1fr; }
-    HistoryScreen Input { display: none; }
-    HistoryScreen Input.editing { display: block; }
-    """
     BINDINGS = [
         Binding("escape", "close", "Close", id="history.close"),
         Binding("r", "rename", "Rename", id="history.rename"),

@@ -28,13 +28,6 @@ def branching_line(stats: Stats | dict | None) -> str:
 
 
 class InspectorScreen(ModalScreen[None]):
-    DEFAULT_CSS = """
-    InspectorScreen { align: center middle; }
-    InspectorScreen > Vertical { width: 90; height: auto; max-height: 90%; border: thick $accent; padding: 1 2;
-        background: $surface; }
-    InspectorScreen DataTable { height: auto; width: 1fr; margin: 0 1; }
-    InspectorScreen .title { text-style: bold; }
-    """
     BINDINGS = [Binding("escape,q", "dismiss", "Close", id="inspector.close")]
 
     def __init__(self, token: TokenEvent, index: int, gamma: float, alternatives: dict | None, note: str = "",

@@ -15,13 +15,6 @@ from nudge_local.tui.session import Options
 
 
 class SettingsScreen(ModalScreen[Options | None]):
-    DEFAULT_CSS = """
-    SettingsScreen { align: center middle; }
-    SettingsScreen > Vertical { width: 70; height: auto; border: thick $accent; padding: 1 2; background: $surface; }
-    SettingsScreen Label { margin: 1 0 0 0; }
-    SettingsScreen #error { color: $error; height: auto; }
-    SettingsScreen Horizontal { height: auto; margin: 1 0 0 0; }
-    """
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="settings.cancel")]
 
     def __init__(self, options: Options) -> None:

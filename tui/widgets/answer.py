@@ -28,14 +28,6 @@ def notice(dropped: int) -> str:
 
 
 class AnswerView(Vertical):
-    DEFAULT_CSS = """
-    AnswerView { height: auto; margin: 0 0 1 0; }
-    AnswerView > .question { color: $text-muted; text-style: bold; }
-    AnswerView > .summary { color: $text-muted; text-style: italic; }
-    AnswerView > .notice { color: $warning; text-style: italic; }
-    AnswerView > Markdown { margin: 0; padding: 0; }
-    """
-
     def __init__(self, question: str, *, mode: str, gamma: float, brackets: bool, msg_id: int | None = None,
                  dropped: int = 0) -> None:  # fmt: skip
         super().__init__()

@@ -10,9 +10,6 @@ from textual.widgets import TextArea
 
 
 class PromptArea(TextArea):
-    DEFAULT_CSS = """
-    PromptArea { height: auto; max-height: 8; min-height: 3; }
-    """
     BINDINGS = [
         Binding("enter", "send", "Send", id="send", priority=True),
         Binding("shift+enter,ctrl+j", "newline", "New line", id="newline", show=False),

@@ -26,6 +26,8 @@ NUDGE_COLOR = Color.parse("#ff9e3d")
 
 
 class TokenView(Widget):
+    # Kept with the widget, not in app.tcss: a block sizes itself (the live block holds LIVE_STEP rows
+    # ahead), which needs height auto wherever it is mounted, in the chat or alone.
     DEFAULT_CSS = """
     TokenView { height: auto; width: 1fr; }
     """
