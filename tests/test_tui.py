@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 
 import pytest
+from textual.widgets import Button, Input, Static
 
 from nudge_local.bench.synthetic import CHATML, Table, write_model
 from nudge_local.catalog import load_catalog
@@ -23,6 +24,7 @@ from nudge_local.tui.app import ACTIONS, NudgeApp
 from nudge_local.tui.history import History
 from nudge_local.tui.screens.compare import CompareScreen
 from nudge_local.tui.screens.inspector import InspectorScreen
+from nudge_local.tui.screens.settings import SettingsScreen
 from nudge_local.tui.session import ChatSession, Options
 from nudge_local.tui.widgets.answer import AnswerView
 from nudge_local.tui.widgets.prompt import PromptArea
@@ -587,5 +589,25 @@ def test_the_options_take_the_pairs_defaults_once_loaded(tmp_path, pair, monkeyp
                 expected.gamma = 0.35
             assert app.options == expected
             assert f"gamma {expected.gamma:.2f} · {expected.mode}" in str(app.query_one("#status").render())
+
+    run(go())
+
+
+def test_the_settings_screen_shows_why_a_value_is_refused(tmp_path, pair):
+    """Its error line is its own, not the chat's (which the app hides until there is an error)."""
+
+    async def go():
+        app = make_app(tmp_path, pair)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.press("f2")
+            await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            screen = app.screen
+            invalid = screen.query_one("#invalid", Static)
+            assert not invalid.display  # no empty line while every value is fine
+            screen.query_one("#gamma", Input).value = "abc"
+            screen.query_one("#apply", Button).press()
+            await pilot.pause()
+            assert app.screen is screen and app.options.gamma == 0.4
+            assert invalid.display and invalid.size.height == 1 and "gamma must be" in str(invalid.render())
 
     run(go())

@@ -35,7 +35,7 @@ class SettingsScreen(ModalScreen[Options | None]):
             yield Label("When the conversation outgrows the context")
             yield Select([("drop the oldest turns", "drop_oldest"), ("stop", "stop")], value=o.context_overflow,
                          allow_blank=False, id="context_overflow")  # fmt: skip
-            yield Static("", id="error")
+            yield Static("", id="invalid")
             with Horizontal():
                 yield Button("Apply", variant="primary", id="apply")
                 yield Button("Cancel", id="cancel")
@@ -60,7 +60,9 @@ class SettingsScreen(ModalScreen[Options | None]):
                 except ValueError as e:
                     raise NudgeError(f"{name} must be {e} (got {raw!r}).") from None
         except NudgeError as e:
-            self.query_one("#error", Static).update(str(e))
+            invalid = self.query_one("#invalid", Static)
+            invalid.update(str(e))
+            invalid.add_class("shown")
             return
         self.dismiss(Options(**values))
 
