@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nudge_local.catalog import is_url
 from nudge_local.choose import choose_models, fetch, load_models, local_path, missing, read_chat_template
@@ -14,7 +15,7 @@ from nudge_local.commands import add_pair_options, add_settings_flags, confirmer
 from nudge_local.config import Settings, load_settings
 from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.sampling import Sampling
-from nudge_local.evaluate.data import TASKS, data_digest, load_items, select
+from nudge_local.evaluate.data import TASKS, Item, Task, data_digest, load_items, select
 from nudge_local.evaluate.run import (
     EVAL_MODES,
     MANIFEST_VERSION,
@@ -28,6 +29,9 @@ from nudge_local.evaluate.run import (
     run,
     write_atomic,
 )
+
+if TYPE_CHECKING:
+    from nudge_local.evaluate.judge import ChatJudge, Judge
 
 PAPER_SEED = 609  # the authors drew their subsets with this seed
 PAPER_MAX_TOKENS = 512
@@ -99,6 +103,42 @@ def _mode_for(roles: set[str]) -> str:
 def main(args) -> int:
     from nudge_local.evaluate.report import write_report  # matplotlib and the rest load only for a run
 
+    _check_options(args)
+    s = _settings(args)
+    task, modes, system, prefix, fields, items = _read_task(args, s)
+    out = Path(args.out or f"eval-{task.name}")
+
+    choice = choose_models(s, _mode_for(roles_needed(modes)))
+    s = choice.settle(s)  # a catalog pair may set gamma and the base format: nothing above reads them
+    gammas = parse_gammas(args.gamma) if args.gamma else [s.gamma]
+    fetch_missing(choice, args.yes)  # asks on the terminal, as `run` does
+    cfg = _eval_config(args, s, task, items, modes, gammas, system, prefix)
+    out.mkdir(parents=True, exist_ok=True)
+    models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
+    judge = None
+    try:
+        judge = _open_judge(args, s)
+        manifest = check_manifest(out, _manifest(args, s, cfg, fields, models, judge), args.resume)
+        results = _open_results(out)
+        write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        try:
+            _run_with_progress(cfg, models, results, judge)
+        finally:  # a run stopped early still gets its report on the answers it wrote
+            if results.rows:
+                paths = write_report(out, results.rows, manifest)
+                print(f"{len(results.rows)} answers in {out / 'results.jsonl'}", file=sys.stderr)
+                for p in paths:
+                    print(p)
+    finally:
+        if judge is not None:
+            judge.close()
+        for m in models.values():
+            m.close()
+    return 0
+
+
+def _check_options(args) -> None:
+    """The options no parser type catches: counts of at least 1, and judge options only with a judge."""
     limit = 1 if args.limit is None else args.limit
     for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds), ("--limit", limit)):
         if value < 1:
@@ -108,24 +148,28 @@ def main(args) -> int:
             raise NudgeError(f"option {flag} describes the judge; give --judge too.")
     if args.judge_model and not is_url(args.judge):
         raise NudgeError("option --judge-model names a served model; --judge is then a server's URL.")
-    s = _settings(args)
+
+
+def _read_task(args, s: Settings) -> tuple[Task, list[str], str, str, dict[str, str], list[Item]]:
+    """The task and its modes, the system prompt and prefix each question is asked with, the --field
+    names, and the items (a seeded sample of them under --limit); no items at all is an error."""
     task = TASKS[args.task]
     modes = parse_modes(args.modes)
-    roles = roles_needed(modes)
     system = s.system if s.source("system").startswith("flag") else task.system
     prefix = task.prefix if args.prefix is None else args.prefix
     fields = parse_fields(args.field)
     items = select(load_items(task, args.data, fields), args.limit, s.seed)
     if not items:
         raise NudgeError(f"{args.data} holds no items.")
-    out = Path(args.out or f"eval-{task.name}")
+    return task, modes, system, prefix, fields, items
 
-    choice = choose_models(s, _mode_for(roles))
-    s = choice.settle(s)  # a catalog pair may set gamma and the base format
-    gammas = parse_gammas(args.gamma) if args.gamma else [s.gamma]
-    fetch_missing(choice, args.yes)  # asks on the terminal, as `run` does
+
+def _eval_config(
+    args, s: Settings, task: Task, items: list[Item], modes: list[str], gammas: list[float], system: str, prefix: str
+) -> EvalConfig:
+    """What the run does, from the settled settings (the pair's defaults applied) and the eval's options."""
     chat_template = read_chat_template(s)
-    cfg = EvalConfig(
+    return EvalConfig(
         task=task,
         items=items,
         modes=modes,
@@ -142,67 +186,60 @@ def main(args) -> int:
         max_rounds=args.max_rounds,
         speculative=args.speculative,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
-    judge = None
-    try:
-        if args.judge:
-            from nudge_local.evaluate.judge import open_judge
 
-            judge_template = None
-            if args.judge_chat_template:
-                judge_template = read_chat_template(load_settings({"chat_template": args.judge_chat_template}))
-            judge = open_judge(
-                _judge_file(args.judge, args.yes), s, chat_template=judge_template, model_name=args.judge_model
-            )
-        manifest = {
-            "version": MANIFEST_VERSION,
-            "task": task.name,
-            "data": args.data,
-            "data_sha256": data_digest(args.data),
-            "base": models["base"].identity if "base" in models else None,
-            "nudger": models["nudger"].identity if "nudger" in models else None,
-            "settings": {
-                "system": system,
-                "prefix": prefix,
-                "base_format": s.base_format,
-                "chat_template_sha256": file_sha256(s.chat_template) if s.chat_template else None,
-                "stop": cfg.stop_strings,
-                "max_tokens": s.max_tokens,
-                "word_cap": s.word_cap,
-                "temperature": s.temperature,
-                "top_p": s.top_p,
-                "seed": s.seed,
-                "limit": args.limit,
-                "fields": fields,
-                "chunk": args.chunk,
-                "max_rounds": args.max_rounds,
-            },
-            "judge": judge.label if judge else None,
-            "modes": modes,
-            "gammas": gammas,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        manifest = check_manifest(out, manifest, args.resume)
-        results = Results(out / "results.jsonl")
-        if results.cut:
-            print("nudge-local: the last line of results.jsonl was cut short; its answer is written again.",
-                  file=sys.stderr)  # fmt: skip
-        write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        try:
-            _run_with_progress(cfg, models, results, judge)
-        finally:
-            if results.rows:
-                paths = write_report(out, results.rows, manifest)
-                print(f"{len(results.rows)} answers in {out / 'results.jsonl'}", file=sys.stderr)
-                for p in paths:
-                    print(p)
-    finally:
-        if judge is not None:
-            judge.close()
-        for m in models.values():
-            m.close()
-    return 0
+
+def _open_judge(args, s: Settings) -> Judge | ChatJudge | None:
+    """The --judge model or server, opened; None without --judge (its module loads only with one)."""
+    if not args.judge:
+        return None
+    from nudge_local.evaluate.judge import open_judge
+
+    judge_template = None
+    if args.judge_chat_template:
+        judge_template = read_chat_template(load_settings({"chat_template": args.judge_chat_template}))
+    return open_judge(_judge_file(args.judge, args.yes), s, chat_template=judge_template, model_name=args.judge_model)
+
+
+def _manifest(args, s: Settings, cfg: EvalConfig, fields: dict[str, str], models, judge) -> dict:
+    """What this run is: its data, its models, its settings and its judge; --resume checks a run
+    against the manifest it left (`check_manifest`)."""
+    return {
+        "version": MANIFEST_VERSION,
+        "task": cfg.task.name,
+        "data": args.data,
+        "data_sha256": data_digest(args.data),
+        "base": models["base"].identity if "base" in models else None,
+        "nudger": models["nudger"].identity if "nudger" in models else None,
+        "settings": {
+            "system": cfg.system,
+            "prefix": cfg.prefix,
+            "base_format": s.base_format,
+            "chat_template_sha256": file_sha256(s.chat_template) if s.chat_template else None,
+            "stop": cfg.stop_strings,
+            "max_tokens": s.max_tokens,
+            "word_cap": s.word_cap,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": s.seed,
+            "limit": args.limit,
+            "fields": fields,
+            "chunk": args.chunk,
+            "max_rounds": args.max_rounds,
+        },
+        "judge": judge.label if judge else None,
+        "modes": cfg.modes,
+        "gammas": cfg.gammas,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _open_results(out: Path) -> Results:
+    """OUT/results.jsonl, saying so where a kill cut its last line short."""
+    results = Results(out / "results.jsonl")
+    if results.cut:
+        print("nudge-local: the last line of results.jsonl was cut short; its answer is written again.",
+              file=sys.stderr)  # fmt: skip
+    return results
 
 
 def _judge_file(ref: str, yes: bool) -> str:
