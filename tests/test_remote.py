@@ -1,4 +1,4 @@
-"""Models on serving engines (nudge_local/remote.py), against real servers started here on loopback:
+"""Models on serving engines (nudge_local/remote/), against real servers started here on loopback:
 llama.cpp's llama-server (native API; built by scripts/build_llama_server.sh from the pinned
 llama-cpp-python's llama.cpp source), its rpc-server, and llama-cpp-python's OpenAI-compatible server.
 

@@ -36,7 +36,7 @@ def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
-# Seconds per vocabulary token that reading the vocabulary for cuts costs (model.py measures ~2 us):
+# Seconds per vocabulary token that reading the vocabulary for cuts costs (measured ~2 us):
 # tokenizing from a cut starts once whole texts have cost that much to tokenize.
 VOCAB_READ_SECONDS = 2e-6
 BATCH_ENDS_KEPT = 4  # rows kept for batches' last positions (1 MB each for a 262k vocabulary)
@@ -100,7 +100,7 @@ class Model(ScoringModel):
         self._last: np.ndarray | None = None  # logits after the last held token, when computed
         self.evaluated_tokens = 0
         self.forward_calls = 0
-        # Where the time goes (bench.py's breakdown): seconds inside llama_decode, the part of them in
+        # Where the time goes (the benchmark's breakdown): seconds inside llama_decode, the part of them in
         # calls a decoding mode marked as reads (`reading`), and seconds tokenizing.
         self.decode_seconds = 0.0
         self.read_seconds = 0.0

@@ -102,9 +102,15 @@ def same_vocabulary(a: ScoringModel, b: ScoringModel) -> bool:
     return a.vocab_matches[key]
 
 
+def reads_text(model: ScoringModel) -> bool:
+    """Whether the model reads text only (a text-only server, whose ids are not a vocabulary's): its
+    view is in text space whatever is asked."""
+    return not model.has_token_ids
+
+
 def shares_ids(a: ScoringModel, b: ScoringModel) -> bool:
     """Whether both models have real token ids (token space is possible at all)."""
-    return a.has_token_ids and b.has_token_ids
+    return not (reads_text(a) or reads_text(b))
 
 
 def _same_tokens(a: ScoringModel, b: ScoringModel) -> bool:
@@ -122,9 +128,9 @@ def view_of(
     model: ScoringModel, prompt: str, answer: Answer, *, text_space: bool, n_shared: int | None = None,
     shown: bool = False,
 ) -> View:
-    """One model's view: token or text space. `shown` (text only): the model reads the answer without
-    its leading whitespace."""
-    if text_space:
+    """One model's view: token or text space (text for a model that reads text only). `shown` (text
+    only): the model reads the answer without its leading whitespace."""
+    if text_space or reads_text(model):
         return TextSpaceView(model, prompt, answer, shown=shown)
     return TokenSpaceView(model, prompt, answer, n_shared)
 
