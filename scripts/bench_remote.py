@@ -193,7 +193,7 @@ class System:
 
     @property
     def served(self) -> list:
-        return [m for m in (self.base, self.nudger) if getattr(m, "remote", False)]
+        return [m for m in (self.base, self.nudger) if m.kind == "server"]
 
 
 def make_systems(local: dict, served: dict, max_tokens: int, real: bool) -> list[System]:

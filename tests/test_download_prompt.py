@@ -44,7 +44,7 @@ def test_the_library_never_reads_the_terminal():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "input":
                 callers.append(path.relative_to(root).as_posix())
-    assert callers == ["cli.py"]
+    assert callers == ["commands.py"]
 
 
 def _run_in_terminal(env: dict, args: list[str], answer: bytes, timeout: float = 60.0) -> tuple[int, str]:

@@ -100,11 +100,14 @@ def pieces_text(model_of, events) -> str:
 
 def test_an_answer_shows_no_whitespace_at_either_end(tiny):
     base, nudger = tiny
-    stops = load_settings().stop_strings
+    # The base writes a numbered list after a blank line; "2." stops it after the newline that ends item 1
+    # (its exact words differ between CPUs' kernels; the list's shape does not).
+    stops = [*load_settings().stop_strings, "2."]
     _, events, done = run_engine(base, nudger, "Give me three tips for sleeping better.", mode="base",
                                  max_tokens=32, stop_strings=stops)  # fmt: skip
     written = pieces_text({"base": base}, events)
     assert written[:1].isspace() and written[-1:].isspace()  # the base wrote both: "\n\n1. ...\n"
+    assert done.stop_reason == "stop_string"
     assert done.text == written.strip() == "".join(e.text for e in events)
     assert done.stats.tokens == len(events)
 

@@ -46,6 +46,7 @@ class TextRemoteModel(ScoringModel):
     kind = "server"
     has_token_ids = False
     scores_drafts = False
+    vocab_type = None  # no vocabulary: its ids number the token texts its server returned
 
     def __init__(self, http: Http) -> None:
         self.http, self.role = http, http.role
