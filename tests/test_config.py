@@ -104,3 +104,40 @@ def test_config_command_shows_values_and_sources(cfg, monkeypatch, capsys):
     assert str(cfg) in out
     assert any("gamma" in line and "0.25" in line and f"file {cfg}:1" in line for line in out.splitlines())
     assert any("seed" in line and "9" in line and "env NUDGE_LOCAL_SEED" in line for line in out.splitlines())
+
+
+@pytest.mark.parametrize(
+    "file,flags,policy",
+    [
+        ("", [], "stop"),  # serve's own default: a client is told its messages do not fit
+        ("context_overflow: drop_oldest\n", [], "drop_oldest"),  # the file is not overridden by an unset flag
+        ("context_overflow: drop_oldest\n", ["--context-overflow", "stop"], "stop"),
+    ],
+)
+def test_serve_takes_the_context_policy_from_its_flag_else_the_file_else_stop(cfg, file, flags, policy):
+    from nudge_local.cli import build_parser
+    from nudge_local.server.cli import serve_settings
+
+    cfg.write_text(file)
+    args = build_parser().parse_args(["serve", *flags])
+    assert serve_settings(args).context_overflow == policy
+    assert load_settings().context_overflow == "drop_oldest"  # the setting itself: the chat's default
+
+
+def test_the_command_line_says_each_engine_note_once(capsys):
+    """The engine notes a fallback at every answer; the command line's handler says each note once."""
+    import logging
+
+    from nudge_local.commands import say_notes
+    from nudge_local.engine.generate import note
+
+    log = logging.getLogger("nudge_local.notes")
+    saved = log.handlers[:], log.propagate
+    log.handlers.clear()
+    try:
+        say_notes()
+        for message in ("a fallback", "a fallback", "another"):
+            note(message)
+        assert capsys.readouterr().err == "nudge-local: note: a fallback\nnudge-local: note: another\n"
+    finally:
+        log.handlers[:], log.propagate = saved

@@ -41,7 +41,7 @@ from nudge_local.engine.paper_mode import api_style_complete, paper_steps, trim_
 from nudge_local.engine.prompts import render_prompts
 from nudge_local.engine.speculative import DraftSizer
 from nudge_local.engine.stream import stream
-from nudge_local.engine.views import make_views, same_vocabulary
+from nudge_local.engine.views import make_views, reads_text, same_vocabulary
 from nudge_local.remote.connect import connect
 from nudge_local.remote.http import Endpoint, flag
 
@@ -225,7 +225,7 @@ def bench_pair(base_path: Path | str, nudger_path: Path | str, modes: list[str],
                 m.read_cuts()  # once, before any timing (a model would do it when tokenizing had cost as much)
         runs = run_rounds(base, nudger, prompt_sets, modes, args)
         agreement = None
-        if "nudged" in runs and nudger.has_token_ids:  # a model served by text only has no greedy row to read
+        if "nudged" in runs and not reads_text(nudger):  # a model served by text only has no greedy row to read
             text_space = not same_vocabulary(base, nudger)
             agreement = agreement_on_path(
                 base, nudger, prompt_sets[0], runs["nudged"][0]["events"], text_space=text_space

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nudge_local.engine.errors import NudgeError
@@ -131,7 +130,7 @@ def nudger_prompt(
     template = chat_template or nudger.chat_template
     if not template:
         raise NudgeError(
-            f"The nudger {Path(str(nudger.path)).name} has no chat template in its {nudger.kind}; "
+            f"The nudger {nudger.label} has no chat template in its {nudger.kind}; "
             f"give one with --chat-template FILE."
         )
     bos = nudger.piece(nudger.bos).decode("utf-8", "replace") if nudger.bos >= 0 else ""

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from nudge_local.commands import add_pair_options, add_settings_flags, load_pair, settings_of
+from nudge_local.config import Settings
 from nudge_local.engine.errors import NudgeError
 
 
@@ -27,6 +28,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return serve
 
 
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings under serve's flags. A conversation longer than the context is refused (a 400 the
+    client reads) unless --context-overflow, the configuration or the request says drop_oldest: the
+    chat's default, dropping the oldest turns, would cut a client's messages without its knowing."""
+    s = settings_of(args)
+    if s.source("context_overflow") == "default":
+        s = s.updated({"context_overflow": "stop"}, "serve", "serve's default")
+    return s
+
+
 def main(args: argparse.Namespace) -> int:
     from nudge_local.server.app import check_address
     from nudge_local.server.app import serve as serve_pair
@@ -39,10 +50,7 @@ def main(args: argparse.Namespace) -> int:
             raise NudgeError(f"option {flag} must be a whole number of at least {least} (got {value}).")
     check_address(args.host, args.port)
     api_key = args.api_key or os.environ.get("NUDGE_LOCAL_API_KEY") or None
-    s = settings_of(args)
-    if s.source("context_overflow") == "default":
-        s = s.updated({"context_overflow": "stop"}, "serve", "serve's default")  # a client is told, not cut short
-    choice, s, models, chat_template = load_pair(s, "nudged", args.yes)
+    choice, s, models, chat_template = load_pair(serve_settings(args), "nudged", args.yes)
     name = choice.pair.alias if choice.pair else f"{models['base'].label}+{models['nudger'].label}"
     pair = Pair(models, s, chat_template, name)
     return serve_pair(pair, host=args.host, port=args.port, api_key=api_key, queue_size=args.queue,
