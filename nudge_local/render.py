@@ -1,4 +1,5 @@
-"""Text forms of an answer with provenance: spans, and the paper's [bracketed] nudged words."""
+"""Text forms of an answer with provenance: spans, and the paper's [bracketed] nudged words ({braced}
+tokens the user chose at a branch)."""
 
 from __future__ import annotations
 
@@ -23,33 +24,37 @@ def spans(tokens: Iterable[TokenEvent]) -> list[dict]:
     return out
 
 
+MARKS = {"nudge": ("[", "]"), "user": ("{", "}")}  # the base's text is unmarked
+
+
 class BracketWriter:
-    """Streams text with nudged words in [brackets], whitespace outside them, as the paper prints them."""
+    """Streams text with nudged words in [brackets] and tokens the user chose at a branch in {braces},
+    whitespace outside them, as the paper prints nudged words."""
 
     def __init__(self, out) -> None:
-        self.out, self.open = out, False
+        self.out, self.open = out, None  # the source whose mark is open
 
     def write(self, ev: TokenEvent) -> None:
         text = ev.text
         if not text:
             return
-        if ev.source == "nudge" and not self.open:
+        if ev.source != self.open:
+            closing = MARKS[self.open][1] if self.open in MARKS else ""
             rest = text.lstrip(WHITESPACE)
-            if not rest:
-                self.out.write(text)
+            if ev.source in MARKS and not rest:  # whitespace stays outside the marks
+                self.out.write(closing + text)
+                self.open = None
                 return
-            text = text[: len(text) - len(rest)] + "[" + rest
-            self.open = True
-        elif ev.source != "nudge" and self.open:
-            text = "]" + text
-            self.open = False
+            opening = MARKS[ev.source][0] if ev.source in MARKS else ""
+            text = closing + text[: len(text) - len(rest)] + opening + rest
+            self.open = ev.source if ev.source in MARKS else None
         self.out.write(text)
         self.out.flush()
 
     def close(self, newline: bool = True) -> None:
-        if self.open:
-            self.out.write("]")
-            self.open = False
+        if self.open in MARKS:
+            self.out.write(MARKS[self.open][1])
+            self.open = None
         if newline:
             self.out.write("\n")
         self.out.flush()

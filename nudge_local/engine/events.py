@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 # Named once, imported wherever they are used. A token's *source* is who wrote it; a model's *role*
 # is which of the two models it is (the nudger writes the tokens whose source is "nudge").
-Source = Literal["base", "nudge"]
+Source = Literal["base", "nudge", "user"]  # "user": a token the user chose at a branch (loom.py)
 Role = Literal["base", "nudger"]
 Mode = Literal["nudged", "base", "nudger", "paper"]
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -27,7 +27,7 @@ class TokenEvent:
 
     text: the characters this token completes (UTF-8 safe: a character split across tokens
       appears whole on the token that completes it, "" on the ones before).
-    source: "base" or "nudge".
+    source: "base", "nudge", or "user" (a token the user chose at a branch of the answer, loom.py).
     token: the token id in the writing model's vocabulary.
     base_p: the base's top-1 probability at the decision that let this token be written (for every
       token of a nudged word, the gate value that handed the word to the nudger); None when the

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.events import MODES, Done, Mode, Role, TokenEvent
 from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.loom import Branch, branch_steps
 from nudge_local.engine.paper_mode import paper_steps, trim_repeated_suffix
 from nudge_local.engine.prompts import Prompts
 from nudge_local.engine.sampling import Chooser, Sampling
@@ -22,8 +23,13 @@ Plan = tuple[Steps, dict[Role, ScoringModel], dict[Role, int]]
 
 
 def _nudged(prompts: Prompts, base: ScoringModel, nudger: ScoringModel, *, speculative: bool, draft: int | None,
-            sizer: DraftSizer | None, text_space: bool | None, **rule) -> Plan:  # fmt: skip
+            sizer: DraftSizer | None, text_space: bool | None, branch: Branch | None, **rule) -> Plan:  # fmt: skip
     answer, bview, nview = make_views(base, nudger, prompts.base, prompts.nudge, text_space=text_space)
+    models = {"base": base, "nudger": nudger}
+    prompt_tokens = {"base": bview.prompt_tokens, "nudger": nview.prompt_tokens}
+    if branch is not None:  # token mode from the branch on: speculative would write the same
+        views = {"base": bview, "nudger": nview}
+        return branch_steps(models, views, answer, branch, mode="nudged", **rule), models, prompt_tokens
     drafts = speculative and isinstance(bview, TokenSpaceView)  # drafts need shared token ids
     if drafts and not base.scores_drafts:
         note(
@@ -35,7 +41,7 @@ def _nudged(prompts: Prompts, base: ScoringModel, nudger: ScoringModel, *, specu
         steps = speculative_steps(base, nudger, bview, nview, answer, draft_len=draft, sizer=sizer, **rule)
     else:
         steps = nudged_steps(base, nudger, bview, nview, answer, **rule)
-    return steps, {"base": base, "nudger": nudger}, {"base": bview.prompt_tokens, "nudger": nview.prompt_tokens}
+    return steps, models, prompt_tokens
 
 
 def _paper(prompts: Prompts, base: ScoringModel, nudger: ScoringModel, *, gamma: float, chunk: int, max_rounds: int,
@@ -57,11 +63,16 @@ def note(message: str) -> None:
     logging.getLogger("nudge_local.notes").warning(message)
 
 
-def _single(role: Role, model: ScoringModel, prompt: str, *, max_tokens: int, choose: Chooser) -> Plan:
+def _single(role: Role, model: ScoringModel, prompt: str, *, max_tokens: int, choose: Chooser,
+            branch: Branch | None, word_cap: int) -> Plan:  # fmt: skip
     answer = Answer()
     view = view_of(model, prompt, answer, text_space=False)
-    source = "base" if role == "base" else "nudge"
-    steps = single_steps(model, view, answer, source=source, max_tokens=max_tokens, choose=choose)
+    if branch is not None:
+        steps = branch_steps({role: model}, {role: view}, answer, branch, mode=role, gamma=0.0, max_tokens=max_tokens,
+                             word_cap=word_cap, choose=choose)  # fmt: skip
+    else:
+        source = "base" if role == "base" else "nudge"
+        steps = single_steps(model, view, answer, source=source, max_tokens=max_tokens, choose=choose)
     return steps, {role: model}, {role: view.prompt_tokens}
 
 
@@ -84,6 +95,7 @@ def generate(
     sizer: DraftSizer | None = None,
     top_n: int = 0,
     entropy: bool = False,
+    branch: Branch | None = None,
 ) -> Iterator[TokenEvent | Done]:
     """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode; speculative where
     the vocabularies match unless `speculative` is False, each draft sized from measured costs or
@@ -94,20 +106,26 @@ def generate(
     the writing model's top_n tokens at its position (not in paper mode, which sees only the
     completions' chosen tokens). With `entropy` each TokenEvent carries the entropy of the writing
     model's row and, where the base was asked there, of the base's (`base_entropy`), and Stats their
-    branching factors (not in paper mode either)."""
+    branching factors (not in paper mode either). With `branch` the answer is that branch
+    (loom.py): its kept tokens again, then its own position, then the mode from there, in token mode
+    where nudged (speculative would write the same)."""
     choose = Chooser(sampling or Sampling(), top_n, entropy)
     trim = None
     if mode == "nudged":
         rule = dict(gamma=gamma, max_tokens=max_tokens, word_cap=word_cap, choose=choose)
         plan = _nudged(prompts, base, nudger, speculative=speculative, draft=draft, sizer=sizer, text_space=text_space,
-                       **rule)
+                       branch=branch, **rule)
     elif mode == "paper":
+        if branch is not None:
+            raise NudgeError("Paper mode reproduces the authors' algorithm as published; branch a nudged answer.")
         plan = _paper(prompts, base, nudger, gamma=gamma, chunk=chunk, max_rounds=max_rounds, max_tokens=max_tokens)
         stop_strings, trim = (), trim_repeated_suffix  # the published algorithm has no stop strings
     elif mode == "base":
-        plan = _single("base", base, prompts.base, max_tokens=max_tokens, choose=choose)
+        plan = _single("base", base, prompts.base, max_tokens=max_tokens, choose=choose, branch=branch,
+                       word_cap=word_cap)
     elif mode == "nudger":
-        plan = _single("nudger", nudger, prompts.nudge, max_tokens=max_tokens, choose=choose)
+        plan = _single("nudger", nudger, prompts.nudge, max_tokens=max_tokens, choose=choose, branch=branch,
+                       word_cap=word_cap)
     else:
         raise NudgeError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
     return stream(*plan, stop_strings=stop_strings, trim=trim)

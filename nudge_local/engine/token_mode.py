@@ -18,14 +18,15 @@ def nudged_word(
     view: View,
     answer: Answer,
     *,
-    gate_p: float,
+    gate_p: float | None,
     cap: int,
     choose: Chooser,
     gate_entropy: float | None = None,
 ) -> Generator[tuple[TokenEvent, bytes], None, int | None]:
     """The nudger writes one word of at most `cap` tokens; returns how many it wrote, or None when
     its very first token ends its turn (the answer ends there). The word's first token carries
-    `gate_entropy`, the base's at the gate that handed it over."""
+    `gate_entropy`, the base's at the gate that handed it over (`gate_p` None: the word was handed
+    over at a branch, not by the gate)."""
     word_has_text = False
     for n in range(cap):
         nudger.reading = n == 0  # its first call catches up with the base's text; later ones write
