@@ -66,7 +66,8 @@ def test_a_base_token_branched_to_itself_writes_the_answer_again(pair):
     events, done = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, speculative=False)
     i = next(k for k, e in enumerate(events) if e.source == "base" and k > 3)
     kept, kept_pieces = branch_point(events, i, pieces(base, nudger))
-    again, redone = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, branch=Branch(kept, kept_pieces, writer="base"))
+    same = Branch(kept, kept_pieces, writer="base")
+    again, redone = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, branch=same)
     assert [(e.source, e.token, e.text) for e in again] == [(e.source, e.token, e.text) for e in events]
     assert redone.text == done.text
     chosen = Branch(kept, kept_pieces, token=events[i].token, piece=base.piece(events[i].token))
@@ -102,7 +103,8 @@ def test_the_nudger_handed_a_position_writes_a_word_there(pair):
     events, _ = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, speculative=False)
     i = next(k for k, e in enumerate(events) if e.source == "base" and k > 2 and events[k - 1].source == "base")
     kept, kept_pieces = branch_point(events, i, pieces(base, nudger))
-    branched, _ = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, branch=Branch(kept, kept_pieces, writer="nudger"))
+    handed = Branch(kept, kept_pieces, writer="nudger")
+    branched, _ = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, branch=handed)
     assert branched[i].source == "nudge" and branched[i].base_p is None  # handed over, not gated
 
 
