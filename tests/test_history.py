@@ -374,3 +374,344 @@ def test_thread_appends_while_main_thread_reads(db_path):
         assert seen == sorted(seen) and all(n % size == 0 for n in seen)  # whole batches, never going back
         (m,) = h.messages(conv)
         assert m.stop_reason == "eos" and m.tokens == [token_at(i) for i in range(batches * size)]
+
+
+# --- search ------------------------------------------------------------------------------------------
+
+
+def _words(text: str) -> list[TokenEvent]:
+    """An answer as a model streams it: a word may come in two tokens."""
+    out = []
+    for n, word in enumerate(text.split()):
+        head, tail = word[: len(word) // 2 + 1], word[len(word) // 2 + 1 :]
+        out.append(TokenEvent(" " + head, "nudge" if n % 2 else "base", n, 0.5, 0.5))
+        if tail:
+            out.append(TokenEvent(tail, "base", n + 100, None, 0.25))
+    return out
+
+
+def _asked(h: History, conv: int, question: str, answer: str) -> int:
+    msg = h.start_answer(conv, question, mode="nudged", settings=SETTINGS)
+    h.append_tokens(msg, _words(answer))
+    h.finish_answer(msg, stop_reason="eos", stats={})
+    return msg
+
+
+def test_search_by_words_prefix_and_plain_text(db_path):
+    with History(db_path) as h:
+        eggs = h.new_conversation("Breakfast", {})
+        _asked(h, eggs, "How long to boil an egg?", "About seven minutes for a firm yolk.")
+        sky = h.new_conversation("Sky", {})
+        _asked(h, sky, "Why is the sky blue?", 'Rayleigh scattering AND NEAR(dust) "quoted" col:umn -minus *star')
+        both = h.new_conversation("Both", {})
+        _asked(h, both, "Tell me about volcanoes", "Magma rises.")
+        _asked(h, both, "And penguins?", "They live where it is cold, Café owners say.")
+        h.new_conversation("Empty", {})
+        every = h.conversations()
+
+        def found(words: str) -> list[int]:
+            return [c.id for c in h.search(words)]
+
+        assert found("egg") == found("EGG") == found("yolk minutes") == [eggs]  # questions and answers
+        assert found("boil eg") == [eggs]  # the last word as it is being typed
+        assert found("boil eg ") == found("bo egg") == []  # a word ended by a space, or not the last one
+        assert found("volcanoes penguins") == [both]  # the words may sit in different messages
+        assert found("volcanoes yolk") == []  # every word, not any
+        assert found("cafe") == found("café") == [both]
+        assert found("the ") == [sky] and found("the") == [both, sky]  # "the", or a word starting so ("They")
+        assert found("breakfast") == []  # titles are not searched
+        assert h.search("") == h.search("   ") == h.search("?! --") == every  # nothing to search: all
+        # What a user types is text, never FTS5 syntax: no error, and operators are words like any other.
+        for typed in ['"', '"quoted', "AND", "NEAR(dust)", "col:umn", "-minus", "*star", "a OR", "(", ")", "^x", "'"]:
+            h.search(typed)
+        assert found("AND") == found("and") == [both, sky]  # "and" in the penguins question too
+        assert found('"quoted"') == found("NEAR(dust)") == found("col:umn") == found("-minus") == [sky]
+        assert found("scattering OR yolk") == []  # OR is a word here, and no answer holds it
+        # the most recently updated first
+        _asked(h, eggs, "And a duck egg?", "A little longer.")
+        assert found("and") == [eggs, both, sky]
+        before = {w: found(w) for w in ("egg", "boil eg", "rayleigh", "and")}
+    with History(db_path) as h:  # a restart: the index is in the file
+        assert {w: [c.id for c in h.search(w)] for w in before} == before
+
+
+def test_search_follows_appends_finishes_and_deletes(db_path):
+    with History(db_path) as h:
+        conv = h.new_conversation("Cooking", MODELS)
+        msg = h.start_answer(conv, "What is for dinner?", mode="nudged", settings=SETTINGS)
+        assert [c.id for c in h.search("dinner")] == [conv]  # the question, before any token
+        assert h.search("omelette") == []
+        h.append_tokens(msg, [TokenEvent(" An", "base", 1, 0.5, 0.5), TokenEvent(" ome", "nudge", 2, 0.3, 0.3)])
+        assert [c.id for c in h.search("ome")] == [conv] and h.search("omelette ") == []
+        h.append_tokens(msg, [TokenEvent("lette", "base", 3, 0.9, 0.9)])  # the word completed by a later batch
+        assert [c.id for c in h.search("omelette ")] == [conv]
+    with History(db_path) as h:  # never finished: found after a restart all the same
+        assert [c.id for c in h.search("omelette")] == [conv]
+        h.finish_answer(msg, stop_reason="eos", stats={})
+        assert [c.id for c in h.search("an omelette")] == [conv]
+        h.rename(conv, "Renamed")
+        assert [c.id for c in h.search("dinner omelette")] == [conv] and h.search("renamed") == []
+        other = _asked(h, conv, "And dessert?", "A crumble.")
+        assert [c.id for c in h.search("crumble")] == [conv]
+        assert h.delete_last_answer(conv).id == other
+        assert h.search("crumble") == [] and h.search("dessert") == []
+        assert [c.id for c in h.search("omelette")] == [conv]
+        h.delete(conv)
+        assert h.search("omelette") == [] and h.search("dinner") == []
+    with sqlite3.connect(db_path) as raw:  # the cascade reached the index too
+        assert raw.execute("SELECT COUNT(*) FROM message_text").fetchone()[0] == 0
+
+
+# --- branches ----------------------------------------------------------------------------------------
+
+CHOSEN = TokenEvent(" Okay", "user", 9, 0.1, 0.05)  # a token the user chose at a branch
+GOES_ON = [CHOSEN, TokenEvent(" then", "base", 10, 0.8, 0.8)]
+
+
+def _path(h: History, conv: int) -> list[tuple[int, int, int]]:
+    return [(m.id, m.branch_index, m.branch_count) for m in h.messages(conv)]
+
+
+def test_branch_keeps_the_first_tokens_and_is_shown(db_path):
+    with History(db_path) as h:
+        conv = h.new_conversation("loom", MODELS)
+        first = _answer(h, conv, SURE, stop_reason="eos", stats={"tokens": 5})
+        updated = h.conversation(conv).updated
+        branch = h.start_branch(first, 2, mode="paper", settings={"gamma": 0.1})
+        assert h.conversation(conv).updated > updated
+        m = h.message(branch)
+        assert m.tokens == SURE[:2] and m.stop_reason is None  # the kept tokens, copied
+        assert (m.parent_id, m.branch_at, m.mode, m.settings) == (first, 2, "paper", {"gamma": 0.1})
+        assert (m.question, m.position, m.after_id, m.conversation_id) == ("Why?", 0, None, conv)
+        h.append_tokens(branch, GOES_ON)  # the rest streams in as any answer's does
+        h.finish_answer(branch, stop_reason="eos", stats={})
+        assert h.message(branch).tokens == SURE[:2] + GOES_ON
+        assert h.message(first).tokens == SURE  # the parent untouched
+        assert _path(h, conv) == [(branch, 2, 2)]  # the branch on screen, 2 of 2
+        assert h.branches(first) == h.branches(branch) == [first, branch]
+        assert (h.message(first).branch_index, h.message(first).branch_count) == (1, 2)
+
+        whole = h.start_branch(first, len(SURE), mode="nudged", settings={})  # at the end, and at 0
+        empty = h.start_branch(branch, 0, mode="nudged", settings={})  # a branch of a branch
+        assert h.message(whole).tokens == SURE and h.message(empty).tokens == []
+        assert h.branches(first) == [first, branch, whole, empty] and _path(h, conv) == [(empty, 4, 4)]
+        assert h.message(empty).parent_id == branch
+        assert [c.id for c in h.search("okay")] == [conv]  # branches are searched too
+        with pytest.raises(ValueError, match="no position 6"):
+            h.start_branch(first, len(SURE) + 1, mode="nudged", settings={})
+        with pytest.raises(ValueError):
+            h.start_branch(first, -1, mode="nudged", settings={})
+        with pytest.raises(KeyError):
+            h.start_branch(999, 0, mode="nudged", settings={})
+        with pytest.raises(KeyError):
+            h.show(999)
+        with pytest.raises(KeyError):
+            h.branches(999)
+        assert h.branches(first) == [first, branch, whole, empty]  # the refused branches left nothing
+        assert len(h.conversations()) == 1 and h.conversations()[0].n_messages == 4
+
+
+def test_switching_branches_shows_each_ones_own_turns(db_path):
+    with History(db_path) as h:
+        conv = h.new_conversation("loom", {})
+        a = _answer(h, conv, SURE, stop_reason="eos", stats={})
+        a2 = h.start_answer(conv, "And then?", mode="nudged", settings={})  # follows a
+        b = h.start_branch(a, 1, mode="nudged", settings={})
+        assert _path(h, conv) == [(b, 2, 2)]  # a's next turn is not b's
+        b2 = h.start_answer(conv, "And b?", mode="nudged", settings={})  # a new question follows the branch
+        m = h.message(b2)
+        assert (m.after_id, m.position, m.branch_count) == (b, 1, 1)
+        assert _path(h, conv) == [(b, 2, 2), (b2, 1, 1)]
+        h.show(a)
+        assert _path(h, conv) == [(a, 1, 2), (a2, 1, 1)]
+        assert [m.question for m in h.messages(conv)] == ["Why?", "And then?"]
+        a3 = h.start_branch(a2, 0, mode="nudged", settings={})  # a branch of the second turn
+        assert _path(h, conv) == [(a, 1, 2), (a3, 2, 2)] and h.branches(a2) == [a2, a3]
+        h.show(b)
+        assert _path(h, conv) == [(b, 2, 2), (b2, 1, 1)]
+        h.show(b)  # showing the shown one changes nothing
+        assert _path(h, conv) == [(b, 2, 2), (b2, 1, 1)]
+        h.show(a)  # each point kept its own choice: a3, not a2
+        assert _path(h, conv) == [(a, 1, 2), (a3, 2, 2)]
+        before = _dump(h), h.branches(a2), h.export_json(conv)
+    with History(db_path) as h:  # a restart: the tree and the choices are in the file
+        assert (_dump(h), h.branches(a2), h.export_json(conv)) == before
+    with sqlite3.connect(db_path) as raw:  # one shown answer at each point
+        rows = raw.execute("SELECT COALESCE(after_id, 0), SUM(shown) FROM messages GROUP BY 1").fetchall()
+        assert sorted(rows) == [(0, 1), (a, 1), (b, 1)]
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute("UPDATE messages SET shown = 1 WHERE id = ?", (b,))  # the index refuses a second
+
+
+def test_regenerate_replaces_the_branch_on_screen(db_path):
+    with History(db_path) as h:
+        conv = h.new_conversation("loom", {})
+        first = _answer(h, conv, SURE, stop_reason="eos", stats={})
+        branch = h.start_branch(first, 3, mode="nudged", settings={})
+        gone = h.delete_last_answer(conv)
+        assert gone is not None and gone.id == branch and gone.tokens == SURE[:3] and gone.branch_count == 2
+        assert h.messages(conv) == []  # none shown where it was, until its replacement is asked
+        assert h.branches(first) == [first]
+        again = _answer(h, conv, SURE[:1], stop_reason="eos", stats={})
+        assert h.branches(first) == [first, again] and _path(h, conv) == [(again, 2, 2)]
+        h.delete(conv)
+        assert h.messages(conv) == [] and h.delete_last_answer(conv) is None
+
+
+def test_export_writes_the_branch_on_screen(db_path):
+    with History(db_path) as h:
+        conv = h.new_conversation("Loom talk", MODELS)
+        first = _answer(h, conv, SURE, stop_reason="eos", stats={})
+        branch = h.start_branch(first, 2, mode="nudged", settings=SETTINGS)
+        h.append_tokens(branch, GOES_ON)
+        h.finish_answer(branch, stop_reason="eos", stats={})
+        h.start_branch(first, 0, mode="nudged", settings=SETTINGS)
+        h.show(branch)
+        later = _answer(h, conv, SURE[:2], stop_reason="eos", stats={})
+        md, doc = h.export_markdown(conv), json.loads(h.export_json(conv))
+    lines = md.splitlines()
+    assert "Hi, the {Okay} then" in lines and "[Sure,]" not in md  # the branch shown, its chosen token braced
+    assert "Tokens in {braces} were chosen by the user at a branch." in md
+    assert lines.count("### Answer (branch 2 of 3)") == 1 and lines.count("### Answer") == 1
+    assert md.count("## Question") == 2
+    assert "*nudged · gamma 0.4 · temperature 0.0 · max_tokens 256 · 4 tokens, 0 nudged (0.0%), 1 chosen · " \
+           "branched at token 2 · stop: eos*" in lines  # fmt: skip
+    shown, after = doc["messages"]
+    assert (shown["id"], shown["branch_index"], shown["branch_count"]) == (branch, 2, 3)
+    assert (shown["parent_id"], shown["branch_at"], shown["after_id"]) == (first, 2, None)
+    assert [TokenEvent(**t) for t in shown["tokens"]] == SURE[:2] + GOES_ON
+    assert (after["id"], after["after_id"], after["branch_count"]) == (later, branch, 1)
+
+
+# --- upgrading a file of the first schema ------------------------------------------------------------
+
+V1_CONVERSATIONS = [  # id, title, created, updated, models
+    (1, "Eggs", 1000.5, 1100.25, MODELS),
+    (2, "Sky", 1001.0, 1050.0, {}),
+]
+V1_MESSAGES = [  # id, conversation, position, question, stop_reason, stats, cancelled, tokens
+    (1, 1, 0, "How long to boil an egg?", "eos", {"tokens": 6, "tokens_per_second": 9.5}, False, TRICKY),
+    (2, 2, 0, "Why is the sky blue?", "cancelled", {}, True, SURE[:2]),
+    (3, 1, 1, "And a duck egg?", "length", {"tokens": 40}, False, [token_at(i) for i in range(40)]),
+    (4, 1, 2, "Thanks!", None, None, False, SURE[:3]),  # interrupted: never finished
+]
+
+
+def _v1_file(path: Path) -> None:
+    """A history file of the first schema as its code wrote it: the v1 migration itself, then its rows as
+    start_answer, append_tokens and finish_answer inserted them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN")
+    history._v1(raw)
+    raw.execute("PRAGMA user_version = 1")
+    for cid, title, created, updated, models in V1_CONVERSATIONS:
+        raw.execute(
+            "INSERT INTO conversations VALUES (?, ?, ?, ?, ?)", (cid, title, created, updated, json.dumps(models))
+        )
+    for mid, cid, pos, question, stop, stats, cancelled, tokens in V1_MESSAGES:
+        raw.execute(
+            "INSERT INTO messages (id, conversation_id, position, question, mode, settings, stop_reason, stats, "
+            "cancelled, created, finished) VALUES (?, ?, ?, ?, 'nudged', ?, ?, ?, ?, ?, ?)",
+            (mid, cid, pos, question, json.dumps(SETTINGS), stop, None if stats is None else json.dumps(stats),
+             int(cancelled), 1000.0 + mid, None if stop is None else 1000.5 + mid),
+        )  # fmt: skip
+        raw.executemany(
+            "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(mid, i, t.text, t.source, t.token, t.base_p, t.p) for i, t in enumerate(tokens)],
+        )
+    raw.execute("INSERT INTO state VALUES ('theme', '\"dark\"'), ('brackets', 'true')")
+    raw.execute("COMMIT")
+    raw.close()
+
+
+def _v1_expected(conv: int) -> list[Message]:
+    """A conversation's messages as the first schema's code read them, and where each sits now."""
+    out: list[Message] = []
+    for mid, cid, pos, question, stop, stats, cancelled, tokens in sorted(V1_MESSAGES, key=lambda r: r[2]):
+        if cid == conv:
+            out.append(Message(
+                id=mid, question=question, mode="nudged", settings=SETTINGS, tokens=tokens, stop_reason=stop,
+                stats=stats or {}, cancelled=cancelled, conversation_id=cid, position=pos, created=1000.0 + mid,
+                after_id=out[-1].id if out else None,
+            ))  # fmt: skip
+    return out
+
+
+def _schema(path: Path) -> list:
+    with sqlite3.connect(path) as raw:
+        return raw.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+
+def test_a_first_schema_file_is_upgraded_with_nothing_lost(db_path):
+    _v1_file(db_path)
+    with History(db_path) as h:
+        assert h.conversations() == [ConversationInfo(cid, t, c, u, n, models=m) for (cid, t, c, u, m), n
+                                     in zip(V1_CONVERSATIONS, [3, 1], strict=True)]  # fmt: skip
+        assert [c.models for c in h.conversations()] == [MODELS, {}]
+        for conv in (1, 2):
+            msgs = h.messages(conv)
+            assert msgs == _v1_expected(conv)  # every message and token, in the same order
+            for m in msgs:
+                assert [float.hex(t.p) for t in m.tokens] == [float.hex(t.p) for t in h.message(m.id).tokens]
+                assert h.branches(m.id) == [m.id] and (m.branch_index, m.branch_count) == (1, 1)
+        assert [float.hex(t.p) for t in h.messages(1)[0].tokens] == [float.hex(t.p) for t in TRICKY]  # bit-exact
+        assert (h.get_state("theme"), h.get_state("brackets")) == ("dark", True)
+        # the old messages are in the index: questions, and answers that never finished
+        assert [c.id for c in h.search("egg")] == [1] and [c.id for c in h.search("sky")] == [2]
+        assert [c.id for c in h.search("w39")] == [1] and [c.id for c in h.search("thanks sure")] == [1]
+        assert [c.id for c in h.search("hi the")] == [1, 2]
+        md = h.export_markdown(1)
+        assert "Hi, the [Sure]" in md and "(branch" not in md
+        # and the file goes on as any other: the next question follows the last message
+        nxt = _answer(h, 1, SURE, stop_reason="eos", stats={})
+        assert (h.message(nxt).position, h.message(nxt).after_id) == (3, 4)
+        branch = h.start_branch(3, 5, mode="nudged", settings={})
+        assert [m.id for m in h.messages(1)] == [1, branch]
+        h.delete(2)  # the foreign keys are on again: the cascade reaches tokens and the index
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert raw.execute("SELECT COUNT(*) FROM tokens WHERE message_id = 2").fetchone()[0] == 0
+        assert raw.execute("SELECT COUNT(*) FROM message_text WHERE rowid = 2").fetchone()[0] == 0
+
+
+def test_a_failed_upgrade_leaves_the_first_schema_intact(db_path, monkeypatch):
+    _v1_file(db_path)
+    v1 = _schema(db_path)
+
+    def after(migration):
+        def failing(db):
+            migration(db)  # all of its work done (for v2: the table rebuilt), then a failure
+            raise RuntimeError("migration failed")
+
+        return failing
+
+    real = list(history.MIGRATIONS)
+    monkeypatch.setattr(history, "MIGRATIONS", [real[0], after(real[1]), *real[2:]])
+    with pytest.raises(RuntimeError):
+        History(db_path)
+    assert _schema(db_path) == v1  # rolled back: the old table, its constraint and no index
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    monkeypatch.setattr(history, "MIGRATIONS", [*real[:2], after(real[2]), *real[3:]])
+    with pytest.raises(RuntimeError):
+        History(db_path)
+    with sqlite3.connect(db_path) as raw:  # branches done (version 2), search rolled back
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("SELECT name FROM sqlite_master WHERE name = 'message_text'").fetchone() is None
+    monkeypatch.setattr(history, "MIGRATIONS", real)
+    with History(db_path) as h:  # and the real upgrade still finds everything
+        assert [h.messages(conv) for conv in (1, 2)] == [_v1_expected(1), _v1_expected(2)]
+        assert [c.id for c in h.search("duck")] == [1]
+
+
+def test_an_upgrade_that_breaks_a_foreign_key_is_refused(db_path):
+    _v1_file(db_path)
+    with sqlite3.connect(db_path) as raw:  # a token whose message is gone (foreign keys off)
+        raw.execute("INSERT INTO tokens VALUES (99, 0, 'x', 'base', 1, NULL, 0.5)")
+    v1 = _schema(db_path)
+    with pytest.raises(NudgeError, match="left at schema 1") as e:
+        History(db_path)
+    assert str(db_path) in str(e.value) and str(e.value).count(". ") == 0
+    assert _schema(db_path) == v1

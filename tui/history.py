@@ -4,6 +4,17 @@ One SQLite file (stdlib sqlite3) in the user's data directory. Answers are writt
 `append_tokens` commits each small batch at once, so a crash or `kill -9` mid-answer loses nothing that
 was already appended, and the interrupted answer comes back with `stop_reason` None.
 
+An answer can have branches (the loom): other answers at the same point of the conversation, each
+made by keeping an answer's first tokens and going on another way. The messages of a conversation form a
+tree: each follows the message of the turn before it (`after_id`; NULL for the first turn), the answers
+that follow the same message are siblings, and one of them is shown (`shown`). The conversation on
+screen is the shown path: the shown first answer, then the shown one among those that follow it, and
+so on. Switching branches changes one flag; each point keeps its own choice, so going back to a branch
+shows the turns that followed it.
+
+Full-text search reads an FTS5 index of each message's question and answer text, kept current by the
+same transactions that write the messages and their tokens.
+
 This module knows nothing about the UI; the UI thread and the generation worker thread share one
 History, which serialises them with a lock.
 """
@@ -86,7 +97,89 @@ def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+_V2_COLUMNS = (
+    "id, conversation_id, position, question, mode, settings, stop_reason, stats, cancelled, created, finished"
+)
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    # Branches: a turn follows the message shown before it (after_id), and several answers may follow the
+    # same message, so v1's UNIQUE (conversation_id, position) goes. SQLite cannot drop a constraint: the
+    # table is rebuilt (create, copy, drop, rename; _migrate turns foreign keys off so the drop does not
+    # cascade into tokens, and checks them after). Ids are kept, so tokens still point at their message.
+    # after_id cascades: the turns that follow a deleted message go with it. parent_id is where a branch
+    # came from; deleting that answer leaves the branch (parent_id NULL, branch_at kept).
+    db.execute(
+        """CREATE TABLE new_messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            question TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            settings TEXT NOT NULL DEFAULT '{}',
+            stop_reason TEXT,
+            stats TEXT,
+            cancelled INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL,
+            finished REAL,
+            after_id INTEGER REFERENCES messages (id) ON DELETE CASCADE,
+            parent_id INTEGER REFERENCES messages (id) ON DELETE SET NULL,
+            branch_at INTEGER,
+            shown INTEGER NOT NULL DEFAULT 1
+        )"""
+    )
+    # v1 had one message per position: each follows the one before it, and all are shown.
+    db.execute(
+        f"""INSERT INTO new_messages ({_V2_COLUMNS}, after_id)
+            SELECT {_V2_COLUMNS}, (SELECT b.id FROM messages b WHERE b.conversation_id = m.conversation_id
+                                   AND b.position < m.position ORDER BY b.position DESC LIMIT 1)
+            FROM messages m"""
+    )
+    db.execute("DROP TABLE messages")
+    db.execute("ALTER TABLE new_messages RENAME TO messages")
+    db.execute("CREATE INDEX messages_conversation ON messages (conversation_id, position)")
+    db.execute("CREATE INDEX messages_after ON messages (after_id)")  # for the cascades' lookups
+    db.execute("CREATE INDEX messages_parent ON messages (parent_id)")
+    # At most one answer shown at each point (after_id NULL is the first turn's point).
+    db.execute("CREATE UNIQUE INDEX messages_shown ON messages (conversation_id, COALESCE(after_id, 0)) WHERE shown")
+
+
+def _answer_text(db: sqlite3.Connection, msg_id: int) -> str:
+    # Joined in Python: group_concat's order is not guaranteed.
+    return "".join(t for (t,) in db.execute("SELECT text FROM tokens WHERE message_id = ? ORDER BY idx", (msg_id,)))
+
+
+def _v3(db: sqlite3.Connection) -> None:
+    # Search: one FTS5 row per message (rowid = messages.id). Triggers add and remove rows with messages
+    # (cascades included); History rewrites a row's answer as tokens are appended (a trigger on tokens
+    # would re-index the answer once per token).
+    try:
+        db.execute("CREATE VIRTUAL TABLE message_text USING fts5 (question, answer)")
+    except sqlite3.OperationalError as e:
+        if "fts5" not in str(e):
+            raise
+        raise NudgeError(
+            "This Python's SQLite lacks full-text search (FTS5), which the chat history needs; "
+            "install a Python whose sqlite3 has it."
+        ) from None
+    db.execute(
+        """CREATE TRIGGER message_text_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO message_text (rowid, question, answer) VALUES (new.id, new.question, '');
+        END"""
+    )
+    db.execute(
+        """CREATE TRIGGER message_text_delete AFTER DELETE ON messages BEGIN
+            DELETE FROM message_text WHERE rowid = old.id;
+        END"""
+    )
+    for msg_id, question in db.execute("SELECT id, question FROM messages").fetchall():
+        db.execute(
+            "INSERT INTO message_text (rowid, question, answer) VALUES (?, ?, ?)",
+            (msg_id, question, _answer_text(db, msg_id)),
+        )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -116,15 +209,66 @@ class Message:
     conversation_id: int = 0
     position: int = 0
     created: float = 0.0
+    after_id: int | None = None  # the message of the turn before; None for the first turn
+    parent_id: int | None = None  # the answer this one branches from; None for an original answer
+    branch_at: int | None = None  # how many of its parent's first tokens it keeps
+    branch_index: int = 1  # its place among the answers at its point, from 1 ("2 of 3")
+    branch_count: int = 1
 
     @property
     def text(self) -> str:
         return "".join(t.text for t in self.tokens)
 
 
+class _Tree:
+    """A conversation's messages by the point they follow: the answers there and the one shown."""
+
+    def __init__(self, db: sqlite3.Connection, conv_id: int) -> None:
+        self.after: dict[int, int | None] = {}  # message -> the message it follows
+        self.answers: dict[int | None, list[int]] = {}  # a point (after_id) -> its answers, oldest first
+        self.shown: dict[int | None, int] = {}  # a point -> its shown answer
+        rows = db.execute("SELECT id, after_id, shown FROM messages WHERE conversation_id = ? ORDER BY id", (conv_id,))
+        for msg_id, after_id, shown in rows:
+            self.after[msg_id] = after_id
+            self.answers.setdefault(after_id, []).append(msg_id)
+            if shown:
+                self.shown[after_id] = msg_id
+
+    def path(self) -> list[int]:
+        """The messages on screen: the shown answer at each point, from the first turn on."""
+        out: list[int] = []
+        point = None
+        while point in self.shown:
+            point = self.shown[point]
+            out.append(point)
+        return out
+
+    def siblings(self, msg_id: int) -> list[int]:
+        return self.answers[self.after[msg_id]]
+
+
 def _dumps(value: Any) -> str:
     # default=str: a stray Path or similar in the caller's settings must not lose an answer mid-stream.
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _match_terms(words: str) -> list[str]:
+    """What a user typed as FTS5 queries, one per word: each a quoted string, so quotes, AND, NEAR, * and
+    the like are plain text; the last a prefix while it is being typed (no space after it yet). Words
+    with no letter or digit are left out: FTS5 finds no token in them, and an empty string matches nothing."""
+    raw = words.split()
+    typing = bool(words) and not words[-1].isspace()
+    terms = []
+    for n, word in enumerate(raw, 1):
+        if any(c.isalnum() for c in word):
+            terms.append('"' + word.replace('"', '""') + '"' + ("*" if typing and n == len(raw) else ""))
+    return terms
+
+
+# A conversation's summary row; n_messages counts every answer, branches included.
+_CONVERSATIONS = """SELECT c.id, c.title, c.created, c.updated,
+                           (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id), c.models
+                    FROM conversations c"""
 
 
 def _iso(ts: float) -> str:
@@ -154,8 +298,8 @@ class History:
             # loss can drop the last commits).
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")  # per connection; deletes cascade to tokens
             self._migrate()
+            self._db.execute("PRAGMA foreign_keys = ON")  # per connection; deletes cascade to tokens
         except NudgeError:
             self._db.close()
             raise
@@ -167,6 +311,10 @@ class History:
 
     def _migrate(self) -> None:
         target = len(MIGRATIONS)  # read at run time, not SCHEMA_VERSION, so tests can add migrations
+        # Foreign keys off while upgrading (it cannot change inside a transaction): a migration that
+        # rebuilds a table drops the old one, which would cascade into the rows pointing at it. Each
+        # migration's result is checked instead, before its commit.
+        self._db.execute("PRAGMA foreign_keys = OFF")
         while True:
             # IMMEDIATE: two processes opening an old file at once upgrade it one after the other, and
             # the second re-reads the version inside its own transaction.
@@ -182,6 +330,11 @@ class History:
                     self._db.execute("COMMIT")
                     return
                 MIGRATIONS[version](self._db)
+                if self._db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise NudgeError(
+                        f"The history file {self.path} has rows pointing at missing ones after its upgrade to "
+                        f"schema {version + 1}, so it was left at schema {version}; move it aside to start anew."
+                    )
                 self._db.execute(f"PRAGMA user_version = {version + 1}")
                 self._db.execute("COMMIT")
             except BaseException:
@@ -241,12 +394,23 @@ class History:
     def conversations(self) -> list[ConversationInfo]:
         """All conversations, the most recently updated first."""
         with self._read() as db:
-            rows = db.execute(
-                """SELECT c.id, c.title, c.created, c.updated,
-                          (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id), c.models
-                   FROM conversations c ORDER BY c.updated DESC, c.id DESC"""
-            ).fetchall()
+            rows = db.execute(f"{_CONVERSATIONS} ORDER BY c.updated DESC, c.id DESC").fetchall()
         return [ConversationInfo(*row[:5], models=json.loads(row[5])) for row in rows]
+
+    def search(self, words: str) -> list[ConversationInfo]:
+        """The conversations whose questions and answers (any branch) hold every word typed, the most
+        recently updated first; the last word also matches as the start of a word while it is being
+        typed ("boil eg" finds "egg"). Nothing to search for: every conversation."""
+        terms = _match_terms(words)
+        if not terms:
+            return self.conversations()
+        # One FTS query per word, so the words may sit in different messages of the conversation.
+        holds = """c.id IN (SELECT m.conversation_id FROM message_text JOIN messages m ON m.id = message_text.rowid
+                            WHERE message_text MATCH ?)"""
+        where = " AND ".join([holds] * len(terms))
+        with self._read() as db:
+            rows = db.execute(f"{_CONVERSATIONS} WHERE {where} ORDER BY c.updated DESC, c.id DESC", terms)
+            return [ConversationInfo(*row[:5], models=json.loads(row[5])) for row in rows.fetchall()]
 
     def conversation(self, conv_id: int) -> ConversationInfo:
         with self._read() as db:
@@ -254,12 +418,7 @@ class History:
 
     @staticmethod
     def _conversation(db: sqlite3.Connection, conv_id: int) -> ConversationInfo:
-        row = db.execute(
-            """SELECT c.id, c.title, c.created, c.updated,
-                      (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id), c.models
-               FROM conversations c WHERE c.id = ?""",
-            (conv_id,),
-        ).fetchone()
+        row = db.execute(f"{_CONVERSATIONS} WHERE c.id = ?", (conv_id,)).fetchone()
         if row is None:
             raise KeyError(f"no conversation {conv_id}")
         return ConversationInfo(*row[:5], models=json.loads(row[5]))
@@ -278,21 +437,87 @@ class History:
     # --- answers --------------------------------------------------------------------------------
 
     def start_answer(self, conv_id: int, question: str, *, mode: str, settings: dict) -> int:
-        """Record a question before its answer streams; returns the message id for append/finish."""
+        """Record a question before its answer streams, after the last message shown (it is shown too);
+        returns the message id for append/finish."""
         with self._write() as db:
             if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conv_id,)).fetchone() is None:
                 raise KeyError(f"no conversation {conv_id}")
-            now = self._now(db)
-            (position,) = db.execute(
-                "SELECT COALESCE(MAX(position) + 1, 0) FROM messages WHERE conversation_id = ?", (conv_id,)
+            path = _Tree(db, conv_id).path()
+            after = path[-1] if path else None
+            position = 0 if after is None else db.execute(
+                "SELECT position + 1 FROM messages WHERE id = ?", (after,)
+            ).fetchone()[0]  # fmt: skip
+            return self._insert(db, conv_id, position, question, mode, settings, after=after)
+
+    def start_branch(self, parent_id: int, at: int, *, mode: str, settings: dict) -> int:
+        """Record a branch of an answer: another answer at its point, keeping its first `at` tokens
+        (copied), shown instead of it; returns its id, whose new tokens stream in with append/finish."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT conversation_id, position, question, after_id FROM messages WHERE id = ?", (parent_id,)
             ).fetchone()
-            cur = db.execute(
-                """INSERT INTO messages (conversation_id, position, question, mode, settings, created)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
-                (conv_id, position, question, mode, _dumps(settings), now),
+            if row is None:
+                raise KeyError(f"no message {parent_id}")
+            (n,) = db.execute("SELECT COUNT(*) FROM tokens WHERE message_id = ?", (parent_id,)).fetchone()
+            if not 0 <= at <= n:
+                raise ValueError(f"An answer of {n} tokens has no position {at} to branch at.")
+            conv_id, position, question, after = row
+            msg_id = self._insert(db, conv_id, position, question, mode, settings, after=after,
+                                  parent=parent_id, at=at)  # fmt: skip
+            db.execute(
+                """INSERT INTO tokens (message_id, idx, text, source, token, base_p, p)
+                   SELECT ?, idx, text, source, token, base_p, p FROM tokens WHERE message_id = ? AND idx < ?""",
+                (msg_id, parent_id, at),
             )
-            db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conv_id))
-            return cur.lastrowid
+            db.execute("UPDATE message_text SET answer = ? WHERE rowid = ?", (_answer_text(db, msg_id), msg_id))
+            return msg_id
+
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        conv_id: int,
+        position: int,
+        question: str,
+        mode: str,
+        settings: dict,
+        *,
+        after: int | None,
+        parent: int | None = None,
+        at: int | None = None,
+    ) -> int:
+        """A new answer at the point after `after`, shown there; the conversation counts as updated."""
+        now = self._now(db)
+        cur = db.execute(
+            """INSERT INTO messages (conversation_id, position, question, mode, settings, created, after_id,
+                                     parent_id, branch_at, shown)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)""",
+            (conv_id, position, question, mode, _dumps(settings), now, after, parent, at),
+        )
+        self._show(db, cur.lastrowid)
+        db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conv_id))
+        return cur.lastrowid
+
+    @staticmethod
+    def _show(db: sqlite3.Connection, msg_id: int) -> None:
+        row = db.execute("SELECT conversation_id, after_id FROM messages WHERE id = ?", (msg_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no message {msg_id}")
+        # Two statements: the unique index on shown answers is checked row by row.
+        db.execute("UPDATE messages SET shown = 0 WHERE conversation_id = ? AND after_id IS ? AND shown", row)
+        db.execute("UPDATE messages SET shown = 1 WHERE id = ?", (msg_id,))
+
+    def show(self, msg_id: int) -> None:
+        """Show this answer instead of its siblings; what follows it is what was shown after it before."""
+        with self._write() as db:
+            self._show(db, msg_id)
+
+    def branches(self, msg_id: int) -> list[int]:
+        """The answers at this message's point (itself and its siblings), oldest first."""
+        with self._read() as db:
+            row = db.execute("SELECT conversation_id FROM messages WHERE id = ?", (msg_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no message {msg_id}")
+            return _Tree(db, row[0]).siblings(msg_id)
 
     def append_tokens(self, msg_id: int, tokens: list[TokenEvent]) -> None:
         """Add streamed tokens to an answer and commit at once (a crash after this returns loses none)."""
@@ -311,6 +536,7 @@ class History:
                 )
             except sqlite3.IntegrityError:
                 raise KeyError(f"no message {msg_id}") from None
+            db.execute("UPDATE message_text SET answer = ? WHERE rowid = ?", (_answer_text(db, msg_id), msg_id))
 
     def finish_answer(self, msg_id: int, *, stop_reason: str, stats: dict, cancelled: bool = False) -> None:
         if isinstance(stats, Stats):  # accept the engine's Stats as well as its as_dict()
@@ -327,52 +553,62 @@ class History:
             db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, row[0]))
 
     @staticmethod
-    def _load(db: sqlite3.Connection, where: str, arg: int) -> list[Message]:
+    def _load(db: sqlite3.Connection, tree: _Tree, ids: list[int]) -> list[Message]:
+        """These messages of the tree's conversation, in this order, each with all its tokens."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
         rows = db.execute(
-            f"""SELECT id, question, mode, settings, stop_reason, stats, cancelled, conversation_id, position, created
-                FROM messages WHERE {where} ORDER BY position""",
-            (arg,),
+            f"""SELECT id, question, mode, settings, stop_reason, stats, cancelled, conversation_id, position, created,
+                       after_id, parent_id, branch_at
+                FROM messages WHERE id IN ({marks})""",
+            ids,
         ).fetchall()
         msgs = {
             r[0]: Message(
                 id=r[0], question=r[1], mode=r[2], settings=json.loads(r[3]), tokens=[], stop_reason=r[4],
                 stats=json.loads(r[5]) if r[5] is not None else {}, cancelled=bool(r[6]), conversation_id=r[7],
-                position=r[8], created=r[9],
+                position=r[8], created=r[9], after_id=r[10], parent_id=r[11], branch_at=r[12],
+                branch_index=tree.siblings(r[0]).index(r[0]) + 1, branch_count=len(tree.siblings(r[0])),
             )
             for r in rows
         }  # fmt: skip
-        if msgs:
-            marks = ",".join("?" * len(msgs))
-            for mid, *tok in db.execute(
-                f"SELECT message_id, text, source, token, base_p, p FROM tokens WHERE message_id IN ({marks}) "
-                "ORDER BY message_id, idx",
-                list(msgs),
-            ):
-                msgs[mid].tokens.append(TokenEvent(*tok))
-        return list(msgs.values())
+        for mid, *tok in db.execute(
+            f"SELECT message_id, text, source, token, base_p, p FROM tokens WHERE message_id IN ({marks}) "
+            "ORDER BY message_id, idx",
+            ids,
+        ):
+            msgs[mid].tokens.append(TokenEvent(*tok))
+        return [msgs[i] for i in ids]
+
+    def _path(self, db: sqlite3.Connection, conv_id: int) -> list[Message]:
+        tree = _Tree(db, conv_id)
+        return self._load(db, tree, tree.path())
 
     def messages(self, conv_id: int) -> list[Message]:
-        """A conversation's messages in order, each with all its tokens; [] for a missing conversation."""
+        """The conversation on screen (the shown branch at each point) in order, each message with all its
+        tokens and its place among its siblings; [] for a missing conversation."""
         with self._read() as db:
-            return self._load(db, "conversation_id = ?", conv_id)
+            return self._path(db, conv_id)
 
     def message(self, msg_id: int) -> Message:
         with self._read() as db:
-            found = self._load(db, "id = ?", msg_id)
-        if not found:
-            raise KeyError(f"no message {msg_id}")
-        return found[0]
+            row = db.execute("SELECT conversation_id FROM messages WHERE id = ?", (msg_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no message {msg_id}")
+            return self._load(db, _Tree(db, row[0]), [msg_id])[0]
 
     def delete_last_answer(self, conv_id: int) -> Message | None:
-        """Remove the conversation's last message (for "regenerate") and return it, or None if it had none."""
+        """Remove the last message shown (for "regenerate") and return it, or None if none is shown. Its
+        siblings stay, none of them shown: the next answer (start_answer) takes its place among them."""
         with self._write() as db:
-            found = self._load(
-                db, "id = (SELECT id FROM messages WHERE conversation_id = ? ORDER BY position DESC LIMIT 1)", conv_id
-            )
-            if not found:
+            tree = _Tree(db, conv_id)
+            path = tree.path()
+            if not path:
                 return None
-            db.execute("DELETE FROM messages WHERE id = ?", (found[0].id,))
-            return found[0]
+            (gone,) = self._load(db, tree, path[-1:])
+            db.execute("DELETE FROM messages WHERE id = ?", (gone.id,))
+            return gone
 
     # --- UI state -------------------------------------------------------------------------------
 
@@ -389,10 +625,12 @@ class History:
 
     def _snapshot(self, conv_id: int) -> tuple[ConversationInfo, list[Message]]:
         with self._read() as db:
-            return self._conversation(db, conv_id), self._load(db, "conversation_id = ?", conv_id)
+            return self._conversation(db, conv_id), self._path(db, conv_id)
 
     def export_markdown(self, conv_id: int) -> str:
-        """A readable document: title, models, then each question and its answer, nudged words in [brackets]."""
+        """A readable document: title, models, then each question and its answer on screen (the branch
+        shown, named "branch 2 of 3" where it has siblings), nudged words in [brackets], tokens the user
+        chose at a branch in {braces}."""
         conv, msgs = self._snapshot(conv_id)
         stamp = "%Y-%m-%d %H:%M"
         out = [f"# {conv.title}", ""]
@@ -402,8 +640,11 @@ class History:
             out += ["", "Models:", ""]
             out += [f"- {k}: {v if isinstance(v, str) else _dumps(v)}" for k, v in conv.models.items()]
         out += ["", "Words in [brackets] were written by the nudger, the rest by the base model."]
+        if any(t.source == "user" for m in msgs for t in m.tokens):
+            out[-1] += " Tokens in {braces} were chosen by the user at a branch."
         for n, m in enumerate(msgs, 1):
-            out += ["", "---", "", f"## Question {n}", "", m.question.strip(), "", "### Answer", ""]
+            answer = f"### Answer (branch {m.branch_index} of {m.branch_count})" if m.branch_count > 1 else "### Answer"
+            out += ["", "---", "", f"## Question {n}", "", m.question.strip(), "", answer, ""]
             system = m.settings.get("system")
             if isinstance(system, str) and system.strip():
                 out += [f"> System prompt: {' '.join(system.split())}", ""]
@@ -411,7 +652,8 @@ class History:
         return "\n".join(out) + "\n"
 
     def export_json(self, conv_id: int) -> str:
-        """Everything stored about a conversation, every token with its provenance and probabilities."""
+        """Everything stored about the conversation on screen (the branch shown at each point, and where
+        it sits among its siblings), every token with its provenance and probabilities."""
         conv, msgs = self._snapshot(conv_id)
         doc = {
             "format": "nudge-local conversation",
@@ -427,6 +669,11 @@ class History:
                 {
                     "id": m.id,
                     "position": m.position,
+                    "after_id": m.after_id,
+                    "parent_id": m.parent_id,
+                    "branch_at": m.branch_at,
+                    "branch_index": m.branch_index,
+                    "branch_count": m.branch_count,
                     "created": _iso(m.created),
                     "question": m.question,
                     "mode": m.mode,
@@ -454,7 +701,12 @@ def _summary(m: Message) -> str:
         parts.append(f"{k} {v}")
     n = len(m.tokens)
     nudged = sum(t.source == "nudge" for t in m.tokens)
+    chosen = sum(t.source == "user" for t in m.tokens)
     parts.append(f"{n} tokens, {nudged} nudged ({nudged / n if n else 0.0:.1%})")
+    if chosen:
+        parts[-1] += f", {chosen} chosen"
+    if m.branch_at is not None:
+        parts.append(f"branched at token {m.branch_at}")
     tps = m.stats.get("tokens_per_second")
     if isinstance(tps, (int, float)) and tps > 0:
         parts.append(f"{tps:.1f} tok/s")
