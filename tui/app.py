@@ -14,6 +14,7 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.errors import NoWidget
 from textual.message import Message
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
@@ -29,7 +30,7 @@ from nudge_local.tui.screens.history import HistoryScreen
 from nudge_local.tui.screens.inspector import InspectorScreen, branching_line
 from nudge_local.tui.screens.settings import SettingsScreen
 from nudge_local.tui.session import ChatSession, Options
-from nudge_local.tui.widgets.answer import AnswerView
+from nudge_local.tui.widgets.answer import AnswerView, code_block_at
 from nudge_local.tui.widgets.prompt import PromptArea
 from nudge_local.tui.widgets.token_view import TokenView
 
@@ -38,7 +39,7 @@ GAMMA_STEP = 0.05
 
 # (id, key, action, description, help for the command palette)
 ACTIONS = [
-    ("cancel", "escape", "cancel", "Cancel", "Stop the answer being written; the partial answer is kept"),
+    ("cancel", "escape", "cancel", "Cancel", "Stop the answer, put its question back, hold the queue; again: clear it"),
     ("regenerate", "ctrl+r", "regenerate", "Regenerate", "Write the last answer again with the current settings"),
     ("gamma_up", "alt+up", "gamma(1)", "Gamma +", "Raise gamma by 0.05: the nudger writes more"),
     ("gamma_down", "alt+down", "gamma(-1)", "Gamma -", "Lower gamma by 0.05: the base writes more"),
@@ -46,6 +47,7 @@ ACTIONS = [
     ("settings", "f2", "settings", "Settings", "Mode, gamma, temperature, max tokens, system prompt"),
     ("history", "f3", "history", "History", "Open, rename or delete saved conversations"),
     ("compare", "f4", "compare", "Compare", "Answer the prompt with base only, nudger only and nudged, side by side"),
+    ("copy", "f5", "copy_answer", "Copy", "Copy the answer under the mouse (else the last), or the code block there"),
     ("marks", "ctrl+b", "toggle_marks", "Marks", "Mark nudged tokens with [brackets] or underline"),
     ("markdown", "ctrl+t", "toggle_markdown", "Markdown", "Show the last finished answer as rendered Markdown"),
     ("export", "ctrl+s", "export", "Export", "Write the conversation to Markdown and JSON files"),
@@ -84,6 +86,9 @@ class Prompted(Message):
 
     views: list[AnswerView]
     prompts: Prompts
+    held: int  # the conversation's earlier turns the prompts hold ...
+    dropped: int  # ... and its oldest turns they leave out
+    written: bool  # an answer's question, as its answer was written (else a new question, as it would be asked)
 
 
 @dataclass
@@ -123,11 +128,21 @@ class Inspected(Message):
     error: str | None
 
 
+def compared_from(held: int, dropped: int, written: bool) -> str:
+    """The compare screen's line on the turns its answers were written after; none without any."""
+    if not held and not dropped:
+        return ""
+    turns = f"the conversation's {held} earlier turn{'s' * (held != 1)}" if held else "none of the earlier turns"
+    left = f" ({dropped} older left out: outside the models' context)" if dropped else ""
+    how = "as the chat's answer was written" if written else "as the chat would ask it now"
+    return f"With {turns}{left}, {how}."
+
+
 class NudgeApp(App):
     TITLE = "nudge-local"
     CSS_PATH = "app.tcss"
     BINDINGS = [
-        Binding(key, action, desc, id=id_, show=id_ not in ("gamma_down", "new", "markdown"))
+        Binding(key, action, desc, id=id_, show=id_ not in ("gamma_down", "new", "markdown", "copy"))
         for id_, key, action, desc, _ in ACTIONS
     ]
 
@@ -143,6 +158,9 @@ class NudgeApp(App):
         self.current: AnswerView | None = None  # the answer being written
         self._writing: dict[Worker, list[AnswerView]] = {}  # each generation worker's answers
         self._cancel = threading.Event()
+        self.queue: list[str] = []  # questions sent while an answer is written (or the models load), oldest first
+        self.held = False  # Esc stopped an answer: the queue waits for Enter
+        self.loaded = False  # the models' loading ended, well (ready) or not
         self.ready = False
         self.loading = "starting"
         self.context_used = 0
@@ -158,6 +176,7 @@ class NudgeApp(App):
                 "Ask a question. Nudged words are marked; hover a token for why, click it for both models' top 5.",
                 id="welcome",
             )
+        yield Static("", id="queue", markup=False)
         yield PromptArea(id="prompt")
         yield Footer()
 
@@ -213,11 +232,12 @@ class NudgeApp(App):
         self.update_status()
 
     def on_loaded(self, m: Loaded) -> None:
-        self.ready = m.error is None
+        self.loaded, self.ready = True, m.error is None
         self.loading = "ready" if self.ready else "no models"
         if self.ready:
             self.options = self._settled_options()
         self.show_error(m.error)
+        self._next()
         self.update_status()
 
     def _settled_options(self) -> Options:
@@ -230,21 +250,51 @@ class NudgeApp(App):
     # -- asking -------------------------------------------------------------------------------
 
     def on_prompt_area_send(self, m: PromptArea.Send) -> None:
-        if self.current is not None:
-            self.notify("An answer is being written; Esc cancels it.", severity="warning")
-            return
-        if not self.ready:
+        """A question joins the queue, asked as soon as nothing is being written and the models are
+        loaded. Enter also goes on with a queue that Esc held, with or without a new question."""
+        if m.text and self.loaded and not self.ready:
             self.notify("The models are not loaded.", severity="error")
+            self._put_back(m.text)
             return
-        self.query_one(PromptArea).clear()
-        self.ask(m.text)
+        if m.text:
+            self.queue.append(m.text)
+        self.held = False
+        self._next()
 
-    def turns(self) -> list[Turn]:
-        return [
-            Turn(v.question, "".join(t.text for t in v.tokens))
-            for v in self.query("#chat AnswerView").results(AnswerView)
-            if v.done and v.tokens
-        ]
+    def _next(self) -> None:
+        """Ask the oldest queued question, unless an answer is being written, the models are not
+        loaded yet or Esc held the queue; show what waits."""
+        if self.queue and not self.held and self.ready and self.current is None:
+            self.ask(self.queue.pop(0))
+        lines = [f"queued: {q.splitlines()[0]}" + (" …" if "\n" in q else "") for q in self.queue]
+        if self.held and self.queue:
+            lines.insert(0, "held after Esc: Enter goes on, Esc clears")
+        box = self.query_one("#queue", Static)
+        box.update("\n".join(lines))
+        box.set_class(bool(self.queue), "shown")
+        box.set_class(self.held, "held")
+
+    def _put_back(self, question: str) -> None:
+        """A question not answered goes back in the input to edit and send again, unless the user
+        has typed something new there meanwhile."""
+        prompt = self.query_one(PromptArea)
+        if not prompt.text.strip():
+            prompt.text = question
+            prompt.move_cursor(prompt.document.end)
+
+    def turns(self, before: AnswerView | None = None) -> list[Turn]:
+        """The conversation's turns a question is asked after: those before the answer `before`, else
+        all; an answer with no tokens (cancelled at once) is none."""
+        views = list(self.query("#chat AnswerView").results(AnswerView))
+        if before is not None:
+            views = views[: views.index(before)]
+        return [Turn(v.question, v.text) for v in views if v.done and v.tokens]
+
+    def options_of(self, view: AnswerView) -> Options:
+        """The options an answer was written with; the current ones for what a reopened answer's
+        stored settings lack."""
+        given = {**self.options.as_dict(), **view.settings}
+        return Options(**{k: v for k, v in given.items() if k in Options.__dataclass_fields__})
 
     def ask(self, question: str) -> None:
         """Start an answer. Its prompts are fitted in the worker; `on_asked` stores and shows it."""
@@ -260,9 +310,11 @@ class NudgeApp(App):
         view, fitted = m.view, m.fitted
         if view.done:  # cancelled before its prompts were made: never shown, nothing stored
             return
-        if fitted is None:  # the question does not fit: it is not asked
+        if fitted is None:  # the question does not fit: it is not asked, and goes back to be shortened
             self.show_error(m.error)
             self.current = None
+            self._put_back(view.question)
+            self._next()
             self.update_status()
             return
         self.show_error(None)
@@ -291,20 +343,34 @@ class NudgeApp(App):
         self._write([(view, request.options.mode)], fitted.prompts, request.options, cancel)
 
     @work(thread=True, group="engine", exit_on_error=False)
-    def _compare(self, jobs: list[tuple[AnswerView, str]], request: Request, cancel: threading.Event) -> None:
+    def _compare(self, jobs: list[tuple[AnswerView, str]], request: Request, written: bool,
+                 cancel: threading.Event) -> None:  # fmt: skip
+        """The prompts the chat asks with: a new question fitted as the chat fits one; an answer's
+        question (`written`) from the turns its own fit held (those before it less those it dropped)."""
         with self.session.lock:
             try:
-                prompts = self.session.prompts(request.question, request.history, request.options, request.dropped)
+                if written:
+                    prompts = self.session.prompts(request.question, request.history, request.options,
+                                                   request.dropped)  # fmt: skip
+                    dropped = request.dropped
+                else:
+                    fitted = self.session.fit(request.question, request.history, request.options, request.dropped)
+                    prompts, dropped = fitted.prompts, fitted.dropped
             except NudgeError as e:
                 for view, _ in jobs:
                     self.post_message(Finished(view, None, str(e)))
                 return
-        self.post_message(Prompted([view for view, _ in jobs], prompts))
+        held = max(0, len(request.history) - dropped)
+        self.post_message(Prompted([view for view, _ in jobs], prompts, held, dropped, written))
         self._write(jobs, prompts, request.options, cancel)
 
     def on_prompted(self, m: Prompted) -> None:
         for view in m.views:
             view.prompts = m.prompts
+        line = compared_from(m.held, m.dropped, m.written)
+        screen = m.views[0].screen if m.views[0].is_attached else None
+        if line and isinstance(screen, CompareScreen):  # not closed meanwhile
+            screen.mount(Static(line, classes="context", markup=False), after=screen.query(".heading").first())
 
     def _write(self, jobs: list[tuple[AnswerView, str]], prompts: Prompts, options: Options,
                cancel: threading.Event) -> None:  # fmt: skip
@@ -373,6 +439,7 @@ class NudgeApp(App):
                 self.context_used = self._within(max(m.done.stats.prompt_tokens.values()) + m.done.stats.tokens)
         if view is self.current:
             self.current = None
+            self._next()
         self.update_status()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -398,22 +465,28 @@ class NudgeApp(App):
         self._cancel.set()
 
     def action_cancel(self) -> None:
-        """Stop the answer being written and put its question back in the input to edit and send
-        again, unless the user has typed something new there meanwhile."""
+        """Esc: stop the answer being written and put its question back in the input (unless the user
+        has typed something new there meanwhile); the queued questions wait until Enter. With no
+        answer being written (so Esc a second time), clear the queue."""
         view = self.current
         if view is None:
+            if self.queue:
+                self.notify(f"Cleared {len(self.queue)} queued question{'s' * (len(self.queue) != 1)}.", timeout=2)
+                self.queue.clear()
+                self.held = False
+                self._next()
             return
         self._stop_current()
-        prompt = self.query_one(PromptArea)
-        if not prompt.text.strip():
-            prompt.text = view.question
-            prompt.move_cursor(prompt.document.end)
+        self._put_back(view.question)
 
     def _stop_current(self) -> None:
-        """Cancel the answer being written; its partial answer is kept, and stored as cancelled."""
+        """Cancel the answer being written; its partial answer is kept, and stored as cancelled. The
+        queue is held: what comes next is the user's choice."""
         view = self.current
         if view is None:
             return
+        self.held = bool(self.queue)
+        self._next()
         self._cancel.set()
         view.finish(stop_reason="cancelled", stats=None, cancelled=True)
         if view.msg_id is not None:
@@ -462,6 +535,7 @@ class NudgeApp(App):
 
     def action_new_conversation(self) -> None:
         self._stop_current()
+        self.query_one(PromptArea).set_questions([])
         self.conversation = None
         self.query("#chat AnswerView").remove()
         self.context_used = 0
@@ -497,7 +571,9 @@ class NudgeApp(App):
         self.conversation = conv_id
         self.dropped = 0
         chat = self.query_one("#chat", VerticalScroll)
-        for msg in self.history.messages(conv_id):
+        messages = self.history.messages(conv_id)
+        self.query_one(PromptArea).set_questions([msg.question for msg in messages])
+        for msg in messages:
             gamma = msg.settings.get("gamma", self.options.gamma)
             self.dropped = msg.settings.get("turns_dropped", self.dropped)
             view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, brackets=self.brackets, msg_id=msg.id,
@@ -514,23 +590,59 @@ class NudgeApp(App):
         chat.scroll_end(animate=False)
 
     def action_compare(self) -> None:
+        """The prompt in the input, asked after the conversation as the chat would ask it now; else the
+        last question, from the prompts and options its answer was written with (so the nudged column
+        is that answer, where it was written greedily in nudged mode)."""
         if self.current is not None or not self.ready:
             self.notify("Wait for the models (or cancel the answer) first.", severity="warning")
             return
-        prompt = self.query_one(PromptArea)
-        question = prompt.text.strip()
-        if not question:
-            views = list(self.query("#chat AnswerView").results(AnswerView))
-            question = views[-1].question if views else ""
-        if not question:
+        question = self.query_one(PromptArea).text.strip()
+        views = list(self.query("#chat AnswerView").results(AnswerView))
+        if question:
+            request, written = Request(question, self.turns(), replace(self.options), self.dropped), False
+        elif views:
+            last = views[-1]
+            request, written = Request(last.question, self.turns(last), self.options_of(last), last.dropped), True
+        else:
             self.notify("Type a prompt to compare.", severity="warning")
             return
-        options = replace(self.options)
-        screen = CompareScreen(question, options.gamma, self.brackets)
+        screen = CompareScreen(request.question, request.options.gamma, self.brackets)
         self.push_screen(screen)
         self._cancel = threading.Event()
         jobs = [(screen.views[m], m) for m in COLUMNS]
-        self._writing[self._compare(jobs, Request(question, [], options), self._cancel)] = [v for v, _ in jobs]
+        self._writing[self._compare(jobs, request, written, self._cancel)] = [v for v, _ in jobs]
+
+    # -- copying ------------------------------------------------------------------------------
+
+    def action_copy_answer(self) -> None:
+        """Copy (OSC 52) the answer under the mouse pointer, or the fenced code block under it if it is
+        inside one; with no answer under the pointer, the last answer on the screen."""
+        under = self._under_pointer()
+        answers = list(self.screen.query(AnswerView).results(AnswerView))
+        view, index = under or (answers[-1] if answers else None, None)
+        if view is None or not view.text:
+            self.notify("No answer to copy yet.", severity="warning")
+            return
+        code = None if index is None else code_block_at(view.text, len("".join(t.text for t in view.tokens[:index])))
+        self.copy_to_clipboard(view.text if code is None else code)
+        if code is None:
+            self.notify(f"Copied the answer to \u201c{view.question[:40]}\u201d ({len(view.text)} characters).")
+        else:
+            self.notify(f"Copied the code block ({len(code.splitlines())} lines).")
+
+    def _under_pointer(self) -> tuple[AnswerView, int | None] | None:
+        """The answer under the mouse pointer, and the index of its token there (None off its text)."""
+        try:
+            widget, region = self.screen.get_widget_at(*self.mouse_position)
+        except NoWidget:
+            return None
+        view = next((w for w in (widget, *widget.ancestors) if isinstance(w, AnswerView)), None)
+        if view is None:
+            return None
+        if not isinstance(widget, TokenView):
+            return view, None
+        x, y = self.mouse_position - region.offset - widget.gutter.top_left
+        return view, widget.index_at(x, y)
 
     # -- inspecting ---------------------------------------------------------------------------
 
@@ -551,11 +663,7 @@ class NudgeApp(App):
             return
         reopened = None
         if view.prompts is None:  # a reopened answer: its prompts from the turns before it
-            views = list(self.query("#chat AnswerView").results(AnswerView))
-            before = [Turn(v.question, "".join(t.text for t in v.tokens)) for v in views[: views.index(view)]]
-            given = {**self.options.as_dict(), **view.settings}
-            opts = Options(**{k: v for k, v in given.items() if k in Options.__dataclass_fields__})
-            reopened = Request(view.question, before, opts, view.settings.get("turns_dropped", 0))
+            reopened = Request(view.question, self.turns(view), self.options_of(view), view.dropped)
         self._inspect(view, view.prompts, reopened, list(view.tokens), m.index, view.mode)
 
     @work(thread=True, group="engine", exit_on_error=False)

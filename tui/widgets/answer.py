@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from textual.containers import Vertical
@@ -25,6 +26,29 @@ def summary(
 def notice(dropped: int) -> str:
     """The line above an answer whose prompts left earlier turns out."""
     return f"{dropped} earlier turn{'s are' if dropped != 1 else ' is'} outside the models' context"
+
+
+FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")  # a Markdown code fence and its info string
+
+
+def code_block_at(text: str, offset: int) -> str | None:
+    """The code of the fenced block (``` or ~~~) whose lines, fences included, hold character
+    `offset` of a Markdown text; None outside every block. A block left open runs to the end, as
+    CommonMark reads it (an answer cut off inside one)."""
+    pos, fence, start, code = 0, "", 0, []
+    for line in text.splitlines(keepends=True):
+        m = FENCE.match(line)
+        if not fence:
+            if m and not (m[1][0] == "`" and "`" in m[2]):  # a backtick fence's info has no backtick
+                fence, start, code = m[1], pos, []
+        elif m and m[1][0] == fence[0] and len(m[1]) >= len(fence) and not m[2].strip():
+            if start <= offset < pos + len(line):
+                return "".join(code).removesuffix("\n")
+            fence = ""
+        else:
+            code.append(line)
+        pos += len(line)
+    return "".join(code).removesuffix("\n") if fence and start <= offset else None
 
 
 class AnswerView(Vertical):
@@ -54,6 +78,10 @@ class AnswerView(Vertical):
         self._markdown: Markdown | None = None
         self._pending: list[TokenEvent] = []
         self._ready = False
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
 
     def compose(self):
         yield Static(f"› {self.question}", classes="question", markup=False)
