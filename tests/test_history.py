@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -11,12 +12,16 @@ import threading
 from pathlib import Path
 
 import pytest
+from textual.app import App
+from textual.widgets import Input, ListView, Static
 
+import nudge_local.tui.app
 import nudge_local.tui.history as history
 from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.events import Stats, TokenEvent
 from nudge_local.render import spans
 from nudge_local.tui.history import SCHEMA_VERSION, ConversationInfo, History, Message
+from nudge_local.tui.screens.history import ConversationItem, HistoryScreen
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"pair": "tiny", "base": "org/base-GGUF:base.Q4_K_M.gguf", "nudger": "org/chat-GGUF:chat.Q4_K_M.gguf"}
@@ -554,6 +559,8 @@ def test_regenerate_replaces_the_branch_on_screen(db_path):
         assert h.branches(first) == [first]
         again = _answer(h, conv, SURE[:1], stop_reason="eos", stats={})
         assert h.branches(first) == [first, again] and _path(h, conv) == [(again, 2, 2)]
+        h.show(first)  # the one on screen goes, not the newest
+        assert h.delete_last_answer(conv).id == first and h.branches(again) == [again]
         h.delete(conv)
         assert h.messages(conv) == [] and h.delete_last_answer(conv) is None
 
@@ -715,3 +722,56 @@ def test_an_upgrade_that_breaks_a_foreign_key_is_refused(db_path):
         History(db_path)
     assert str(db_path) in str(e.value) and str(e.value).count(". ") == 0
     assert _schema(db_path) == v1
+
+
+# --- the history screen ------------------------------------------------------------------------------
+
+
+class _Shell(App):
+    """The history screen alone, in the chat's styles."""
+
+    CSS_PATH = Path(nudge_local.tui.app.__file__).with_name("app.tcss")
+
+    def __init__(self, h: History) -> None:
+        super().__init__()
+        self.h, self.chosen = h, "open"
+
+    def on_mount(self) -> None:
+        self.push_screen(HistoryScreen(self.h), lambda result: setattr(self, "chosen", result))
+
+
+def test_history_screen_filters_as_the_user_types(db_path):
+    with History(db_path) as h:
+        eggs = h.new_conversation("Breakfast", {})
+        _asked(h, eggs, "How long to boil an egg?", "About seven minutes.")
+        sky = h.new_conversation("Sky", {})
+        _asked(h, sky, "Why is the sky blue?", "Rayleigh scattering.")
+        both = h.new_conversation("Both", {})
+        _asked(h, both, "And eggs in the sky?", "Only in stories.")
+
+        async def go() -> tuple:
+            app = _Shell(h)
+            async with app.run_test(size=(100, 30)) as pilot:
+                await pilot.pause()
+                screen = app.screen
+                listed = lambda: [i.conv_id for i in screen.query(ConversationItem)]  # noqa: E731
+                assert listed() == [both, sky, eggs] and isinstance(app.focused, ListView)
+                assert screen.query_one("#filter").region.height > 0 and screen.query_one("#title").region.height == 0
+                await pilot.press("/", *"eg")  # live, word by word
+                assert listed() == [both, eggs] and app.focused.id == "filter"
+                await pilot.press(*"g boil")
+                assert listed() == [eggs]
+                await pilot.press("enter", "r", *"Soft", "enter")  # Enter goes to the list; keys as before
+                assert h.conversation(eggs).title == "Soft" and listed() == [eggs]  # the filter kept
+                assert "Soft" in str(screen.query_one(ConversationItem).query_one(Static).render())
+                await pilot.press("/", *["backspace"] * 8, *'"sky" AND(')  # typed text, never FTS syntax
+                assert listed() == [both] and screen.query_one("#filter", Input).value == '"sky" AND('
+                await pilot.press(*["backspace"] * 5)
+                assert listed() == [both, sky]
+                await pilot.press("tab", "d")
+                assert listed() == [sky] and [c.id for c in h.conversations()] == [sky, eggs]
+                await pilot.press("enter")
+                await pilot.pause()
+            return app.chosen
+
+        assert asyncio.run(go()) == ("open", sky)
