@@ -1,11 +1,18 @@
-"""Snapshots of the chat with provenance, the inspector and compare (Textual pinned in pyproject)."""
+"""Snapshots of the chat with provenance, the inspector, compare and the history's filter (Textual pinned
+in pyproject)."""
 
 from __future__ import annotations
 
-import pytest
+import sqlite3
+import time
 
-from nudge_local.engine.events import Stats
+import pytest
+from textual.widgets import Input
+
+from nudge_local.engine.events import Stats, TokenEvent
+from nudge_local.tui.history import History
 from nudge_local.tui.screens.compare import CompareScreen
+from nudge_local.tui.screens.history import HistoryScreen
 from nudge_local.tui.screens.inspector import InspectorScreen
 from nudge_local.tui.session import ChatSession
 from nudge_local.tui.widgets.answer import AnswerView
@@ -71,6 +78,37 @@ def test_compare(snap_compare, tmp_path, pair):  # noqa: F811
         await pilot.press("f4")
         await until(pilot, lambda: isinstance(app.screen, CompareScreen))
         await until(pilot, lambda: all(v.done for v in app.screen.views.values()))
+        await pilot.pause(0.1)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=SIZE)
+
+
+SAVED = [  # title, question, answer
+    ("Sky talk", "Why is the sky blue?", "Rayleigh scattering."),
+    ("Boiling eggs", "How long to boil an egg?", "About seven minutes."),
+    ("Duck eggs", "Should I boil a duck egg longer?", "A little longer than a hen's egg."),
+    ("Tea", "How hot for green tea?", "Below boiling, about 80 degrees."),
+]
+
+
+def test_history_filtered(snap_compare, tmp_path, pair, monkeypatch):  # noqa: F811
+    path = tmp_path / "history.sqlite3"
+    with History(path) as h:
+        for title, question, answer in SAVED:
+            msg = h.start_answer(h.new_conversation(title, {}), question, mode="nudged", settings={})
+            h.append_tokens(msg, [TokenEvent(" " + answer, "base", 1, 0.5, 0.5)])
+            h.finish_answer(msg, stop_reason="eos", stats={})
+    with sqlite3.connect(path) as raw:  # the list shows when each was updated: fixed times, read as UTC
+        raw.execute("UPDATE conversations SET created = 1.75e9 + id * 3600, updated = 1.75e9 + id * 3600 + 60")
+    monkeypatch.setattr(time, "localtime", time.gmtime)
+    app = make_app(tmp_path, pair)
+
+    async def run_before(pilot):
+        await _ready(app, pilot)
+        await pilot.press("f3")
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        app.screen.query_one("#filter", Input).cursor_blink = False
+        await pilot.press("/", *"boil eg")  # both egg conversations (the last word as a prefix), not the tea
         await pilot.pause(0.1)
 
     assert snap_compare(app, run_before=run_before, terminal_size=SIZE)

@@ -52,7 +52,8 @@ class HistoryScreen(ModalScreen[tuple[str, int] | None]):
         items = []
         for c in self.history.search(self.query_one("#filter", Input).value):
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated))
-            items.append(ConversationItem(f"{c.title}  ·  {c.n_messages} answers  ·  {when}", c.id))
+            answers = f"{c.n_messages} answer" + ("" if c.n_messages == 1 else "s")
+            items.append(ConversationItem(f"{c.title}  ·  {answers}  ·  {when}", c.id))
         await lv.extend(items)
         lv.index = 0 if items else None
 
