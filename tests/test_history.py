@@ -440,6 +440,39 @@ def test_search_by_words_prefix_and_plain_text(db_path):
         assert {w: [c.id for c in h.search(w)] for w in before} == before
 
 
+def test_a_long_answer_is_searched_in_pieces(db_path):
+    """The index holds an answer in pieces, so an append re-indexes only the last: every word is found,
+    those split across two batches where a piece ends too, and nothing is left of a deleted answer."""
+    words = [TokenEvent(f" w{i}", "base", i, 0.5, 0.5) for i in range(3000)]  # about 17,000 characters
+    with History(db_path) as h:
+        conv = h.new_conversation("long", {})
+        msg = h.start_answer(conv, "Count", mode="nudged", settings={})
+        for i in range(0, len(words), 7):
+            h.append_tokens(msg, words[i : i + 7])
+            h.append_tokens(msg, [TokenEvent(" ome", "nudge", 1, 0.5, 0.5)])  # a word in two batches, each time
+            h.append_tokens(msg, [TokenEvent(f"lette{i}", "base", 2, 0.5, 0.5)])
+        with sqlite3.connect(db_path) as raw:
+            sizes = [n for (n,) in raw.execute("SELECT length(answer) FROM message_text ORDER BY rowid")]
+        assert len(sizes) > 8 and max(sizes) < 2100 and sum(sizes) == len(h.message(msg).text)
+        found = lambda words: [c.id for c in h.search(words)]  # noqa: E731
+        assert found("w0 w1500 w2999 count ") == [conv]
+        assert all(found(f"omelette{i} ") == [conv] for i in range(0, len(words), 7))
+        branch = h.start_branch(msg, len(h.message(msg).tokens) - 1, mode="nudged", settings={})
+        with sqlite3.connect(db_path) as raw:  # the copied tokens indexed, in pieces as well
+            first = branch * history._PIECES
+            sizes = [n for (n,) in raw.execute(
+                "SELECT length(answer) FROM message_text WHERE rowid BETWEEN ? AND ?", (first, first + 9999)
+            )]  # fmt: skip
+        assert len(sizes) > 8 and sum(sizes) == len(h.message(branch).text) == len(h.message(msg).text) - 9
+        h.delete_last_answer(conv)
+        assert found("w2999 omelette2996 ") == [conv]  # the parent's rows stay
+        assert h.branches(msg) == [msg] and branch not in [m.id for m in h.messages(conv)]
+        h.delete(conv)
+        assert found("w0") == found("count") == []
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM message_text").fetchone()[0] == 0
+
+
 def test_search_follows_appends_finishes_and_deletes(db_path):
     with History(db_path) as h:
         conv = h.new_conversation("Cooking", MODELS)
@@ -601,6 +634,7 @@ V1_MESSAGES = [  # id, conversation, position, question, stop_reason, stats, can
     (2, 2, 0, "Why is the sky blue?", "cancelled", {}, True, SURE[:2]),
     (3, 1, 1, "And a duck egg?", "length", {"tokens": 40}, False, [token_at(i) for i in range(40)]),
     (4, 1, 2, "Thanks!", None, None, False, SURE[:3]),  # interrupted: never finished
+    (5, 2, 1, "Count", "length", {}, False, [token_at(i) for i in range(1000, 2000)]),  # indexed in pieces
 ]
 
 
@@ -654,7 +688,7 @@ def test_a_first_schema_file_is_upgraded_with_nothing_lost(db_path):
     _v1_file(db_path)
     with History(db_path) as h:
         assert h.conversations() == [ConversationInfo(cid, t, c, u, n, models=m) for (cid, t, c, u, m), n
-                                     in zip(V1_CONVERSATIONS, [3, 1], strict=True)]  # fmt: skip
+                                     in zip(V1_CONVERSATIONS, [3, 2], strict=True)]  # fmt: skip
         assert [c.models for c in h.conversations()] == [MODELS, {}]
         for conv in (1, 2):
             msgs = h.messages(conv)
@@ -667,6 +701,7 @@ def test_a_first_schema_file_is_upgraded_with_nothing_lost(db_path):
         # the old messages are in the index: questions, and answers that never finished
         assert [c.id for c in h.search("egg")] == [1] and [c.id for c in h.search("sky")] == [2]
         assert [c.id for c in h.search("w39")] == [1] and [c.id for c in h.search("thanks sure")] == [1]
+        assert [c.id for c in h.search("w1000 w1500 w1999 count")] == [2]  # the long answer, end to end
         assert [c.id for c in h.search("hi the")] == [1, 2]
         md = h.export_markdown(1)
         assert "Hi, the [Sure]" in md and "(branch" not in md

@@ -25,7 +25,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -144,15 +144,43 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE UNIQUE INDEX messages_shown ON messages (conversation_id, COALESCE(after_id, 0)) WHERE shown")
 
 
-def _answer_text(db: sqlite3.Connection, msg_id: int) -> str:
-    # Joined in Python: group_concat's order is not guaranteed.
-    return "".join(t for (t,) in db.execute("SELECT text FROM tokens WHERE message_id = ? ORDER BY idx", (msg_id,)))
+# Search rows. FTS5 re-indexes a whole row on any change, so an answer is indexed in pieces of about
+# _PIECE characters and an append re-indexes only its last piece: the cost of a batch does not grow with
+# the answer. A message's rows are rowid = id * _PIECES + k, the question in its piece 0.
+_PIECE = 2000
+_PIECES = 1 << 16
+
+
+def _index_answer(db: sqlite3.Connection, msg_id: int, texts: Iterable[str]) -> None:
+    """Add an answer's next tokens' texts to its search rows. A piece begins at a token that starts with
+    whitespace, so no word is cut in two."""
+    first = msg_id * _PIECES
+    start, old = db.execute(
+        "SELECT rowid, answer FROM message_text WHERE rowid BETWEEN ? AND ? ORDER BY rowid DESC LIMIT 1",
+        (first, first + _PIECES - 1),
+    ).fetchone()
+    pieces, k = {start: old}, start
+    for text in texts:
+        if len(pieces[k]) >= _PIECE and text[:1].isspace() and k < first + _PIECES - 1:
+            k += 1
+            pieces[k] = ""
+        pieces[k] += text
+    for rowid, answer in pieces.items():
+        if rowid == start:
+            if answer != old:
+                db.execute("UPDATE message_text SET answer = ? WHERE rowid = ?", (answer, rowid))
+        else:
+            db.execute("INSERT INTO message_text (rowid, question, answer) VALUES (?, '', ?)", (rowid, answer))
+
+
+def _token_texts(db: sqlite3.Connection, msg_id: int) -> list[str]:
+    return [t for (t,) in db.execute("SELECT text FROM tokens WHERE message_id = ? ORDER BY idx", (msg_id,))]
 
 
 def _v3(db: sqlite3.Connection) -> None:
-    # Search: one FTS5 row per message (rowid = messages.id). Triggers add and remove rows with messages
-    # (cascades included); History rewrites a row's answer as tokens are appended (a trigger on tokens
-    # would re-index the answer once per token).
+    # Search: an FTS5 table of each message's question and answer (in pieces, above). Triggers add and
+    # remove a message's rows with it (cascades included); History adds the answer's text as tokens are
+    # written (a trigger on tokens would re-index the answer's piece once per token).
     try:
         db.execute("CREATE VIRTUAL TABLE message_text USING fts5 (question, answer)")
     except sqlite3.OperationalError as e:
@@ -163,20 +191,18 @@ def _v3(db: sqlite3.Connection) -> None:
             "install a Python whose sqlite3 has it."
         ) from None
     db.execute(
-        """CREATE TRIGGER message_text_insert AFTER INSERT ON messages BEGIN
-            INSERT INTO message_text (rowid, question, answer) VALUES (new.id, new.question, '');
+        f"""CREATE TRIGGER message_text_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO message_text (rowid, question, answer) VALUES (new.id * {_PIECES}, new.question, '');
         END"""
     )
     db.execute(
-        """CREATE TRIGGER message_text_delete AFTER DELETE ON messages BEGIN
-            DELETE FROM message_text WHERE rowid = old.id;
+        f"""CREATE TRIGGER message_text_delete AFTER DELETE ON messages BEGIN
+            DELETE FROM message_text WHERE rowid BETWEEN old.id * {_PIECES} AND old.id * {_PIECES} + {_PIECES - 1};
         END"""
     )
     for msg_id, question in db.execute("SELECT id, question FROM messages").fetchall():
-        db.execute(
-            "INSERT INTO message_text (rowid, question, answer) VALUES (?, ?, ?)",
-            (msg_id, question, _answer_text(db, msg_id)),
-        )
+        db.execute("INSERT INTO message_text (rowid, question, answer) VALUES (?, ?, '')", (msg_id * _PIECES, question))
+        _index_answer(db, msg_id, _token_texts(db, msg_id))
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
@@ -404,9 +430,9 @@ class History:
         terms = _match_terms(words)
         if not terms:
             return self.conversations()
-        # One FTS query per word, so the words may sit in different messages of the conversation.
-        holds = """c.id IN (SELECT m.conversation_id FROM message_text JOIN messages m ON m.id = message_text.rowid
-                            WHERE message_text MATCH ?)"""
+        # One FTS query per word, so the words may sit in different messages (and pieces) of the conversation.
+        holds = f"""c.id IN (SELECT m.conversation_id FROM message_text
+                             JOIN messages m ON m.id = message_text.rowid / {_PIECES} WHERE message_text MATCH ?)"""
         where = " AND ".join([holds] * len(terms))
         with self._read() as db:
             rows = db.execute(f"{_CONVERSATIONS} WHERE {where} ORDER BY c.updated DESC, c.id DESC", terms)
@@ -469,7 +495,7 @@ class History:
                    SELECT ?, idx, text, source, token, base_p, p FROM tokens WHERE message_id = ? AND idx < ?""",
                 (msg_id, parent_id, at),
             )
-            db.execute("UPDATE message_text SET answer = ? WHERE rowid = ?", (_answer_text(db, msg_id), msg_id))
+            _index_answer(db, msg_id, _token_texts(db, msg_id))
             return msg_id
 
     def _insert(
@@ -536,7 +562,7 @@ class History:
                 )
             except sqlite3.IntegrityError:
                 raise KeyError(f"no message {msg_id}") from None
-            db.execute("UPDATE message_text SET answer = ? WHERE rowid = ?", (_answer_text(db, msg_id), msg_id))
+            _index_answer(db, msg_id, [t.text for t in tokens])
 
     def finish_answer(self, msg_id: int, *, stop_reason: str, stats: dict, cancelled: bool = False) -> None:
         if isinstance(stats, Stats):  # accept the engine's Stats as well as its as_dict()
