@@ -247,7 +247,8 @@ class Message:
 
 
 class _Tree:
-    """A conversation's messages by the point they follow: the answers there and the one shown."""
+    """A conversation's messages by the point they follow: the answers there and the one shown. A point
+    is named by the message its answers follow (None: the first turn's)."""
 
     def __init__(self, db: sqlite3.Connection, conv_id: int) -> None:
         self.after: dict[int, int | None] = {}  # message -> the message it follows
