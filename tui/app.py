@@ -263,9 +263,13 @@ class NudgeApp(App):
 
     def _next(self) -> None:
         """Ask the oldest queued question, unless an answer is being written, the models are not
-        loaded yet or Esc held the queue; show what waits."""
+        loaded yet or Esc held the queue."""
         if self.queue and not self.held and self.ready and self.current is None:
             self.ask(self.queue.pop(0))
+        self.show_queue()
+
+    def show_queue(self) -> None:
+        """The queued questions above the input, a line each; hidden when there are none."""
         lines = [f"queued: {q.splitlines()[0]}" + (" …" if "\n" in q else "") for q in self.queue]
         if self.held and self.queue:
             lines.insert(0, "held after Esc: Enter goes on, Esc clears")
@@ -474,7 +478,7 @@ class NudgeApp(App):
                 self.notify(f"Cleared {len(self.queue)} queued question{'s' * (len(self.queue) != 1)}.", timeout=2)
                 self.queue.clear()
                 self.held = False
-                self._next()
+                self.show_queue()
             return
         self._stop_current()
         self._put_back(view.question)
@@ -486,7 +490,7 @@ class NudgeApp(App):
         if view is None:
             return
         self.held = bool(self.queue)
-        self._next()
+        self.show_queue()
         self._cancel.set()
         view.finish(stop_reason="cancelled", stats=None, cancelled=True)
         if view.msg_id is not None:
