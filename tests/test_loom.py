@@ -46,11 +46,6 @@ def answer(prompts, base, nudger, **kw):
     return events, done
 
 
-def pieces(base, nudger):
-    """Each event's bytes as its writer's vocabulary has them (a user's token: its text)."""
-    return lambda e: e.text.encode() if e.source == "user" else (base if e.source == "base" else nudger).piece(e.token)
-
-
 def evaluated(base, nudger, run):
     before = base.evaluated_tokens + nudger.evaluated_tokens
     out = run()
@@ -65,7 +60,7 @@ def test_a_base_token_branched_to_itself_writes_the_answer_again(pair):
     prompts = render_prompts(base, nudger, QUESTION)
     events, done = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, speculative=False)
     i = next(k for k, e in enumerate(events) if e.source == "base" and k > 3)
-    kept, kept_pieces = branch_point(events, i, pieces(base, nudger))
+    kept, kept_pieces = branch_point(events, i, base, nudger)
     same = Branch(kept, kept_pieces, writer="base")
     again, redone = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, branch=same)
     assert [(e.source, e.token, e.text) for e in again] == [(e.source, e.token, e.text) for e in events]
@@ -82,7 +77,7 @@ def test_a_branch_takes_another_token_and_reads_only_what_is_new(pair):
     (events, _), first = evaluated(base, nudger, lambda: answer(prompts, base, nudger, gamma=0.4, max_tokens=40))
     i = len(events) // 2
     other = next(t for t in range(10, base.n_vocab) if t != events[i].token and base.piece(t).strip())
-    kept, kept_pieces = branch_point(events, i, pieces(base, nudger))
+    kept, kept_pieces = branch_point(events, i, base, nudger)
     branch = Branch(kept, kept_pieces, token=other, piece=base.piece(other))
     (branched, done), cost = evaluated(
         base, nudger, lambda: answer(prompts, base, nudger, gamma=0.4, max_tokens=40, branch=branch)
@@ -102,7 +97,7 @@ def test_the_nudger_handed_a_position_writes_a_word_there(pair):
     prompts = render_prompts(base, nudger, QUESTION)
     events, _ = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, speculative=False)
     i = next(k for k, e in enumerate(events) if e.source == "base" and k > 2 and events[k - 1].source == "base")
-    kept, kept_pieces = branch_point(events, i, pieces(base, nudger))
+    kept, kept_pieces = branch_point(events, i, base, nudger)
     handed = Branch(kept, kept_pieces, writer="nudger")
     branched, _ = answer(prompts, base, nudger, gamma=0.4, max_tokens=40, branch=handed)
     assert branched[i].source == "nudge" and branched[i].base_p is None  # handed over, not gated
@@ -115,7 +110,7 @@ def test_the_tiny_pair_branches_in_text_space_from_the_nudgers_alternative(tiny)
     prompts = render_prompts(base, nudger, "How do I boil an egg?")
     (events, done), first = evaluated(base, nudger, lambda: answer(prompts, base, nudger, gamma=0.4, max_tokens=24))
     i = 6
-    kept, kept_pieces = branch_point(events, i, pieces(base, nudger))
+    kept, kept_pieces = branch_point(events, i, base, nudger)
     word = nudger.tokenize(" carefully")[-1]
     branch = Branch(kept, kept_pieces, token=word, piece=nudger.piece(word))
     (branched, again), cost = evaluated(
@@ -131,11 +126,11 @@ def test_a_branch_is_refused_where_it_cannot_be_taken(pair):
     base, nudger = pair
     prompts = render_prompts(base, nudger, QUESTION)
     events, _ = answer(prompts, base, nudger, gamma=0.4, max_tokens=12)
-    kept, kept_pieces = branch_point(events, 3, pieces(base, nudger))
+    kept, kept_pieces = branch_point(events, 3, base, nudger)
     with pytest.raises(NudgeError, match="either a token the user chose or a model"):
         Branch(kept, kept_pieces)
     with pytest.raises(NudgeError, match="no position 99"):
-        branch_point(events, 99, pieces(base, nudger))
+        branch_point(events, 99, base, nudger)
     with pytest.raises(NudgeError, match="Paper mode"):
         answer(prompts, base, nudger, mode="paper", branch=Branch(kept, kept_pieces, writer="base"))
     with pytest.raises(NudgeError, match="not part of a base answer"):

@@ -44,14 +44,25 @@ class Branch:
             raise NudgeError("The token chosen for a branch has no text.")
 
 
+def written_piece(event: TokenEvent, base: ScoringModel | None, nudger: ScoringModel | None) -> bytes:
+    """The bytes a token of an answer added: its writer's piece, or the text of a token the user chose
+    (its id may be either model's, in text space)."""
+    if event.source == "user":
+        return event.text.encode("utf-8")
+    writer = base if event.source == "base" else nudger
+    if writer is None:
+        raise NudgeError(f"The answer holds a {event.source} token, but that model is not loaded.")
+    return writer.piece(event.token)
+
+
 def branch_point(
-    tokens: Sequence[TokenEvent], index: int, piece_of
+    tokens: Sequence[TokenEvent], index: int, base: ScoringModel | None, nudger: ScoringModel | None
 ) -> tuple[tuple[TokenEvent, ...], tuple[bytes, ...]]:
-    """The tokens before `index` and their bytes (`piece_of(event)`): what a branch there keeps."""
+    """The tokens before `index` and their bytes: what a branch there keeps."""
     if not 0 <= index <= len(tokens):
         raise NudgeError(f"An answer of {len(tokens)} tokens has no position {index} to branch at.")
     kept = tuple(tokens[:index])
-    return kept, tuple(piece_of(t) for t in kept)
+    return kept, tuple(written_piece(t, base, nudger) for t in kept)
 
 
 def _replay(answer: Answer, branch: Branch) -> Generator[tuple[TokenEvent, bytes], None, None]:

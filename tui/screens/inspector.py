@@ -49,8 +49,8 @@ class InspectorScreen(ModalScreen[None]):
                     if role in self.alts:
                         table = DataTable(id=f"top-{role}", show_cursor=False)
                         table.add_columns(f"{role} top 5", "p")
-                        for text, p in self.alts[role]:
-                            table.add_row(repr(text), f"{p:.3f}")
+                        for alt in self.alts[role]:
+                            table.add_row(repr(alt.text), f"{alt.p:.3f}")
                         yield table
 
     def action_dismiss(self) -> None:
