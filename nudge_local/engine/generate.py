@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.events import MODES, Done, Mode, Role, TokenEvent
+from nudge_local.engine.gates import check_gate
 from nudge_local.engine.interface import ScoringModel
 from nudge_local.engine.loom import Branch, branch_steps
 from nudge_local.engine.paper_mode import paper_steps, trim_repeated_suffix
@@ -83,6 +84,7 @@ def generate(
     base: ScoringModel | None = None,
     nudger: ScoringModel | None = None,
     gamma: float = 0.4,
+    gate: str = "top1",
     max_tokens: int = 256,
     word_cap: int = 16,
     sampling: Sampling | None = None,
@@ -97,7 +99,9 @@ def generate(
     entropy: bool = False,
     branch: Branch | None = None,
 ) -> Iterator[TokenEvent | Done]:
-    """Yield one TokenEvent per token, then Done. `mode` is "nudged" (token mode; speculative where
+    """Yield one TokenEvent per token, then Done. `gate` (gates.py) is the rule that hands a position to
+    the nudger, `gamma` its threshold: "top1" (the paper's), "margin" or "entropy". `mode` is
+    "nudged" (token mode; speculative where
     the vocabularies match unless `speculative` is False, each draft sized from measured costs or
     `draft` tokens long; `sizer` keeps those costs across a loaded pair's answers, a fresh one where
     None), "base", "nudger" or "paper" (the authors' algorithm; `chunk` and
@@ -112,12 +116,14 @@ def generate(
     choose = Chooser(sampling or Sampling(), top_n, entropy)
     trim = None
     if mode == "nudged":
-        rule = dict(gamma=gamma, max_tokens=max_tokens, word_cap=word_cap, choose=choose)
+        rule = dict(gamma=gamma, max_tokens=max_tokens, word_cap=word_cap, choose=choose, gate=check_gate(gate))
         plan = _nudged(prompts, base, nudger, speculative=speculative, draft=draft, sizer=sizer, text_space=text_space,
                        branch=branch, **rule)
     elif mode == "paper":
         if branch is not None:
             raise NudgeError("Paper mode reproduces the authors' algorithm as published; branch a nudged answer.")
+        if check_gate(gate) != "top1":
+            raise NudgeError(f"Paper mode keeps the paper's gate, top1; the {gate} gate is for nudged mode.")
         plan = _paper(prompts, base, nudger, gamma=gamma, chunk=chunk, max_rounds=max_rounds, max_tokens=max_tokens)
         stop_strings, trim = (), trim_repeated_suffix  # the published algorithm has no stop strings
     elif mode == "base":

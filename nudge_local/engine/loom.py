@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.events import Result, Role, TokenEvent
+from nudge_local.engine.gates import GateName
 from nudge_local.engine.interface import ScoringModel
 from nudge_local.engine.sampling import Chooser, prob, top1
 from nudge_local.engine.stream import Steps
@@ -101,6 +102,7 @@ def branch_steps(
     max_tokens: int,
     word_cap: int,
     choose: Chooser,
+    gate: GateName = "top1",
 ) -> Steps:
     """The kept tokens, the branch's own position, then `mode` (nudged, base or nudger) onwards."""
     yield from _replay(answer, branch)
@@ -126,7 +128,8 @@ def branch_steps(
     rest = max_tokens - used
     if mode == "nudged":
         return (yield from nudged_steps(models["base"], models["nudger"], views["base"], views["nudger"], answer,
-                                        gamma=gamma, max_tokens=rest, word_cap=word_cap, choose=choose))  # fmt: skip
+                                        gamma=gamma, max_tokens=rest, word_cap=word_cap, choose=choose,
+                                        gate=gate))  # fmt: skip
     role: Role = "base" if mode == "base" else "nudger"
     source = "base" if role == "base" else "nudge"
     return (yield from single_steps(models[role], views[role], answer, source=source, max_tokens=rest, choose=choose))

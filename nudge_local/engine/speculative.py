@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nudge_local.engine.events import DraftResult, Source, StopReason, TokenEvent
-from nudge_local.engine.local import ScoringModel, common_prefix
+from nudge_local.engine.gates import GateName, opens
+from nudge_local.engine.interface import ScoringModel
+from nudge_local.engine.local import common_prefix
 from nudge_local.engine.sampling import Chooser, prob, top1
 from nudge_local.engine.stream import Steps
 from nudge_local.engine.views import Answer, TokenSpaceView
@@ -264,6 +266,7 @@ class Rule:
     max_tokens: int
     word_cap: int
     choose: Chooser
+    gate: GateName = "top1"
     emitted: int = 0
     word: Word | None = None
     proposed: int = 0  # drafted tokens
@@ -329,7 +332,7 @@ def apply_rule(
                 on_check(*check(base, rnd, n_shared))
             best, base_p = top1(rnd.rows_b[i])
             base_entropy = rule.choose.entropy(rnd.rows_b[i])
-            if base_p < rule.gamma:
+            if opens(rule.gate, rule.gamma, rnd.rows_b[i], base_p):
                 rule.word = Word(base_p, base_entropy)
                 continue
             t = rule.choose(rnd.rows_b[i], best)
@@ -384,13 +387,14 @@ def speculative_steps(
     choose: Chooser,
     draft_len: int | None = None,
     sizer: DraftSizer | None = None,
+    gate: GateName = "top1",
 ) -> Steps:
     """Token mode with drafts: every decision is token mode's, made in token mode's order on the
     same logits (drafts are greedy and draw nothing from the sampler), so the output is token
     mode's for any seed. `draft_len` fixes the draft length; None sizes each draft from measured
     costs (`sizer`, kept by whoever keeps the pair loaded; a fresh DraftSizer where None)."""
     sizer = FixedDraft(draft_len) if draft_len is not None else sizer or DraftSizer()
-    rule = Rule(gamma, max_tokens, word_cap, choose)
+    rule = Rule(gamma, max_tokens, word_cap, choose, gate)
     n = nudger_view.n_shared
     # The first round reads the prompt (or the new turn): its calls cost what a prompt costs, not
     # what a draft does, so the sizer learns nothing from it. (A prompt of 17 tokens read in one

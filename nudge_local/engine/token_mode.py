@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from nudge_local.engine.events import Result, Source, TokenEvent
+from nudge_local.engine.gates import GateName, opens
 from nudge_local.engine.interface import ScoringModel
 from nudge_local.engine.sampling import Chooser, prob, top1
 from nudge_local.engine.stream import Steps
@@ -56,8 +57,10 @@ def nudged_steps(
     max_tokens: int,
     word_cap: int,
     choose: Chooser,
+    gate: GateName = "top1",
 ) -> Steps:
-    """The base writes while its top-1 probability is >= gamma; otherwise the nudger writes one word."""
+    """The base writes while the gate stays shut (the paper's `top1`: its top-1 probability is >=
+    gamma); where it opens, the nudger writes one word."""
     emitted = 0
     base.reading = True  # the first call reads the prompt, and each after a nudged word reads the word
     while True:
@@ -66,7 +69,7 @@ def nudged_steps(
         logits = base_view.logits()
         best, base_p = top1(logits)
         base_entropy = choose.entropy(logits)
-        if base_p < gamma:
+        if opens(gate, gamma, logits, base_p):
             cap = min(word_cap, max_tokens - emitted)
             n = yield from nudged_word(nudger, nudger_view, answer, gate_p=base_p, cap=cap, choose=choose,
                                        gate_entropy=base_entropy)  # fmt: skip

@@ -17,7 +17,7 @@ from nudge_local.config import Settings
 from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.events import Done
 from nudge_local.engine.generate import generate
-from nudge_local.engine.local import Model
+from nudge_local.engine.interface import ScoringModel
 from nudge_local.engine.prompts import Prompts, render_chat_template
 from nudge_local.remote.completions import served_model
 from nudge_local.remote.connect import connect, detect_api
@@ -90,7 +90,7 @@ def _as_judge(e: NudgeError, ref: str) -> NudgeError:
 class Judge:
     """A loaded judge model and its chat template; `verdict` asks it about one answer."""
 
-    def __init__(self, model: Model, template: str, *, ref: str, max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(self, model: ScoringModel, template: str, *, ref: str, max_tokens: int = MAX_TOKENS) -> None:
         self.model, self.template, self.ref, self.max_tokens = model, template, ref, max_tokens
         self.label = model.label  # the manifest's name for the judge
         self._bos = model.piece(model.bos).decode("utf-8", "replace") if model.bos >= 0 else ""

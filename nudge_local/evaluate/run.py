@@ -15,7 +15,7 @@ from pathlib import Path
 from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.events import Done, TokenEvent
 from nudge_local.engine.generate import generate
-from nudge_local.engine.local import Model
+from nudge_local.engine.interface import ScoringModel
 from nudge_local.engine.prompts import DEFAULT_BASE_FORMAT, Prompts, base_prompt, nudger_prompt
 from nudge_local.engine.sampling import Sampling
 from nudge_local.engine.speculative import DraftSizer
@@ -211,7 +211,7 @@ def check_manifest(out: Path, manifest: dict, resume: bool) -> dict:
     return merged
 
 
-def prompts_for(job: Job, cfg: EvalConfig, base: Model | None, nudger: Model | None) -> Prompts:
+def prompts_for(job: Job, cfg: EvalConfig, base: ScoringModel | None, nudger: ScoringModel | None) -> Prompts:
     """The base sees the base format (its own "Question:" turn text) around the question; the nudger
     sees the prefixed question as its user message; URIAL's base prompt is its own."""
     if job.mode == "urial":
@@ -237,7 +237,9 @@ def nudging_words(tokens: Sequence[TokenEvent], done: Done) -> list[str]:
     return [w for text in texts for w in text.split()]
 
 
-def answer(job: Job, cfg: EvalConfig, base: Model | None, nudger: Model | None) -> tuple[list[TokenEvent], Done]:
+def answer(
+    job: Job, cfg: EvalConfig, base: ScoringModel | None, nudger: ScoringModel | None
+) -> tuple[list[TokenEvent], Done]:
     """One answer through the engine (URIAL is the base mode on URIAL's prompt)."""
     prompts = prompts_for(job, cfg, base, nudger)
     mode = "base" if job.mode == "urial" else job.mode
@@ -305,7 +307,7 @@ def _round(x: float | None) -> float | None:
 
 def run(
     cfg: EvalConfig,
-    models: dict[str, Model],
+    models: dict[str, ScoringModel],
     results: Results,
     *,
     judge=None,

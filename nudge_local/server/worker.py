@@ -21,7 +21,7 @@ from nudge_local.engine.context import Fitted, fit_history
 from nudge_local.engine.errors import ContextFull, NudgeError
 from nudge_local.engine.events import Done, TokenEvent
 from nudge_local.engine.generate import generate
-from nudge_local.engine.local import Model
+from nudge_local.engine.interface import ScoringModel
 from nudge_local.engine.prompts import Prompts
 from nudge_local.engine.sampling import Sampling
 from nudge_local.engine.speculative import DraftSizer
@@ -38,7 +38,7 @@ CANCELLED = ApiError(499, "The client closed the request.", code="cancelled")
 class Pair:
     """The loaded base and nudger, the settings they were loaded with, and the id clients name them by."""
 
-    models: dict[str, Model]
+    models: dict[str, ScoringModel]
     settings: Settings
     chat_template: str | None
     model_id: str
