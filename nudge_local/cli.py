@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 
+from nudge_local.calibrate import cached_for_files
 from nudge_local.catalog import HubFile, ModelFile, PackageFile, load_catalog, parse_ref
 from nudge_local.choose import default_pair, fetch, local_path, missing, present
 from nudge_local.commands import Parser, add_pair_options, add_settings_flags, load_pair, say_notes, settings_of
@@ -21,7 +23,7 @@ from nudge_local.engine.sampling import Sampling
 from nudge_local.evaluate.cli import add_parser as add_eval_parser
 from nudge_local.evaluate.cli import main as eval_main
 from nudge_local.hub import cached_path, human_size, offline
-from nudge_local.packaged import where
+from nudge_local.packaged import present_path, where
 from nudge_local.paths import cache_dir, catalog_path, config_path, models_dir
 from nudge_local.render import BracketWriter, spans
 from nudge_local.server.cli import add_parser as add_serve_parser
@@ -90,7 +92,8 @@ def run(args) -> int:
     for flag, value in (("--chunk", args.chunk), ("--max-rounds", args.max_rounds)):
         if value < 1:
             raise NudgeError(f"option {flag} must be a whole number of at least 1 (got {value}).")
-    _, s, models, chat_template = load_pair(s, args.mode, args.yes)
+    loaded = load_pair(s, args.mode, args.yes)
+    s, models, chat_template = loaded.settings, loaded.models, loaded.chat_template
     try:
         base, nudger = models.get("base"), models.get("nudger")
         prompts = render_prompts(
@@ -102,6 +105,7 @@ def run(args) -> int:
             base=base,
             nudger=nudger,
             gamma=s.gamma,
+            gate=s.gate,
             max_tokens=s.max_tokens,
             word_cap=s.word_cap,
             sampling=Sampling(s.temperature, s.top_p, s.seed),
@@ -113,7 +117,7 @@ def run(args) -> int:
         )
         if args.json:
             *tokens, done = events
-            _print_json(tokens, done, prompts, args.mode, s.gamma)
+            _print_json(tokens, done, prompts, args.mode, s, loaded.calibration)
         else:
             writer = BracketWriter(sys.stdout)
             for ev in events:
@@ -128,14 +132,16 @@ def run(args) -> int:
             m.close()
 
 
-def _print_json(tokens: list[TokenEvent], done: Done, prompts, mode: str, gamma: float) -> None:
+def _print_json(tokens: list[TokenEvent], done: Done, prompts, mode: str, s: Settings, calibration) -> None:
     doc = {
         "text": done.text,
         "spans": spans(tokens),
         "tokens": [t.as_dict() for t in tokens],
         "stop_reason": done.stop_reason,
         "mode": mode,
-        "gamma": gamma,
+        "gamma": s.gamma,
+        "gate": s.gate,
+        "gamma_auto": None if calibration is None else {k: v for k, v in asdict(calibration).items()},
         "prompts": {"base": prompts.base, "nudge": prompts.nudge},
         "stats": done.stats.as_dict(),
         **done.result.figures(),
@@ -189,9 +195,19 @@ def models(args) -> int:
         size = human_size(pair.base.size + pair.nudger.size)
         print(
             f"  gamma {pair.gamma}, vocabulary {pair.vocabulary}, {size} in all, licence {pair.license['base']}"
-            f" / {pair.license['nudger']}\n"
+            f" / {pair.license['nudger']}"
         )
+        for line in _calibrations(pair):
+            print(line)
+        print()
     return 0
+
+
+def _calibrations(pair) -> list[str]:
+    """The pair's calibrated gammas (`gamma: auto`), from the cache, where its files are present."""
+    paths = [present_path(f) if isinstance(f, PackageFile) else cached_path(f) for f in pair.files]
+    found = cached_for_files(*paths) if all(paths) else []
+    return [f"  {c.line()}" for c in sorted(found, key=lambda c: (c.gate, c.target))]
 
 
 def _print_settings(s: Settings) -> None:
@@ -243,6 +259,7 @@ def _print_pairs(s: Settings) -> None:
     chosen = default_pair(catalog, s.pair)
     state = "ready" if all(present(f) for f in chosen.files) else "to be downloaded"
     print(f"pair when none is named: {chosen.alias} ({state})")
+    print(*(_calibrations(chosen) or ["  gamma auto: not calibrated for it yet"]), sep="\n")
     if catalog.fallback:
         print(f"{catalog.fallback} pair (offline, from Python packages):")
         for role, f in zip(("base", "nudger"), catalog.pair(catalog.fallback).files, strict=True):

@@ -10,7 +10,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from nudge_local.calibrate import Calibration, say_progress, settle_gamma
 from nudge_local.choose import Choice, choose_models, fetch, load_models, local_path, missing, read_chat_template
 from nudge_local.config import FIELDS, Settings, load_settings
 from nudge_local.engine.interface import ScoringModel
@@ -47,7 +49,12 @@ def add_pair_options(p: argparse.ArgumentParser, *, positional: bool = False) ->
 def add_settings_flags(p: argparse.ArgumentParser) -> None:
     """Flags for the settings of config.FIELDS; unset flags stay None so lower layers show through,
     and every value is checked by the same parsers as the file and the environment."""
-    p.add_argument("--gamma", type=float, help="the nudger writes where the base's top-1 probability is below this")
+    p.add_argument("--gamma", help="the gate's threshold (top1: the nudger writes where the base's top-1 probability "
+                   "is below it; default 0.4), or auto: calibrated for the pair to --nudge-target")  # fmt: skip
+    p.add_argument("--gate", help="where the nudger writes: top1 (the paper's, default), margin (top-1 minus top-2 "
+                   "probability below gamma) or entropy (the base's entropy in nats above gamma)")  # fmt: skip
+    p.add_argument("--nudge-target", type=float, help="with --gamma auto: the share of tokens the nudger writes "
+                   "(default 0.12)")  # fmt: skip
     p.add_argument("--max-tokens", type=int, help="answer length limit (default 256)")
     p.add_argument("--word-cap", type=int, help="most tokens in one nudged word (default 16)")
     p.add_argument("--temperature", type=float, help="0 is greedy (default)")
@@ -92,17 +99,32 @@ def fetch_missing(choice: Choice, yes: bool) -> None:
     fetch(missing([choice.base, choice.nudger], alias), yes=yes, what=what, confirm=confirmer(), pair=alias)
 
 
-def load_pair(
-    s: Settings, mode: str, yes: bool
-) -> tuple[Choice, Settings, dict[str, ScoringModel], str | None]:
-    """The chosen pair (downloaded first where asked), the settings with its defaults, its loaded
-    models and the nudger's chat template."""
+@dataclass(frozen=True)
+class Loaded:
+    """A pair ready to answer: the choice, the settings it runs with (the pair's defaults in, gamma
+    auto calibrated), its models, the nudger's chat template, and the calibration where gamma was auto."""
+
+    choice: Choice
+    settings: Settings
+    models: dict[str, ScoringModel]
+    chat_template: str | None
+    calibration: Calibration | None = None
+
+
+def load_pair(s: Settings, mode: str, yes: bool) -> Loaded:
+    """The chosen pair (downloaded first where asked), loaded, with its settings settled."""
     choice = choose_models(s, mode)
     s = choice.settle(s)
     fetch_missing(choice, yes)
     chat_template = read_chat_template(s)
     models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
-    return choice, s, models, chat_template
+    try:
+        s, calibration = settle_gamma(s, models, chat_template, say_progress())
+    except BaseException:
+        for m in models.values():
+            m.close()
+        raise
+    return Loaded(choice, s, models, chat_template, calibration)
 
 
 class Once(logging.Filter):

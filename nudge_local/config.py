@@ -18,6 +18,7 @@ import yaml
 
 from nudge_local.engine.context import POLICIES
 from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.gates import GATES
 from nudge_local.engine.prompts import DEFAULT_BASE_FORMAT, check_base_format, format_stops
 from nudge_local.paths import config_path
 from nudge_local.remote import APIS
@@ -82,6 +83,23 @@ def _choice(allowed):
     return parse
 
 
+def _gamma(v):
+    """A threshold of at least 0 (at most 1 but for the entropy gate: check_gamma), or "auto" (None:
+    calibrated for the pair)."""
+    if v is None or v == "auto":
+        return None
+    try:
+        return _number(float, 0, 100)(float(v) if isinstance(v, str) else v)
+    except ValueError:
+        raise ValueError('a number from 0 to 1 or "auto"') from None
+
+
+def _share(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+        raise ValueError("a share between 0 and 1, like 0.12")
+    return float(v)
+
+
 def _optional_text(v):
     return None if v is None else _text(v)
 
@@ -120,8 +138,13 @@ class Settings:
         "drop_oldest", _choice(POLICIES),
         "a conversation longer than the context: drop_oldest (its oldest turns leave) or stop",
     )  # fmt: skip
-    gamma: float = setting(
-        0.4, _number(float, 0, 1), "the nudger writes where the base's top-1 probability is below this"
+    gamma: float | None = setting(
+        0.4, _gamma, "the gate's threshold: for top1, the nudger writes where the base's top-1 probability is "
+        "below it; auto: calibrated to nudge_target for the pair",
+    )  # fmt: skip
+    gate: str = setting("top1", _choice(GATES), "where the nudger writes: top1 (the paper's), margin or entropy")
+    nudge_target: float = setting(
+        0.12, _share, "with gamma auto: the share of tokens the nudger should write (the authors' 10-15%)"
     )
     max_tokens: int = setting(256, _number(int, 0), "answer length limit")
     temperature: float = setting(0.0, _number(float, 0), "0 is greedy")
@@ -265,4 +288,20 @@ def load_settings(flags: dict[str, Any] | None = None) -> Settings:
     for key, raw in (flags or {}).items():
         if raw is not None and key in FIELDS:
             s = s.updated({key: raw}, f"option --{key.replace('_', '-')}", f"flag --{key.replace('_', '-')}")
+    check_gamma(s)
     return s
+
+
+def where(source: str) -> str:
+    """A setting's source as an error names it: a file and line, a variable, an option."""
+    kind, _, rest = source.partition(" ")
+    return {"file": rest, "env": f"environment variable {rest}", "flag": f"option {rest}"}.get(kind, source)
+
+
+def check_gamma(s: Settings) -> None:
+    """A probability gate's threshold is at most 1; the entropy gate's is in nats and may be larger."""
+    if s.gamma is not None and s.gamma > 1 and s.gate != "entropy":
+        raise NudgeError(
+            f"{where(s.source('gamma'))}: gamma must be a number from 0 to 1 (got {s.gamma:g}) for the {s.gate} gate; "
+            f"the entropy gate's gamma is in nats and may be larger."
+        )

@@ -48,3 +48,8 @@ def models_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return (_env("NUDGE_LOCAL_CACHE_DIR") or Path(user_cache_dir(APP, appauthor=False))) / "models"
+
+
+def calibration_path() -> Path:
+    """The pairs' calibrated gammas (`gamma: auto`): beside models_dir, in nudge-local's cache."""
+    return models_dir().parent / "calibration.json"

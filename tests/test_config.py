@@ -36,7 +36,8 @@ def test_every_setting_can_come_from_each_layer(cfg, monkeypatch):
         "top_p": 0.9, "seed": 4, "word_cap": 3, "context_size": 512, "gpu_layers": 0, "threads": 2,
         "base_format": "Q: {question}\nA:", "system": "hi", "stop": ["x", "y"], "chat_template": "t.jinja",
         "keymap": {"cancel": "ctrl+c"}, "base_model": "big", "nudge_model": "small", "base_api": "openai",
-        "nudge_api": "llama-server", "timeout": 5.0, "context_overflow": "stop",
+        "nudge_api": "llama-server", "timeout": 5.0, "context_overflow": "stop", "gate": "margin",
+        "nudge_target": 0.2,
     }  # fmt: skip
     assert set(good) == set(FIELDS)
     import yaml
@@ -141,3 +142,23 @@ def test_the_command_line_says_each_engine_note_once(capsys):
         assert capsys.readouterr().err == "nudge-local: note: a fallback\nnudge-local: note: another\n"
     finally:
         log.handlers[:], log.propagate = saved
+
+
+def test_gamma_auto_the_gates_and_their_thresholds(cfg, monkeypatch):
+    """gamma takes "auto" (None: calibrated for the pair) from every layer; the entropy gate's
+    threshold is in nats and may pass 1, a probability gate's may not; a target outside (0, 1) and an
+    unknown gate are one sentence each."""
+    assert load_settings({"gamma": "auto"}).gamma is None
+    monkeypatch.setenv("NUDGE_LOCAL_GAMMA", "auto")
+    assert load_settings().gamma is None and load_settings({"gamma": "0.3"}).gamma == 0.3
+    monkeypatch.delenv("NUDGE_LOCAL_GAMMA")
+    s = load_settings({"gate": "entropy", "gamma": "2.5", "nudge_target": 0.1})
+    assert (s.gate, s.gamma, s.nudge_target) == ("entropy", 2.5, 0.1)
+    with pytest.raises(NudgeError, match=r"option --gamma: gamma must be a number from 0 to 1 \(got 2.5\) for the m"):
+        load_settings({"gate": "margin", "gamma": "2.5"})
+    cfg.write_text("gate: best\n")
+    with pytest.raises(NudgeError, match="gate must be one of top1, margin, entropy"):
+        load_settings()
+    cfg.write_text("nudge_target: 1.2\n")
+    with pytest.raises(NudgeError, match="nudge_target must be a share between 0 and 1"):
+        load_settings()

@@ -50,8 +50,9 @@ def main(args: argparse.Namespace) -> int:
             raise NudgeError(f"option {flag} must be a whole number of at least {least} (got {value}).")
     check_address(args.host, args.port)
     api_key = args.api_key or os.environ.get("NUDGE_LOCAL_API_KEY") or None
-    choice, s, models, chat_template = load_pair(serve_settings(args), "nudged", args.yes)
-    name = choice.pair.alias if choice.pair else f"{models['base'].label}+{models['nudger'].label}"
-    pair = Pair(models, s, chat_template, name)
+    loaded = load_pair(serve_settings(args), "nudged", args.yes)
+    models = loaded.models
+    name = loaded.choice.pair.alias if loaded.choice.pair else f"{models['base'].label}+{models['nudger'].label}"
+    pair = Pair(models, loaded.settings, loaded.chat_template, name)
     return serve_pair(pair, host=args.host, port=args.port, api_key=api_key, queue_size=args.queue,
                       max_body=args.max_body, log_level=args.log_level)  # fmt: skip

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from nudge_local.config import Settings
 from nudge_local.engine.context import POLICIES
 from nudge_local.engine.events import MODES, Mode
+from nudge_local.engine.gates import GATES
 from nudge_local.engine.prompts import Turn
 
 MAX_STOPS = 4  # as the OpenAI API
@@ -40,7 +41,8 @@ class Request:
     history: tuple[Turn, ...]
     system: str
     mode: Mode
-    gamma: float
+    gamma: float | None  # None: "auto", the pair's gamma calibrated for `gate` (worker.Pair.calibrated)
+    gate: str
     max_tokens: int
     temperature: float
     top_p: float
@@ -72,6 +74,24 @@ def _number(body: dict, key: str, default, *, kind=float, lo=None, hi=None, lo_o
         span = f"{'above' if lo_open else 'at least'} {lo}" + (f" and at most {hi}" if hi is not None else "")
         raise _bad(f"'{key}' must be {span} (got {v!r}).", key)
     return v
+
+
+def _gate(body: dict, default: str) -> str:
+    v = body.get("gate", default)
+    if v not in GATES:
+        raise _bad(f"'gate' must be one of {', '.join(GATES)} (got {v!r}).", "gate")
+    return v
+
+
+def _gamma(body: dict, s: Settings, gate: str) -> float | None:
+    """The request's gamma: a number (a probability for top1 and margin, nats for entropy) or "auto"
+    (None). Absent: the server's own for its gate; auto for another gate, whose scale differs."""
+    v = body.get("gamma")
+    if v == "auto":
+        return None
+    if v is None:
+        return s.gamma if gate == s.gate else None
+    return _number(body, "gamma", None, lo=0, hi=None if gate == "entropy" else 1)
 
 
 def _bool(body: dict, key: str, default: bool) -> bool:
@@ -115,7 +135,8 @@ def _common(body: dict, s: Settings) -> dict:
         raise _bad("'stream_options' must be an object.", "stream_options")
     return dict(
         mode=mode,
-        gamma=_number(body, "gamma", s.gamma, lo=0, hi=1),
+        gate=(gate := _gate(body, s.gate)),
+        gamma=_gamma(body, s, gate),
         max_tokens=_number({"max_tokens": max_tokens}, "max_tokens", s.max_tokens, kind=int, lo=1),
         temperature=_number(body, "temperature", s.temperature, lo=0, hi=2),
         top_p=_number(body, "top_p", s.top_p, lo=0, hi=1, lo_open=True),

@@ -77,7 +77,8 @@ class Answer:
             "stats": done.stats.as_dict(),
             "stop_reason": done.stop_reason,
             "mode": self.request.mode,
-            "gamma": self.request.gamma,
+            "gamma": self.pair.auto.get(r.gate) if (r := self.request).gamma is None else r.gamma,
+            "gate": self.request.gate,
             "turns_dropped": done.stats.turns_dropped,
             **done.result.figures(),
         }

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from nudge_local.calibrate import calibrate
 from nudge_local.config import Settings
 from nudge_local.engine.context import Fitted, fit_history
 from nudge_local.engine.errors import ContextFull, NudgeError
@@ -45,6 +46,7 @@ class Pair:
     chunk: int = 16  # paper mode's L and round limit, as `run`'s defaults
     max_rounds: int = 150
     sizer: DraftSizer = field(default_factory=DraftSizer)  # the pair's draft costs, kept across requests
+    auto: dict[str, float] = field(default_factory=dict)  # gamma "auto" by gate, once calibrated
 
     @property
     def files_label(self) -> str:
@@ -74,13 +76,25 @@ class Pair:
                 item.stats.turns_dropped = fitted.dropped
             yield item
 
+    def calibrated(self, gate: str) -> float:
+        """The pair's gamma for `gate` at the server's nudge target (`gamma: "auto"` in a request):
+        calibrated on the first such request (in the worker, one at a time), then from the cache."""
+        if gate not in self.auto:
+            s = self.settings
+            c = calibrate(self.models["base"], self.models["nudger"], gate=gate, target=s.nudge_target,
+                          base_format=s.base_format, system=s.system, chat_template=self.chat_template)  # fmt: skip
+            self.auto[gate] = c.gamma
+        return self.auto[gate]
+
     def _events(self, r: Request, prompts: Prompts) -> Iterator[TokenEvent | Done]:
+        needs_gamma = r.gamma is None and r.mode in ("nudged", "paper")
         return generate(
             prompts,
             mode=r.mode,
             base=self.models.get("base"),
             nudger=self.models.get("nudger"),
-            gamma=r.gamma,
+            gamma=self.calibrated(r.gate) if needs_gamma else (r.gamma if r.gamma is not None else 0.0),
+            gate=r.gate,
             max_tokens=r.max_tokens,
             word_cap=r.word_cap,
             sampling=Sampling(r.temperature, r.top_p, r.seed),
