@@ -1,5 +1,5 @@
-"""Snapshots of the chat with provenance, the inspector, compare and the history's filter (Textual pinned
-in pyproject)."""
+"""Snapshots of the chat with provenance, the inspector, compare, the history's filter and the loom (the
+inspector choosing a token, an answer with its branch) (Textual pinned in pyproject)."""
 
 from __future__ import annotations
 
@@ -110,5 +110,43 @@ def test_history_filtered(snap_compare, tmp_path, pair, monkeypatch):  # noqa: F
         app.screen.query_one("#filter", Input).cursor_blink = False
         await pilot.press("/", *"boil eg")  # both egg conversations (the last word as a prefix), not the tea
         await pilot.pause(0.1)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=SIZE)
+
+
+async def _branched(app, pilot):
+    """The answer taken another way at " Sure" with the base's " ok" there (the keys: Down gives the
+    base's table its cursor on its first row, two more go to " ok", Enter takes it), written and on screen."""
+    await pilot.click(app.query_one(TokenView), offset=(6, 0))
+    await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+    await pilot.press("down", "down", "down", "enter")
+    await until(pilot, lambda: app.current is None and not isinstance(app.screen, InspectorScreen))
+    await until(pilot, lambda: all(v.done and v.branch == (2, 2) for v in app.query(AnswerView).results(AnswerView)))
+
+
+def test_inspector_choosing(snap_compare, tmp_path, pair):  # noqa: F811
+    """The inspector once its base table has a row cursor: the row to take, and what Enter and h do."""
+    app = make_app(tmp_path, pair)
+
+    async def run_before(pilot):
+        await _answered(app, pilot)
+        await pilot.click(app.query_one(TokenView), offset=(6, 0))
+        await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+        await pilot.press("down", "down")
+        await pilot.pause(0.1)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=SIZE)
+
+
+def test_chat_with_a_branch(snap_compare, tmp_path, pair):  # noqa: F811
+    """An answer taken another way at " Sure": "branch 2/2", and the token chosen in braces and reverse."""
+    app = make_app(tmp_path, pair)
+
+    async def run_before(pilot):
+        await _answered(app, pilot)
+        await _branched(app, pilot)
+        await pilot.press("ctrl+b")
+        await pilot.hover("#status")  # no tooltip in the picture
+        await pilot.pause(0.6)
 
     assert snap_compare(app, run_before=run_before, terminal_size=SIZE)

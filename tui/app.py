@@ -1,13 +1,17 @@
 """The chat app: who wrote every token, live. A consumer of the engine's event stream: fitting the
 history, rendering prompts and generation run in thread workers that post typed messages (tokens in
-batches); the UI thread never waits on llama.cpp or a server."""
+batches); the UI thread never waits on llama.cpp or a server. Every answer can be taken another way
+at any of its tokens from the inspector (the loom); every branch is kept, and the conversation on
+screen is the history's shown path."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from textual import work
@@ -25,11 +29,12 @@ from nudge_local.engine.errors import NudgeError
 from nudge_local.engine.events import CHAT_MODES, Done, TokenEvent
 from nudge_local.engine.prompts import Prompts, Turn
 from nudge_local.tui.history import History
+from nudge_local.tui.history import Message as Stored
 from nudge_local.tui.screens.compare import COLUMNS, CompareScreen
 from nudge_local.tui.screens.history import HistoryScreen
 from nudge_local.tui.screens.inspector import InspectorScreen, branching_line
 from nudge_local.tui.screens.settings import SettingsScreen
-from nudge_local.tui.session import ChatSession, Options
+from nudge_local.tui.session import ChatSession, Fork, Options
 from nudge_local.tui.widgets.answer import AnswerView, code_block_at
 from nudge_local.tui.widgets.prompt import PromptArea
 from nudge_local.tui.widgets.token_view import TokenView
@@ -52,6 +57,8 @@ ACTIONS = [
     ("markdown", "ctrl+t", "toggle_markdown", "Markdown", "Show the last finished answer as rendered Markdown"),
     ("export", "ctrl+s", "export", "Export", "Write the conversation to Markdown and JSON files"),
     ("new", "ctrl+n", "new_conversation", "New", "Start a new conversation"),
+    ("branch_previous", "alt+left", "branch(-1)", "Branch ‹", "Show the answer's previous branch (loom)"),
+    ("branch_next", "alt+right", "branch(1)", "Branch ›", "Show the answer's next branch (loom)"),
 ]
 
 
@@ -64,6 +71,7 @@ class Request:
     history: list[Turn]
     options: Options
     dropped: int = 0  # the conversation's oldest turns already left out
+    sibling_of: int | None = None  # regenerating: the stored answer the new one is written beside
 
 
 # What the workers post back. Textual's Message.__post_init__ does Message's own setup, so a
@@ -89,6 +97,19 @@ class Prompted(Message):
     held: int  # the conversation's earlier turns the prompts hold ...
     dropped: int  # ... and its oldest turns they leave out
     written: bool  # an answer's question, as its answer was written (else a new question, as it would be asked)
+
+
+@dataclass
+class Branched(Message):
+    """The engine took a branch (it gave an event after the kept tokens), or the sentence why not. The
+    branch is stored and shown only then: a refused one leaves nothing behind."""
+
+    view: AnswerView
+    parent_id: int
+    at: int
+    kept: list[TokenEvent]  # the parent's first `at` tokens
+    prompts: Prompts | None  # a reopened answer's, made in the worker
+    error: str | None
 
 
 @dataclass
@@ -300,14 +321,16 @@ class NudgeApp(App):
         given = {**self.options.as_dict(), **view.settings}
         return Options(**{k: v for k, v in given.items() if k in Options.__dataclass_fields__})
 
-    def ask(self, question: str) -> None:
-        """Start an answer. Its prompts are fitted in the worker; `on_asked` stores and shows it."""
+    def ask(self, question: str, *, instead_of: AnswerView | None = None) -> None:
+        """Start an answer (`instead_of` an answer: a new branch beside it, asked after the turns before
+        it). Its prompts are fitted in the worker; `on_asked` stores and shows it."""
         options = replace(self.options)  # as it is now: a key pressed meanwhile changes the next answer
         view = AnswerView(question, mode=options.mode, gamma=options.gamma, brackets=self.brackets)
         self.current = view
         self._cancel = threading.Event()
         self.update_status()
-        request = Request(question, self.turns(), options, self.dropped)
+        sibling = instead_of.msg_id if instead_of is not None else None
+        request = Request(question, self.turns(instead_of), options, self.dropped, sibling)
         self._writing[self._ask(view, request, self._cancel)] = [view]
 
     def on_asked(self, m: Asked) -> None:
@@ -326,13 +349,17 @@ class NudgeApp(App):
         if self.conversation is None:
             self.conversation = self.history.new_conversation(view.question[:60], {"pair": self.session.pair_name})
         view.settings = {**m.request.options.as_dict(), "turns_held": fitted.held, "turns_dropped": fitted.dropped}
-        view.msg_id = self.history.start_answer(self.conversation, view.question, mode=view.mode,
-                                                settings=view.settings)  # fmt: skip
         view.dropped = fitted.dropped
         view.prompts = fitted.prompts
         view.prompt_tokens = max(fitted.tokens.values(), default=0)
         chat = self.query_one("#chat", VerticalScroll)
-        chat.mount(view)
+        if m.request.sibling_of is not None:  # regenerated: a branch that keeps none of the old answer's tokens
+            view.msg_id = self.history.start_branch(m.request.sibling_of, 0, mode=view.mode, settings=view.settings)
+            self.show_path(live=view)
+        else:
+            view.msg_id = self.history.start_answer(self.conversation, view.question, mode=view.mode,
+                                                    settings=view.settings)  # fmt: skip
+            chat.mount(view)
         chat.scroll_end(animate=False)
 
     @work(thread=True, group="engine", exit_on_error=False)
@@ -344,7 +371,8 @@ class NudgeApp(App):
                 self.post_message(Asked(view, request, None, str(e)))
                 return
         self.post_message(Asked(view, request, fitted, None))
-        self._write([(view, request.options.mode)], fitted.prompts, request.options, cancel)
+        self._write([(view, partial(self.session.answer, fitted.prompts, request.options, request.options.mode))],
+                    cancel)  # fmt: skip
 
     @work(thread=True, group="engine", exit_on_error=False)
     def _compare(self, jobs: list[tuple[AnswerView, str]], request: Request, written: bool,
@@ -366,7 +394,8 @@ class NudgeApp(App):
                 return
         held = max(0, len(request.history) - dropped)
         self.post_message(Prompted([view for view, _ in jobs], prompts, held, dropped, written))
-        self._write(jobs, prompts, request.options, cancel)
+        self._write([(view, partial(self.session.answer, prompts, request.options, mode)) for view, mode in jobs],
+                    cancel)  # fmt: skip
 
     def on_prompted(self, m: Prompted) -> None:
         for view in m.views:
@@ -376,21 +405,31 @@ class NudgeApp(App):
         if line and isinstance(screen, CompareScreen):  # not closed meanwhile
             screen.mount(Static(line, classes="context", markup=False), after=screen.query(".heading").first())
 
-    def _write(self, jobs: list[tuple[AnswerView, str]], prompts: Prompts, options: Options,
-               cancel: threading.Event) -> None:  # fmt: skip
-        """The workers' common end: each job's answer, its tokens posted in batches about 30 times a second."""
-        for view, mode in jobs:
+    def _write(self, jobs: list[tuple[AnswerView, Callable[[], Iterator[TokenEvent | Done]]]], cancel: threading.Event,
+               *, kept: int = 0, taken: Callable[[str | None], None] | None = None) -> None:  # fmt: skip
+        """The workers' common end: each job's answer (its events, from a session call), its tokens posted in
+        batches about 30 times a second. A branch (`taken`) gives its `kept` tokens again first: they are not
+        posted (its view and the history copy them); `taken(None)` says the engine took the branch, before
+        anything else is posted, or `taken(sentence)` that it did not (nor was anything else posted)."""
+        for view, answer in jobs:
             if cancel.is_set():
                 return
             batch: list[TokenEvent] = []
             done, error, last = None, None, time.monotonic()
+            skip, waiting = kept, taken is not None
             with self.session.lock:
                 try:
-                    events = self.session.answer(prompts, options, mode)
+                    events = answer()
                     try:
                         for ev in events:
                             if cancel.is_set():
                                 break
+                            if skip and isinstance(ev, TokenEvent):
+                                skip -= 1
+                                continue
+                            if waiting:
+                                taken(None)
+                                waiting = False
                             if isinstance(ev, Done):
                                 done = ev
                                 break
@@ -403,6 +442,9 @@ class NudgeApp(App):
                         events.close()
                 except NudgeError as e:
                     error = str(e)
+            if waiting:  # refused, or stopped before the engine took it: nothing to show or store
+                taken(error)
+                return
             if batch:
                 self.post_message(Tokens(view, batch))  # flush on stop: nothing shown is lost
             self.post_message(Finished(view, done, error))
@@ -481,7 +523,8 @@ class NudgeApp(App):
                 self.show_queue()
             return
         self._stop_current()
-        self._put_back(view.question)
+        if view.branch_of is None:  # a branch's question is answered already: nothing goes back
+            self._put_back(view.question)
 
     def _stop_current(self) -> None:
         """Cancel the answer being written; its partial answer is kept, and stored as cancelled. The
@@ -499,14 +542,12 @@ class NudgeApp(App):
         self.update_status()
 
     def action_regenerate(self) -> None:
+        """Write the last answer again with the current settings, as a new branch in its place: the old
+        answer stays, one branch away."""
         views = list(self.query("#chat AnswerView").results(AnswerView))
         if self.current is not None or not views or not self.ready:
             return
-        last = views[-1]
-        last.remove()
-        if self.conversation is not None:
-            self.history.delete_last_answer(self.conversation)
-        self.call_after_refresh(self.ask, last.question)
+        self.ask(views[-1].question, instead_of=views[-1])
 
     def action_gamma(self, direction: int) -> None:
         g = round(min(1.0, max(0.0, self.options.gamma + direction * GAMMA_STEP)), 2)
@@ -573,25 +614,73 @@ class NudgeApp(App):
         self._stop_current()
         self.query("#chat AnswerView").remove()
         self.conversation = conv_id
-        self.dropped = 0
+        self._mount(self.history.messages(conv_id))
+        self.query_one("#chat", VerticalScroll).scroll_end(animate=False)
+
+    def show_path(self, live: AnswerView | None = None) -> None:
+        """The conversation on screen as the history's shown path (the branch shown at each point): the
+        answers on screen up to the first that differs from it stay, the rest are made again from the
+        history; `live`, an answer being written and already stored, takes its own place."""
+        views = list(self.query("#chat AnswerView").results(AnswerView))
+        messages = self.history.messages(self.conversation)
+        same = 0
+        while same < min(len(views), len(messages)) and views[same].msg_id == messages[same].id:
+            views[same].show_branch(messages[same].branch_index, messages[same].branch_count)
+            same += 1
+        for view in views[same:]:
+            view.remove()
+        self._mount(messages, start=same, live=live)
+
+    def _mount(self, messages: list[Stored], *, start: int = 0, live: AnswerView | None = None) -> None:
+        """Show `messages[start:]` after the answers on screen, and follow the conversation they end: its
+        questions for Up, the turns its last answer left out."""
         chat = self.query_one("#chat", VerticalScroll)
-        messages = self.history.messages(conv_id)
-        self.query_one(PromptArea).set_questions([msg.question for msg in messages])
-        for msg in messages:
-            gamma = msg.settings.get("gamma", self.options.gamma)
-            self.dropped = msg.settings.get("turns_dropped", self.dropped)
-            view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, brackets=self.brackets, msg_id=msg.id,
-                              dropped=msg.settings.get("turns_dropped", 0))  # fmt: skip
-            view.settings = msg.settings
-            view.saved_stats = msg.stats  # its branching factors, for the inspector
+        for msg in messages[start:]:
+            view = live if live is not None and live.msg_id == msg.id else self._stored(msg)
+            view.show_branch(msg.branch_index, msg.branch_count)
             chat.mount(view)
-            view.add(list(msg.tokens))
-            stats = msg.stats or {}
-            view.done, view.cancelled, view.stop_reason = True, msg.cancelled, msg.stop_reason
-            view.set_summary(
-                len(msg.tokens), sum(t.source == "nudge" for t in msg.tokens), stats.get("tokens_per_second", 0.0)
-            )
-        chat.scroll_end(animate=False)
+        self.query_one(PromptArea).set_questions([msg.question for msg in messages])
+        self.dropped = 0
+        for msg in messages:
+            self.dropped = msg.settings.get("turns_dropped", self.dropped)
+
+    def _stored(self, msg: Stored) -> AnswerView:
+        """A stored answer as the chat shows it; its prompts are made again when it is inspected."""
+        gamma = msg.settings.get("gamma", self.options.gamma)
+        view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, brackets=self.brackets, msg_id=msg.id,
+                          dropped=msg.settings.get("turns_dropped", 0))  # fmt: skip
+        view.settings = msg.settings
+        view.saved_stats = msg.stats  # its branching factors, for the inspector
+        view.add(list(msg.tokens))
+        view.done, view.cancelled, view.stop_reason = True, msg.cancelled, msg.stop_reason
+        stats = msg.stats or {}
+        view.set_summary(len(msg.tokens), view.nudged, stats.get("tokens_per_second", 0.0))
+        return view
+
+    def action_branch(self, step: int) -> None:
+        """Show the previous (-1) or next (1) branch of an answer, round its siblings; the turns after it
+        are those that followed that branch."""
+        if len(self.screen_stack) > 1:
+            return  # the chat is under another screen
+        if self.current is not None:
+            self.notify("Wait for the answer being written (or stop it with Esc), then switch.", severity="warning")
+            return
+        view = self._branched()
+        if view is None:
+            self.notify("No answer here has other branches: take one from a token (click it), or regenerate.",
+                        severity="warning")  # fmt: skip
+            return
+        siblings = self.history.branches(view.msg_id)
+        self.history.show(siblings[(siblings.index(view.msg_id) + step) % len(siblings)])
+        self.show_path()
+
+    def _branched(self) -> AnswerView | None:
+        """The answer under the mouse pointer where it has branches, else the last on screen that has."""
+        views = [v for v in self.query("#chat AnswerView").results(AnswerView) if v.branch[1] > 1]
+        under = self._under_pointer()
+        if under is not None and under[0] in views:
+            return under[0]
+        return views[-1] if views else None
 
     def action_compare(self) -> None:
         """The prompt in the input, asked after the conversation as the chat would ask it now; else the
@@ -686,12 +775,82 @@ class NudgeApp(App):
             self.post_message(Inspected(view, index, prompts, None, str(e)))
 
     def on_inspected(self, m: Inspected) -> None:
+        view = m.view
         if m.prompts is not None:
-            m.view.prompts = m.prompts
-        branching = branching_line(m.view.stats or m.view.saved_stats)
-        self.push_screen(
-            InspectorScreen(m.view.tokens[m.index], m.index, m.view.gamma, m.alternatives, m.error or "", branching)
-        )
+            view.prompts = m.prompts
+        branching = branching_line(view.stats or view.saved_stats)
+        can_branch = view.msg_id is not None and view.mode in CHAT_MODES  # a stored answer of the chat
+
+        def chosen(fork: Fork | None) -> None:
+            if fork is not None:
+                self.branch(view, fork)
+
+        screen = InspectorScreen(view.tokens[m.index], m.index, view.gamma, m.alternatives, m.error or "", branching,
+                                 can_branch=can_branch)  # fmt: skip
+        self.push_screen(screen, chosen)
+
+    # -- the loom -----------------------------------------------------------------------------
+
+    def branch(self, parent: AnswerView, fork: Fork) -> None:
+        """Take a stored answer another way at its token `fork.at` (docs/method.md#the-loom): a new answer
+        in its place that keeps the tokens before that one, then goes on as the fork says, with the
+        answer's own mode and settings. The old answer stays, one branch away."""
+        if self.current is not None or not self.ready:
+            self.notify("Wait for the answer being written (or stop it with Esc), then branch.", severity="warning")
+            return
+        if not parent.is_attached or parent.msg_id is None:
+            return  # the conversation on screen changed meanwhile
+        options = replace(self.options_of(parent), mode=parent.mode)
+        view = AnswerView(parent.question, mode=parent.mode, gamma=options.gamma, brackets=self.brackets,
+                          dropped=parent.dropped)  # fmt: skip
+        view.settings, view.branch_of = dict(parent.settings), parent.msg_id
+        view.prompts, view.prompt_tokens = parent.prompts, parent.prompt_tokens
+        self.current = view
+        self._cancel = threading.Event()
+        self.update_status()
+        reopened = None
+        if parent.prompts is None:  # a reopened answer: its prompts from the turns before it
+            reopened = Request(parent.question, self.turns(parent), options, parent.dropped)
+        worker = self._branch(view, parent.msg_id, parent.prompts, reopened, list(parent.tokens), fork, options,
+                              self._cancel)  # fmt: skip
+        self._writing[worker] = [view]
+
+    @work(thread=True, group="engine", exit_on_error=False)
+    def _branch(self, view: AnswerView, parent_id: int, prompts: Prompts | None, reopened: Request | None,
+                tokens: list[TokenEvent], fork: Fork, options: Options, cancel: threading.Event) -> None:  # fmt: skip
+        """The branch's events from the engine (ChatSession.branch), under the lock; `Branched` says
+        whether the engine took it before any of its tokens are posted."""
+
+        def taken(error: str | None) -> None:
+            self.post_message(Branched(view, parent_id, fork.at, tokens[: fork.at], prompts, error))
+
+        if prompts is None:
+            try:
+                with self.session.lock:
+                    prompts = self.session.prompts(reopened.question, reopened.history, reopened.options,
+                                                   reopened.dropped)  # fmt: skip
+            except NudgeError as e:
+                taken(str(e))
+                return
+        self._write([(view, partial(self.session.branch, prompts, options, options.mode, tokens, fork))], cancel,
+                    kept=fork.at, taken=taken)  # fmt: skip
+
+    def on_branched(self, m: Branched) -> None:
+        view = m.view
+        if view.done:  # stopped before the engine took it: nothing is shown or stored
+            return
+        if m.error is not None:  # e.g. a position a base-only answer cannot hand to the nudger
+            self.show_error(m.error)
+            self.current = None
+            self._next()
+            self.update_status()
+            return
+        self.show_error(None)
+        if view.prompts is None:
+            view.prompts = m.prompts
+        view.msg_id = self.history.start_branch(m.parent_id, m.at, mode=view.mode, settings=view.settings)
+        view.add(m.kept)  # the history copied them too; the stream's copies were not posted
+        self.show_path(live=view)
 
     # -- command palette ----------------------------------------------------------------------
 

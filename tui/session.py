@@ -1,4 +1,5 @@
-"""The chat's bridge to the engine: which models, loading them, and running one answer.
+"""The chat's bridge to the engine: which models, loading them, running one answer, and taking an
+answer another way at one of its tokens (a branch, the loom).
 
 No Textual here: the app calls these from a thread worker, one at a time (a lock guards the models,
 which llama.cpp does not allow two threads to use at once).
@@ -12,12 +13,13 @@ from dataclasses import dataclass, field, replace
 
 from nudge_local.choose import Choice, choose_models, load_models, local_path, read_chat_template
 from nudge_local.config import Settings
-from nudge_local.engine.alternatives import alternatives
+from nudge_local.engine.alternatives import Alternative, alternatives
 from nudge_local.engine.context import Fitted, fit_history
 from nudge_local.engine.devices import backend
-from nudge_local.engine.events import Done, TokenEvent
+from nudge_local.engine.events import Done, Role, TokenEvent
 from nudge_local.engine.generate import generate
 from nudge_local.engine.local import Model
+from nudge_local.engine.loom import Branch, branch_point
 from nudge_local.engine.prompts import Prompts, Turn, render_prompts
 from nudge_local.engine.sampling import Sampling
 from nudge_local.engine.speculative import DraftSizer
@@ -50,6 +52,16 @@ class Options:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Fork:
+    """Where the user takes an answer another way (docs/method.md#the-loom): at its token `at`, one of
+    a model's alternatives there (`choice`), or the position handed to a model (`writer`)."""
+
+    at: int
+    choice: Alternative | None = None
+    writer: Role | None = None
 
 
 def _as_stored(events: Iterator[TokenEvent | Done]) -> Iterator[TokenEvent | Done]:
@@ -122,7 +134,8 @@ class ChatSession:
             chat_template=self.chat_template,
         )
 
-    def answer(self, prompts: Prompts, options: Options, mode: str | None = None) -> Iterator[TokenEvent | Done]:
+    def answer(self, prompts: Prompts, options: Options, mode: str | None = None, *,
+               branch: Branch | None = None) -> Iterator[TokenEvent | Done]:  # fmt: skip
         """One answer's events; hold `lock` while iterating. Closing the iterator stops generation."""
         mode = mode or options.mode
         events = generate(
@@ -137,8 +150,20 @@ class ChatSession:
             stop_strings=self.settings.stop_strings,
             entropy=True,  # Done's Stats carry the answer's branching factors, for the inspector
             sizer=self.sizer,
+            branch=branch,
         )
         return _as_stored(events)
+
+    def branch(self, prompts: Prompts, options: Options, mode: str, tokens: list[TokenEvent],
+               fork: Fork) -> Iterator[TokenEvent | Done]:  # fmt: skip
+        """A branch of the answer `tokens` (written from `prompts` in `mode`): its events, the kept
+        tokens again first, then the fork's position, then `mode` with `options`; hold `lock` while
+        iterating. A position the mode cannot hand over is the engine's NudgeError sentence."""
+        kept, pieces = branch_point(tokens, fork.at, self.models["base"], self.models["nudger"])
+        choice = fork.choice
+        branch = Branch(kept, pieces, token=choice.token if choice else None, piece=choice.piece if choice else b"",
+                        writer=fork.writer)  # fmt: skip
+        return self.answer(prompts, options, mode, branch=branch)
 
     def forget_measurements(self) -> None:
         """The pair's next answer measures its draft costs afresh, as on a freshly loaded pair."""

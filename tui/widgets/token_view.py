@@ -1,5 +1,6 @@
 """Tokens with provenance: nudged tokens coloured and, independent of colour, underlined or in
-[brackets]. Hover shows why a token was written; click opens the inspector.
+[brackets]; tokens the user chose at a branch (the loom) in reverse video and, with brackets on, in
+{braces}. Hover shows why a token was written; click opens the inspector.
 
 One widget renders one block of an answer; the answer starts a new block after a newline once a
 block holds BLOCK tokens, so a long answer re-renders only its live tail.
@@ -19,6 +20,7 @@ from textual.style import Style
 from textual.widget import Widget
 
 from nudge_local.engine.events import TokenEvent
+from nudge_local.render import MARKS
 
 BLOCK = 64  # small live blocks: each frame re-renders only the last one
 LIVE_STEP = 4  # the live block's height grows 4 lines at a time: a quarter of the screen reflows
@@ -81,7 +83,8 @@ class TokenView(Widget):
         self._spans: list[Span] = []
         self._starts: list[int] = []  # offset in the text where each drawn token begins ...
         self._owners: list[int] = []  # ... and that token's index in this block
-        self._pos, self._open, self._built = 0, False, 0
+        self._pos, self._built = 0, 0
+        self._open: str | None = None  # the source whose mark is open, with brackets on
         self._laid: tuple[int, int] | None = None  # (width, height in lines) at the last layout
 
     @property
@@ -92,35 +95,45 @@ class TokenView(Widget):
         last = self.tokens[-1].text if n else ""
         return (n >= BLOCK and last.endswith("\n")) or (n >= 4 * BLOCK and last[-1:].isspace()) or n >= 8 * BLOCK
 
+    def _marked(self, t: TokenEvent) -> str:
+        """The token's text with the marks it opens or closes: brackets around nudged words, braces around
+        the user's tokens, whitespace outside them, as the paper prints nudged words."""
+        text = t.text
+        if not self.brackets or not text:
+            return text
+        closing = ""
+        if self._open is not None and t.source != self._open:
+            closing, self._open = MARKS[self._open][1], None
+        if t.source in MARKS and self._open is None and text.strip():
+            lead = len(text) - len(text.lstrip())
+            text = text[:lead] + MARKS[t.source][0] + text[lead:]
+            self._open = t.source
+        return closing + text
+
     def build(self) -> Content:
         """The block's text and spans, extended by the tokens added since the last build."""
-        nudge = Style(foreground=NUDGE_COLOR, bold=True, underline=not self.brackets)
+        styles = {
+            "nudge": Style(foreground=NUDGE_COLOR, bold=True, underline=not self.brackets),
+            "user": Style(bold=True, reverse=True),  # neither model's: no colour of its own, reverse video
+        }
         for i in range(self._built, len(self.tokens)):
             t = self.tokens[i]
-            text = t.text
-            if self.brackets:
-                # Brackets around the words, whitespace outside, as the paper prints them.
-                if t.source == "nudge" and not self._open and text.strip():
-                    lead = len(text) - len(text.lstrip())
-                    text = text[:lead] + "[" + text[lead:]
-                    self._open = True
-                elif t.source != "nudge" and self._open and text:
-                    text = "]" + text
-                    self._open = False
+            text = self._marked(t)
             if text:
                 self._starts.append(self._pos)  # where each token's text begins, for the mouse
                 self._owners.append(i)
                 end = self._pos + len(text)
-                if t.source == "nudge":  # one span per run of nudged text: rendering cost grows with spans
+                style = styles.get(t.source)
+                if style is not None:  # one span per run of one source: rendering cost grows with spans
                     last = self._spans[-1] if self._spans else None
-                    if last is not None and last.end == self._pos:
-                        self._spans[-1] = Span(last.start, end, nudge)
+                    if last is not None and last.end == self._pos and last.style == style:
+                        self._spans[-1] = Span(last.start, end, style)
                     else:
-                        self._spans.append(Span(self._pos, end, nudge))
+                        self._spans.append(Span(self._pos, end, style))
                 self._parts.append(text)
                 self._pos = end
         self._built = len(self.tokens)
-        text = "".join(self._parts) + ("]" if self._open else "")
+        text = "".join(self._parts) + (MARKS[self._open][1] if self._open else "")
         if text.endswith("\n"):  # the next block starts the next line: no empty line between blocks
             text = text[:-1]
         return Content(text, [span for span in self._spans if span.start < len(text)])
@@ -179,10 +192,12 @@ class TokenView(Widget):
 
 def describe(t: TokenEvent, gamma: float) -> str:
     """The hover text: who wrote the token and why."""
-    who = "nudger" if t.source == "nudge" else "base"
-    lines = [f"{t.text!r} written by the {who} (p={t.p:.3f})"]
+    if t.source == "user":
+        lines = [f"{t.text!r} chosen by you at a branch"]
+    else:
+        lines = [f"{t.text!r} written by the {'nudger' if t.source == 'nudge' else 'base'} (p={t.p:.3f})"]
     if t.base_p is not None:
         rule = "below" if t.base_p < gamma else "at or above"
         lines.append(f"base top-1 p={t.base_p:.3f}, {rule} gamma {gamma:.2f}")
-    lines.append("click for both models' top 5")
+    lines.append("click for both models' top 5, and to take the answer another way here")
     return "\n".join(lines)
