@@ -84,6 +84,7 @@ def test_a_branch_takes_another_token_and_reads_only_what_is_new(pair):
     )
     assert [(e.source, e.token) for e in branched[:i]] == [(e.source, e.token) for e in events[:i]]
     assert branched[i].source == "user" and branched[i].token == other and branched[i].base_p is None
+    assert done.stats.kept == i and done.stats.tokens == len(branched)  # tok/s counts only what was written
     assert done.text.startswith("".join(e.text for e in events[:i]).strip())
     assert "{" + base.piece(other).decode().strip() + "}" in bracketed(branched)
     written = len(branched) - i
@@ -133,5 +134,5 @@ def test_a_branch_is_refused_where_it_cannot_be_taken(pair):
         branch_point(events, 99, base, nudger)
     with pytest.raises(NudgeError, match="Paper mode"):
         answer(prompts, base, nudger, mode="paper", branch=Branch(kept, kept_pieces, writer="base"))
-    with pytest.raises(NudgeError, match="not part of a base answer"):
+    with pytest.raises(NudgeError, match="A base-only answer takes only a token you choose"):
         list(generate(prompts, mode="base", base=base, branch=Branch(kept, kept_pieces, writer="nudger")))

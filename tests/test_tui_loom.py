@@ -171,7 +171,7 @@ def test_a_base_only_answer_takes_a_token_but_not_a_handed_position(tmp_path, pa
             await pilot.press("h")
             await until(pilot, lambda: app.current is None and app.query_one("#error").has_class("shown"))
             error = str(app.query_one("#error").render())
-            assert "nudger is not part of a base answer" in error
+            assert "A base-only answer takes only a token you choose" in error
             assert answers(app) == [original] and app.history.branches(original.msg_id) == [original.msg_id]
             branch = await take(app, pilot, original, 1, "base", " ok")
             assert branch.mode == "base" and branch.tokens[1].source == "user"

@@ -18,7 +18,7 @@ from nudge_local.engine.context import Fitted, fit_history
 from nudge_local.engine.devices import backend
 from nudge_local.engine.events import Done, Role, TokenEvent
 from nudge_local.engine.generate import generate
-from nudge_local.engine.local import Model
+from nudge_local.engine.interface import ScoringModel
 from nudge_local.engine.loom import Branch, branch_point
 from nudge_local.engine.prompts import Prompts, Turn, render_prompts
 from nudge_local.engine.sampling import Sampling
@@ -78,7 +78,7 @@ def _as_stored(events: Iterator[TokenEvent | Done]) -> Iterator[TokenEvent | Don
 class ChatSession:
     settings: Settings
     choice: Choice | None = None
-    models: dict[str, Model] = field(default_factory=dict)
+    models: dict[str, ScoringModel] = field(default_factory=dict)
     chat_template: str | None = None
     n_ctx: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -98,6 +98,7 @@ class PaperResult(Result):
 class Stats:
     tokens: int = 0
     nudge_tokens: int = 0
+    kept: int = 0  # a branch's first tokens, kept as written (in `tokens`, but not written now)
     prompt_tokens: dict[Role, int] = field(default_factory=dict)  # by model role
     evaluated_tokens: dict[Role, int] = field(default_factory=dict)
     forward_calls: dict[Role, int] = field(default_factory=dict)  # a served model: its requests
@@ -118,7 +119,8 @@ class Stats:
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        """Tokens written per second (a branch's kept tokens were not written now)."""
+        return (self.tokens - self.kept) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def branching_factor(self) -> float | None:

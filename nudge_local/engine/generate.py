@@ -134,4 +134,4 @@ def generate(
                        word_cap=word_cap)
     else:
         raise NudgeError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
-    return stream(*plan, stop_strings=stop_strings, trim=trim)
+    return stream(*plan, stop_strings=stop_strings, trim=trim, kept=len(branch.kept) if branch else 0)

@@ -114,7 +114,8 @@ def branch_steps(
         yield TokenEvent("", "user", branch.token, None, 1.0), branch.piece
         used += 1
     elif branch.writer not in models:
-        raise NudgeError(f"The {branch.writer} is not part of a {mode} answer; hand the position to the other model.")
+        raise NudgeError(f"A {mode}-only answer takes only a token you choose at a branch: the {branch.writer} "
+                         f"has no view of it.")  # fmt: skip
     elif branch.writer == "nudger":
         cap = min(word_cap, max_tokens - used)
         n = yield from nudged_word(models["nudger"], views["nudger"], answer, gate_p=None, cap=cap, choose=choose)

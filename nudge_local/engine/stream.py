@@ -178,13 +178,14 @@ def stream(
     *,
     stop_strings: Sequence[str] = (),
     trim: Callable[[str], str] | None = None,
+    kept: int = 0,
 ) -> Iterator[TokenEvent | Done]:
     """Run a mode's `steps` to the end: one TokenEvent with text per token, then Done with the
     joined text, Stats (counts, each model's evaluated tokens and forward calls, time) and the
     mode's Result. Closing this iterator stops the mode."""
     start = {r: (m.evaluated_tokens, m.forward_calls, m.prompt_read) for r, m in models.items()}
     t0 = time.perf_counter()
-    stats = Stats(prompt_tokens=dict(prompt_tokens))
+    stats = Stats(prompt_tokens=dict(prompt_tokens), kept=kept)
     events = with_text(steps)
     stops = [s for s in stop_strings if s]
     if stops:
