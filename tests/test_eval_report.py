@@ -178,7 +178,7 @@ def test_answers_cut_by_the_length_limit_are_counted_and_left_out_of_the_ended_a
     rows = [make_row("base", None, i, F, stop_reason="length") for i in range(3)]
     base = group(summarize(rows, MANIFEST), "base")
     assert base["cut"] == 3 and base["ended"] == {"scored": 0, "correct": 0, "accuracy": None, "ci": None}
-    assert "| base | – | 3 | 3 | 0.0% [0.0%, 56.1%] | 3 (100.0%) | – |" in report.render_markdown(
+    assert "| base | – | – | 3 | 3 | 0.0% [0.0%, 56.1%] | 3 (100.0%) | – |" in report.render_markdown(
         summarize(rows, MANIFEST)
     )
 
@@ -284,16 +284,16 @@ def test_report_markdown(tmp_path):
     assert "`gsm8k_test.jsonl`" in md and "base `base.gguf`, nudger `nudger.gguf`" in md
     assert "max_tokens=512, seed=609" in md and "`judge.gguf`" in md
     lo, hi = scipy_wilson(3, 9)
-    assert f"| base | – | 10 | 9 | 33.3% [{100 * lo:.1f}%, {100 * hi:.1f}%] |" in md
+    assert f"| base | – | – | 10 | 9 | 33.3% [{100 * lo:.1f}%, {100 * hi:.1f}%] |" in md
     lo, hi = scipy_wilson(7, 8)  # nudged 0.4: q7 and q8 cut, 7 of the 8 that ended right
-    assert "| nudged | 0.4 | 10 | 10 | 80.0% [" in md
+    assert "| nudged | top1 | 0.4 | 10 | 10 | 80.0% [" in md
     assert f" | 2 (20.0%) | 87.5% [{100 * lo:.1f}%, {100 * hi:.1f}%] | " in md
     assert "Cut by length" in md and "Accuracy, ended [95% CI]" in md and "by their last number" in md
     assert "33.3% [12.1%, 64.6%]" in md
     assert "88.9% of 9 (κ 0.73)" in md  # nudged 0.4: rule and judge agree on 8 of 9
-    assert "| nudged | 0.2 | base | 9 | 4 | 0 | 5 | 0.125 |" in md
-    assert "| nudged | 0.2 | nudger | 8 | 3 | 2 | 3 | 1.000 |" in md
-    assert "| nudged | 0.4 | base | 9 | 5 | 1 | 3 | 0.219 |" in md
+    assert "| nudged | top1 | 0.2 | base | 9 | 4 | 0 | 5 | 0.125 |" in md
+    assert "| nudged | top1 | 0.2 | nudger | 8 | 3 | 2 | 3 | 1.000 |" in md
+    assert "| nudged | top1 | 0.4 | base | 9 | 5 | 1 | 3 | 0.219 |" in md
     assert "![](gamma.png)" in md
     assert "## How to read this report" in md and "could be" in md and "chance" in md
 
@@ -308,15 +308,15 @@ def test_main_table_order():
     modes = [("paper", 0.5), ("nudged", 0.5), ("nudger", None), ("urial", None), ("nudged", 0.1), ("base", None)]
     rows = [make_row(m, g, 0, T) for m, g in modes]
     md = report.render_markdown(summarize(rows, MANIFEST))
-    lines = [line for line in md.splitlines() if line.startswith("| ") and line.split(" | ")[1] in ("–", "0.1", "0.5")]
-    order = [tuple(line.split(" | ")[:2]) for line in lines if "[" in line]
+    lines = [line for line in md.splitlines() if line.startswith("| ") and line.split(" | ")[2] in ("–", "0.1", "0.5")]
+    order = [tuple(line.split(" | ")[:3]) for line in lines if "[" in line]
     assert order == [
-        ("| base", "–"),
-        ("| urial", "–"),
-        ("| nudger", "–"),
-        ("| nudged", "0.1"),
-        ("| nudged", "0.5"),
-        ("| paper", "0.5"),
+        ("| base", "–", "–"),
+        ("| urial", "–", "–"),
+        ("| nudger", "–", "–"),
+        ("| nudged", "top1", "0.1"),
+        ("| nudged", "top1", "0.5"),
+        ("| paper", "top1", "0.5"),
     ]
 
 
@@ -369,7 +369,7 @@ def test_open_task_plot_has_the_ratio_panel_only(tmp_path):
     with Image.open(tmp_path / "gamma.png") as image:
         assert image.size == (700, 380)
     md = (tmp_path / "report.md").read_text()
-    assert "| nudged | 0.3 | 4 | 0 | – |" in md and "## Paired comparisons" not in md
+    assert "| nudged | top1 | 0.3 | 4 | 0 | – |" in md and "## Paired comparisons" not in md
 
 
 def test_empty_results(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from nudge_local.bench.synthetic import CHATML, Table, bpe_vocab, write_model
 from nudge_local.engine.errors import NudgeError
 from nudge_local.evaluate.data import TASKS, load_items, render_question
-from nudge_local.evaluate.run import EVAL_MODES, Results, check_manifest, parse_gammas, parse_modes, row_key
+from nudge_local.evaluate.run import EVAL_MODES, Results, check_manifest, parse_modes, row_key
 from nudge_local.evaluate.scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_sweep_end_to_end(pair, tmp_path):
     assert {x["cut"] for x in rows} == {False}  # every answer ended by itself (end of turn, or paper's stops)
     # stderr is not a terminal here: a plain progress line as each mode and gamma finishes
     lines = r.stderr.splitlines()
-    assert "base: 4/4, acc 25%" in lines and "nudged γ=0.5: 4/4, acc 50%  nudged 67%" in lines, r.stderr
+    assert "base: 4/4, acc 25%" in lines and "nudged top1 γ=0.5: 4/4, acc 50%  nudged 67%" in lines, r.stderr
     assert "urial: 4/4, acc 25%" in lines and "\x1b[" not in r.stderr
 
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -115,7 +115,9 @@ def test_sweep_end_to_end(pair, tmp_path):
     png = (out / "gamma.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["modes"] == list(EVAL_MODES) and manifest["gammas"] == [0.3, 0.5]
+    assert manifest["modes"] == list(EVAL_MODES) and manifest["gates"] == {"top1": [0.3, 0.5]}
+    assert {x["gate"] for x in rows if x["mode"] in ("nudged", "paper")} == {"top1"}
+    assert {x["gate"] for x in rows if x["mode"] not in ("nudged", "paper")} == {None}
     assert manifest["settings"]["system"] == "Answer the question by walking through the reasoning steps."
     assert manifest["settings"]["max_tokens"] == 16 and manifest["settings"]["seed"] == 609
     assert not list(out.glob(".*.tmp"))
@@ -152,10 +154,12 @@ def test_prompts_are_the_papers(pair, tmp_path):
 
     task = TASKS["gsm8k"]
     items = load_items(task, str(pair["data"]))
-    cfg = EvalConfig(task=task, items=items, modes=["nudged"], gammas=[0.4], system=task.system, prefix=task.prefix)
+    cfg = EvalConfig(
+        task=task, items=items, modes=["nudged"], gates={"top1": [0.4]}, system=task.system, prefix=task.prefix
+    )
     nudger = Model(pair["nudger"], role="nudger", n_ctx=512, n_threads=1)
     try:
-        p = prompts_for(Job(items[0], "nudged", 0.4), cfg, None, nudger)
+        p = prompts_for(Job(items[0], "nudged", "top1", 0.4), cfg, None, nudger)
     finally:
         nudger.close()
     q = items[0].question
@@ -164,7 +168,7 @@ def test_prompts_are_the_papers(pair, tmp_path):
         f"<|im_start|>system\n{task.system}<|im_end|>\n<|im_start|>user\nQuestion: {q}<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-    u = prompts_for(Job(items[0], "urial", None), cfg, None, None)
+    u = prompts_for(Job(items[0], "urial", None, None), cfg, None, None)
     assert u.nudge is None and u.base.endswith(
         f"# Query:\n```\n{task.system}\n\nQuestion: {q}\n```\n\n# Answer:\n```\n"
     )
@@ -242,7 +246,7 @@ def test_results_file_repairs_a_cut_line_and_refuses_a_bad_one(tmp_path):
     r = Results(p)
     assert r.cut and len(r.rows) == 1 and p.read_text() == good
     r.append({"id": "2", "mode": "base", "gamma": None})
-    assert Results(p).keys() == {("1", "base", None), ("2", "base", None)} and not Results(p).cut
+    assert Results(p).keys() == {("1", "base", None, None), ("2", "base", None, None)} and not Results(p).cut
     p.write_text(good + "not json\n" + good)
     with pytest.raises(NudgeError, match=r"results.jsonl:2 is not a result line"):
         Results(p)
@@ -254,8 +258,12 @@ def test_manifest_check(tmp_path):
     assert check_manifest(tmp_path, m, resume=True) == m  # nothing there yet
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     (tmp_path / "results.jsonl").write_text("{}\n")
-    merged = check_manifest(tmp_path, {**m, "modes": ["nudged"], "gammas": [0.2]}, resume=True)
-    assert merged["modes"] == ["base", "nudged"] and merged["gammas"] == [0.2, 0.4]
+    # the old manifest ran top1 at "gammas"; this run adds a top1 gamma and another gate
+    new = {**m, "modes": ["nudged"], "gates": {"top1": [0.2], "entropy": [2.0]}}
+    del new["gammas"]
+    merged = check_manifest(tmp_path, new, resume=True)
+    assert merged["modes"] == ["base", "nudged"] and "gammas" not in merged
+    assert merged["gates"] == {"top1": [0.2, 0.4], "entropy": [2.0]}
     with pytest.raises(NudgeError, match="data_sha256"):
         check_manifest(tmp_path, {**m, "data_sha256": "z"}, resume=True)
     with pytest.raises(NudgeError, match="seed 1, and this one has 2"):
@@ -266,7 +274,16 @@ def test_manifest_check(tmp_path):
     "flags, phrase",
     [
         (["--modes", "base,bogus"], "option --modes takes"),
-        (["--gamma", "0.2,1.5"], "option --gamma takes"),
+        (["--gamma", "0.2,1.5"], "the top1 gate's threshold is a probability from 0 to 1 (got 1.5)"),
+        (["--gamma", "0.2,x"], "option --gamma takes thresholds as a comma-separated list"),
+        (["--gamma", "top1="], "option --gamma takes thresholds as a comma-separated list"),
+        (["--gamma", "entropy=-1"], "a threshold is at least 0 (got -1 for the entropy gate)"),
+        (["--gamma", "margin=1.5;entropy=2"], "the margin gate's threshold is a probability from 0 to 1"),
+        (["--gamma", "topp=0.2"], "option --gamma names the gate 'topp'; the gates are top1, margin, entropy"),
+        (["--gate", "top1,bogus"], "option --gate takes a comma-separated list of top1, margin, entropy"),
+        (["--gate", "top1", "--gamma", "entropy=2"], "thresholds for the entropy gate; add it to --gate"),
+        (["--gate", "margin", "--modes", "paper"], "Paper mode keeps the paper's gate, top1"),
+        (["--gate", "top1,entropy", "--modes", "base,paper"], "The entropy gate runs in nudged mode only"),
         (["--limit", "0"], "option --limit must be"),
         (["--field", "question"], "option --field takes NAME=KEY"),
         (["--judge-model", "gpt-4o-mini"], "option --judge-model describes the judge; give --judge too"),
@@ -283,7 +300,6 @@ def test_bad_options_are_one_sentence(pair, tmp_path, flags, phrase):
 
 def test_parsers():
     assert parse_modes("nudged, base,nudged") == ["nudged", "base"]
-    assert parse_gammas("0.5,0.1,0.5") == [0.1, 0.5]
 
 
 def test_choice_task_with_a_judge(pair, tmp_path):
@@ -403,3 +419,110 @@ def test_ctrl_c_keeps_every_answer_and_writes_the_report(pair, tmp_path):
     assert str(out / "report.md") in stdout
     assert cli(*args, "--resume").returncode == 0
     assert rows_of(out)[: len(rows)] == rows and len(rows_of(out)) == 40
+
+
+# ---- gates (issue 28) ------------------------------------------------------------------------------
+# At the base's unsure position (after " the") its row is " 2" 0.38, " 1" and " 3" 0.31 each: top-1
+# 0.38, margin 0.07, entropy 1.09 nats. Everywhere else it is sure (entropy near 0). So top1 hands that
+# position to the nudger above gamma 0.38, margin above 0.07, entropy below 1.09 nats.
+GATE_SWEEP = ["--gate", "top1,entropy", "--gamma", "top1=0.3,0.5;entropy=0.5,1.5"]
+
+
+def test_gate_sweep_end_to_end_and_resume(pair, tmp_path):
+    out = tmp_path / "run"
+    common = ["gsm8k", "--data", pair["data"], "--base", pair["base"], "--nudge", pair["nudger"], "--max-tokens",
+              "16", "--out", out]  # fmt: skip
+    r = cli(*common, "--modes", "base,nudged,paper", *GATE_SWEEP)
+    assert r.returncode == 0, r.stderr
+    assert "paper mode keeps the paper's gate, top1: it runs at top1's thresholds" in r.stderr
+    rows = rows_of(out)
+    assert len(rows) == len(GOLDS) * (1 + 4 + 2)  # base; nudged at 2 gates x 2 thresholds; paper at top1's 2
+    by = {(x["mode"], x["gate"], x["gamma"], x["id"]): x for x in rows}
+    for i in map(str, range(len(GOLDS))):
+        assert by[("base", None, None, i)]["answer"] == "the 2."
+        assert by[("nudged", "top1", 0.3, i)]["answer"] == "the 2."
+        assert by[("nudged", "top1", 0.5, i)]["answer"] == "the 3."
+        assert by[("nudged", "entropy", 0.5, i)]["answer"] == "the 3."  # 1.09 nats > 0.5: the nudger's word
+        assert by[("nudged", "entropy", 1.5, i)]["answer"] == "the 2."
+    assert {(x["mode"], x["gate"]) for x in rows} == {("base", None), ("nudged", "top1"), ("nudged", "entropy"),
+                                                       ("paper", "top1")}  # fmt: skip
+    lines = r.stderr.splitlines()
+    assert "nudged entropy γ=0.5: 4/4, acc 50%  nudged 67%" in lines
+    assert "nudged top1 γ=0.3: 4/4, acc 25%  nudged 0%" in lines
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["gates"] == {"top1": [0.3, 0.5], "entropy": [0.5, 1.5]} and manifest["auto"] == []
+
+    summary = json.loads((out / "summary.json").read_text())
+    curves = {(c["mode"], c["gate"]): [(p["gamma"], round(p["nudge_ratio"], 4)) for p in c["points"]]
+              for c in summary["gates"]}  # fmt: skip
+    assert curves[("nudged", "top1")] == [(0.3, 0.0), (0.5, round(2 / 3, 4))]
+    assert curves[("nudged", "entropy")] == [(0.5, round(2 / 3, 4)), (1.5, 0.0)]
+    report = (out / "report.md").read_text()
+    assert "## Gates" in report and "### top1 (" in report and "### entropy (" in report
+    assert "| 0.5 | 4 | 66.7% | 50.0% [" in report  # entropy 0.5 (and top1 0.5): threshold, items, ratio, accuracy
+    assert "At similar nudge ratios, top1 at γ 0.3 (0.0% nudged) and entropy at γ 1.5 (0.0% nudged)" in report
+    assert "![](gates.png)" in report and (out / "gates.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "gamma.png").exists()  # gammas of different gates share no axis
+
+    # resume: the same sweep writes nothing; a third gate's threshold adds its rows only
+    assert cli(*common, "--modes", "base,nudged,paper", *GATE_SWEEP, "--resume").returncode == 0
+    assert rows_of(out) == rows
+    r = cli(*common, "--modes", "base,nudged", "--gate", "margin", "--gamma", "0.1", "--resume")
+    assert r.returncode == 0, r.stderr
+    added = rows_of(out)[len(rows) :]
+    assert rows_of(out)[: len(rows)] == rows
+    assert [(x["mode"], x["gate"], x["gamma"], x["answer"]) for x in added] == [("nudged", "margin", 0.1, "the 3.")] * 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["gates"] == {"top1": [0.3, 0.5], "entropy": [0.5, 1.5], "margin": [0.1]}
+
+
+def test_resume_of_a_run_written_before_gates(pair, tmp_path):
+    """A run folder from before gates (rows without "gate", a manifest with "gammas") resumes as top1's:
+    nothing is written again, and a new gate is added beside it."""
+    out = tmp_path / "run"
+    common = ["gsm8k", "--data", pair["data"], "--base", pair["base"], "--nudge", pair["nudger"], "--max-tokens",
+              "16", "--modes", "base,nudged", "--out", out]  # fmt: skip
+    assert cli(*common, "--gamma", "0.5").returncode == 0
+    old = [{k: v for k, v in x.items() if k != "gate"} for x in rows_of(out)]
+    (out / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in old))
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["gates"], manifest["auto"]
+    (out / "manifest.json").write_text(json.dumps({**manifest, "version": 1, "gammas": [0.5]}))
+    r = cli(*common, "--gamma", "0.5", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert rows_of(out) == old
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(g["mode"], g["gate"]) for g in summary["groups"]] == [("base", None), ("nudged", "top1")]
+    assert cli(*common, "--gate", "entropy", "--gamma", "1.5", "--resume").returncode == 0
+    assert rows_of(out)[: len(old)] == old and len(rows_of(out)) == len(old) + len(GOLDS)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["gates"] == {"top1": [0.5], "entropy": [1.5]} and "gammas" not in manifest
+
+
+def test_gamma_auto_calibrates_each_gate_once(pair, tmp_path):
+    """--gamma auto: each gate calibrated (a progress line per measurement), run at its gamma and
+    recorded in the manifest with the ratio measured; a second run reads the cache."""
+    env = dict(os.environ, NUDGE_LOCAL_CACHE_DIR=str(tmp_path / "cache"))
+    args = ["gsm8k", "--data", pair["data"], "--base", pair["base"], "--nudge", pair["nudger"], "--max-tokens", "16",
+            "--modes", "nudged", "--gate", "top1,entropy", "--gamma", "auto", "--limit", "2"]  # fmt: skip
+
+    def run_to(out):
+        cmd = [sys.executable, "-m", "nudge_local.cli", "eval", *map(str, args), "--out", out, "--threads", "1"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+    r = run_to(tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    for gate in ("top1", "entropy"):
+        assert f"gamma auto, {gate} gate: the threshold that nudges 12% of tokens" in r.stderr
+        assert f"({gate} gate) nudges" in r.stderr
+    assert "calibrating gamma, step 1:" in r.stderr
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    auto = {a["gate"]: a for a in manifest["auto"]}
+    assert set(auto) == {"top1", "entropy"} and all(0 <= a["ratio"] <= 1 and a["target"] == 0.12 for a in auto.values())
+    assert manifest["gates"] == {gate: [auto[gate]["gamma"]] for gate in ("top1", "entropy")}
+    rows = rows_of(tmp_path / "a")
+    assert {(x["gate"], x["gamma"]) for x in rows} == {(g, a["gamma"]) for g, a in auto.items()}
+    again = run_to(tmp_path / "b")
+    assert again.returncode == 0, again.stderr
+    assert "calibrating gamma" not in again.stderr and again.stderr.count("; cached)") == 2, again.stderr
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["gates"] == manifest["gates"]

@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nudge_local.calibrate import Calibration, calibrate, say_progress
 from nudge_local.catalog import is_url
 from nudge_local.choose import choose_models, fetch, load_models, local_path, missing, read_chat_template
 from nudge_local.commands import add_pair_options, add_settings_flags, confirmer, fetch_missing, settings_of
@@ -18,17 +20,18 @@ from nudge_local.engine.sampling import Sampling
 from nudge_local.evaluate.data import TASKS, Item, Task, data_digest, load_items, select
 from nudge_local.evaluate.run import (
     EVAL_MODES,
+    GAMMA_MODES,
     MANIFEST_VERSION,
     EvalConfig,
     Results,
     check_manifest,
     file_sha256,
-    parse_gammas,
     parse_modes,
     roles_needed,
     run,
     write_atomic,
 )
+from nudge_local.evaluate.sweep import GRID, Threshold, check_modes, parse_sweep, resolve_auto
 
 if TYPE_CHECKING:
     from nudge_local.evaluate.judge import ChatJudge, Judge
@@ -42,7 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "eval",
         help="evaluate a pair on a task (GSM8K, SVAMP, MultiArith, multiple choice, open): accuracy, nudge "
         "figures, which words were nudged, a report",
-        conflict_handler="resolve",  # its --gamma takes a sweep, its --seed and --max-tokens other defaults
+        conflict_handler="resolve",  # its --gate and --gamma take sweeps, its --seed and --max-tokens other defaults
     )
     p.add_argument("task", choices=list(TASKS), help="how answers are scored: " + ", ".join(TASKS))
     p.add_argument("--data", required=True, metavar="FILE|hub:ORG/NAME[:SPLIT]",
@@ -71,8 +74,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16, help="paper mode: tokens per completion call (default 16)")
     p.add_argument("--max-rounds", type=int, default=150, help="paper mode: most rounds (default 150)")
     add_settings_flags(p)
-    p.add_argument("--gamma", help="the nudger writes where the base's top-1 probability is below this; a "
-                   "comma-separated list sweeps (0.1,0.2,0.3,0.4,0.5)")  # fmt: skip
+    p.add_argument("--gate", metavar="GATE[,GATE...]",
+                   help="the gates nudged mode runs under, comma-separated: top1 (the paper's: the nudger writes "
+                   "where the base's top-1 probability is below gamma), margin (top-1 minus top-2 probability below "
+                   "gamma), entropy (the base's entropy in nats above gamma); default the gate setting. Paper mode "
+                   "runs top1 only")  # fmt: skip
+    p.add_argument("--gamma", action="append", metavar="LIST|GATE=LIST",
+                   help="the thresholds: a comma-separated list sweeps (0.1,0.2,0.4); auto calibrates one per gate "
+                   "to --nudge-target; GATE=LIST gives one gate its own (top1=0.1,0.3;entropy=1,2,3, or --gamma "
+                   "repeated). A bare list is every gate's, but with several gates entropy (nats) keeps its own "
+                   "list. Default: the gamma setting for one gate; for several, "
+                   + "; ".join(f"{g} {','.join(f'{x:g}' for x in v)}" for g, v in GRID.items()))  # fmt: skip
     p.add_argument("--seed", type=int, help=f"the sample's and sampling's seed (default {PAPER_SEED}, the paper's)")
     p.add_argument("--max-tokens", type=int, help=f"answer length limit (default {PAPER_MAX_TOKENS}, the paper's)")
     return p
@@ -91,7 +103,7 @@ def parse_fields(pairs: list[str]) -> dict[str, str]:
 def _settings(args) -> Settings:
     """The file's and the environment's settings under the flags; the paper's set-up (its system
     prompt, 512 tokens, greedy, seed 609) wherever a flag does not say otherwise."""
-    s = settings_of(args, leave=("gamma",))
+    s = settings_of(args, leave=("gamma", "gate"))
     paper = {"max_tokens": PAPER_MAX_TOKENS, "seed": PAPER_SEED, "temperature": 0.0}
     return s.updated({k: v for k, v in paper.items() if not s.source(k).startswith("flag")}, "eval", "eval")
 
@@ -110,15 +122,17 @@ def main(args) -> int:
 
     choice = choose_models(s, _mode_for(roles_needed(modes)))
     s = choice.settle(s)  # a catalog pair may set gamma and the base format: nothing above reads them
-    gammas = parse_gammas(args.gamma) if args.gamma else [s.gamma]
+    sweep = _sweep(args, s, modes)
+    chat_template = read_chat_template(s)
     fetch_missing(choice, args.yes)  # asks on the terminal, as `run` does
-    cfg = _eval_config(args, s, task, items, modes, gammas, system, prefix)
     out.mkdir(parents=True, exist_ok=True)
     models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
     judge = None
     try:
+        gates, calibrations = resolve_auto(sweep, _calibrator(models, s, chat_template))
+        cfg = _eval_config(args, s, task, items, modes, gates, system, prefix, chat_template)
         judge = _open_judge(args, s)
-        manifest = check_manifest(out, _manifest(args, s, cfg, fields, models, judge), args.resume)
+        manifest = check_manifest(out, _manifest(args, s, cfg, fields, models, judge, calibrations), args.resume)
         results = _open_results(out)
         write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         try:
@@ -164,16 +178,53 @@ def _read_task(args, s: Settings) -> tuple[Task, list[str], str, str, dict[str, 
     return task, modes, system, prefix, fields, items
 
 
+def _sweep(args, s: Settings, modes: list[str]) -> dict[str, list[Threshold]]:
+    """Each gate's thresholds from --gate and --gamma (sweep.py), `auto` not yet calibrated; none
+    where no mode that gamma changes runs. Paper mode beside other gates is said in a note."""
+    sweep = parse_sweep(args.gate, args.gamma, s.gate, s.gamma)
+    if not any(m in GAMMA_MODES for m in modes):
+        return {}
+    note = check_modes(sweep, modes)
+    if note:
+        print(f"nudge-local: {note}", file=sys.stderr)
+    return sweep
+
+
+def _calibrator(models, s: Settings, chat_template: str | None):
+    """calibrate_gate(gate) for resolve_auto: the pair's gamma auto for that gate, the one `run` would
+    use (its settings' system prompt and base format, --nudge-target, the same cache), with a
+    progress line per measurement and the result said on stderr."""
+
+    def calibrate_gate(gate: str) -> Calibration:
+        print(f"nudge-local: gamma auto, {gate} gate: the threshold that nudges {s.nudge_target:.0%} of tokens",
+              file=sys.stderr)  # fmt: skip
+        c = calibrate(models["base"], models["nudger"], gate=gate, target=s.nudge_target, base_format=s.base_format,
+                      system=s.system, chat_template=chat_template, progress=say_progress())  # fmt: skip
+        if not c.cached and sys.stderr.isatty():
+            sys.stderr.write("\n")  # the progress line was rewritten in place
+        print(f"nudge-local: {c.line()}", file=sys.stderr)
+        return c
+
+    return calibrate_gate
+
+
 def _eval_config(
-    args, s: Settings, task: Task, items: list[Item], modes: list[str], gammas: list[float], system: str, prefix: str
+    args,
+    s: Settings,
+    task: Task,
+    items: list[Item],
+    modes: list[str],
+    gates: dict[str, list[float]],
+    system: str,
+    prefix: str,
+    chat_template: str | None,
 ) -> EvalConfig:
     """What the run does, from the settled settings (the pair's defaults applied) and the eval's options."""
-    chat_template = read_chat_template(s)
     return EvalConfig(
         task=task,
         items=items,
         modes=modes,
-        gammas=gammas,
+        gates=gates,
         system=system,
         prefix=prefix,
         base_format=s.base_format,
@@ -200,9 +251,12 @@ def _open_judge(args, s: Settings) -> Judge | ChatJudge | None:
     return open_judge(_judge_file(args.judge, args.yes), s, chat_template=judge_template, model_name=args.judge_model)
 
 
-def _manifest(args, s: Settings, cfg: EvalConfig, fields: dict[str, str], models, judge) -> dict:
-    """What this run is: its data, its models, its settings and its judge; --resume checks a run
-    against the manifest it left (`check_manifest`)."""
+def _manifest(
+    args, s: Settings, cfg: EvalConfig, fields: dict[str, str], models, judge, calibrations: list[Calibration]
+) -> dict:
+    """What this run is: its data, its models, its settings and its judge, the gates and thresholds it
+    ran and how each `auto` was calibrated; --resume checks a run against the manifest it left
+    (`check_manifest`)."""
     return {
         "version": MANIFEST_VERSION,
         "task": cfg.task.name,
@@ -228,7 +282,8 @@ def _manifest(args, s: Settings, cfg: EvalConfig, fields: dict[str, str], models
         },
         "judge": judge.label if judge else None,
         "modes": cfg.modes,
-        "gammas": cfg.gammas,
+        "gates": cfg.gates,
+        "auto": [{k: v for k, v in asdict(c).items() if k != "cached"} for c in calibrations],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -255,24 +310,24 @@ def _judge_file(ref: str, yes: bool) -> str:
 
 
 def _run_with_progress(cfg: EvalConfig, models, results: Results, judge) -> None:
-    """The loop with one progress bar per mode and gamma (Rich, on stderr), each with its ETA and the
-    accuracy so far. Where stderr is not a terminal (a log file, a pipe), a plain line per mode and
-    gamma says the same when it finishes, and at most every PLAIN_EVERY seconds while it runs."""
+    """The loop with one progress bar per mode, gate and gamma (Rich, on stderr), each with its ETA and
+    the accuracy so far. Where stderr is not a terminal (a log file, a pipe), a plain line per bar says
+    the same when it finishes, and at most every PLAIN_EVERY seconds while it runs."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     plain = not console.is_terminal
-    columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[figures]}"))  # fmt: skip
     with Progress(*columns, console=console, disable=plain) as progress:
         bars: dict[tuple, int] = {}
         right: dict[tuple, list[int]] = {}
         said = [time.monotonic()]
 
-        def on_start(mode, gamma, done, total):
-            name = mode if gamma is None else f"{mode} γ={gamma:g}"
-            bars[(mode, gamma)] = progress.add_task(name, total=total, completed=done, figures="")
+        def on_start(mode, gate, gamma, done, total):
+            name = mode if gamma is None else f"{mode} {gate} γ={gamma:g}"
+            bars[(mode, gate, gamma)] = progress.add_task(name, total=total, completed=done, figures="")
 
         def say(bar: int) -> None:
             task = progress.tasks[bar]
@@ -282,7 +337,7 @@ def _run_with_progress(cfg: EvalConfig, models, results: Results, judge) -> None
             said[0] = time.monotonic()
 
         for row in run(cfg, models, results, judge=judge, on_start=on_start):
-            group = (row["mode"], row["gamma"])
+            group = (row["mode"], row["gate"], row["gamma"])
             r = right.setdefault(group, [0, 0, 0, 0, 0])
             if row["correct"] is not None:
                 r[0] += bool(row["correct"])

@@ -1,5 +1,6 @@
 """The eval report: DIR/summary.json (every figure), DIR/report.md (the same for people) and, for a
-gamma sweep, DIR/gamma.png. Pure arithmetic on results.jsonl rows and the run's manifest; no engine.
+gamma sweep of one gate, DIR/gamma.png, or for several gates, DIR/gates.png. Pure arithmetic on
+results.jsonl rows and the run's manifest; no engine.
 
 Statistics are written out here (Wilson interval, McNemar's exact test with exact fractions, Cohen's
 kappa) so the package needs no scipy; tests check them against scipy.
@@ -16,6 +17,7 @@ from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
+from nudge_local.engine.gates import GATES
 from nudge_local.evaluate.scoring import cut
 
 MODE_ORDER = ("base", "urial", "nudger", "nudged", "paper")
@@ -28,6 +30,15 @@ Z95 = 1.959963984540054  # the normal quantile at 0.975
 BY_ITSELF = ("eos", "stop_string", "nudging_model_stop")
 LOOP_MIN = 30  # characters: the authors' least repeat (paper_mode.trim_repeated_suffix)
 NGRAM = 4  # words per n-gram in the repetition figure
+CLOSE = 0.03  # nudge ratios this close (3 percentage points) count as similar when gates are compared
+
+
+def row_gate(row: dict) -> str | None:
+    """The gate a row's answer was written under: None for the modes gamma does not change, and
+    top1 for a nudged or paper row written before gates existed (top1 was then the only one)."""
+    if row.get("mode") not in GAMMA_MODES:
+        return None
+    return row.get("gate") or "top1"
 
 
 # ---- how an answer ended -------------------------------------------------------------------------
@@ -102,17 +113,21 @@ def cohen_kappa(pairs: list[tuple[bool, bool]]) -> float | None:
 # ---- summary -------------------------------------------------------------------------------------
 
 
-def _group_key(key: tuple[str, float | None]) -> tuple:
-    mode, gamma = key
+Key = tuple[str, str | None, float | None]  # a group: mode, gate, gamma
+
+
+def _group_key(key: Key) -> tuple:
+    mode, gate, gamma = key
     order = MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
-    return (order, mode, -1.0 if gamma is None else gamma)
+    gate_order = -1 if gate is None else GATES.index(gate) if gate in GATES else len(GATES)
+    return (order, mode, gate_order, gate or "", -1.0 if gamma is None else gamma)
 
 
-def _groups(rows: list[dict]) -> dict[tuple[str, float | None], list[dict]]:
-    groups: dict[tuple[str, float | None], list[dict]] = {}
+def _groups(rows: list[dict]) -> dict[Key, list[dict]]:
+    groups: dict[Key, list[dict]] = {}
     for row in rows:
         gamma = row.get("gamma")
-        groups.setdefault((row["mode"], None if gamma is None else float(gamma)), []).append(row)
+        groups.setdefault((row["mode"], row_gate(row), None if gamma is None else float(gamma)), []).append(row)
     return {key: groups[key] for key in sorted(groups, key=_group_key)}
 
 
@@ -157,7 +172,7 @@ def _branching(rows: list[dict], side: str) -> float | None:
     return _mean([v for v in values if v is not None])
 
 
-def _group_summary(mode: str, gamma: float | None, rows: list[dict]) -> dict:
+def _group_summary(mode: str, gate: str | None, gamma: float | None, rows: list[dict]) -> dict:
     tokens = sum(r.get("tokens", 0) for r in rows)
     stops = Counter(r.get("stop_reason") or "unknown" for r in rows)
     # from the stop reason, not the row's "cut" flag, so results written before the flag count too;
@@ -165,6 +180,7 @@ def _group_summary(mode: str, gamma: float | None, rows: list[dict]) -> dict:
     ended = [r for r in rows if r.get("stop_reason") in BY_ITSELF]
     return {
         "mode": mode,
+        "gate": gate,
         "gamma": gamma,
         "items": len(rows),
         **_accuracy([r.get("correct") for r in rows]),  # the paper's figure: cut answers by their last number
@@ -187,11 +203,11 @@ def _scored(rows: list[dict]) -> dict[str, bool]:
     return {r["id"]: r["correct"] for r in rows if r.get("correct") is not None}
 
 
-def _paired(groups: dict[tuple[str, float | None], list[dict]]) -> list[dict]:
+def _paired(groups: dict[Key, list[dict]]) -> list[dict]:
     """Each nudged/paper group against each baseline that ran, on the ids both scored (none: no entry)."""
-    baselines = {mode: _scored(rows) for (mode, gamma), rows in groups.items() if mode in BASELINES}
+    baselines = {mode: _scored(rows) for (mode, _, _), rows in groups.items() if mode in BASELINES}
     out = []
-    for (mode, gamma), rows in groups.items():
+    for (mode, gate, gamma), rows in groups.items():
         if mode not in GAMMA_MODES:
             continue
         mine = _scored(rows)
@@ -207,6 +223,7 @@ def _paired(groups: dict[tuple[str, float | None], list[dict]]) -> list[dict]:
             out.append(
                 {
                     "mode": mode,
+                    "gate": gate,
                     "gamma": gamma,
                     "against": against,
                     "items": len(ids),
@@ -219,7 +236,7 @@ def _paired(groups: dict[tuple[str, float | None], list[dict]]) -> list[dict]:
     return out
 
 
-def _words(mode: str, gamma: float | None, rows: list[dict]) -> dict:
+def _words(mode: str, gate: str | None, gamma: float | None, rows: list[dict]) -> dict:
     """The TOP_WORDS most frequent nudged words (ties alphabetical) and the share of all nudged words
     they cover. Empty words (a nudged stretch of whitespace) are left out of the counts."""
     counts = Counter(w for r in rows for w in r.get("nudging_words") or () if w)
@@ -227,6 +244,7 @@ def _words(mode: str, gamma: float | None, rows: list[dict]) -> dict:
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_WORDS]
     return {
         "mode": mode,
+        "gate": gate,
         "gamma": gamma,
         "nudged_words": total,
         "distinct": len(counts),
@@ -238,8 +256,9 @@ def _words(mode: str, gamma: float | None, rows: list[dict]) -> dict:
 def summarize(rows: list[dict], manifest: dict) -> dict:
     """Every figure of the report, as plain JSON values (None where a figure has no data)."""
     groups = _groups(rows)
+    summaries = [_group_summary(mode, gate, gamma, g) for (mode, gate, gamma), g in groups.items()]
     return {
-        "version": 3,  # 3: ends_by_itself, looped, repetition; 2: cut and ended; nudging words' top_share
+        "version": 4,  # 4: gates, each group's gate; 3: ends_by_itself, looped, repetition; 2: cut and ended
         "task": manifest.get("task"),
         "data": manifest.get("data"),
         "data_sha256": manifest.get("data_sha256"),
@@ -249,10 +268,68 @@ def summarize(rows: list[dict], manifest: dict) -> dict:
         "settings": manifest.get("settings") or {},
         "rows": len(rows),
         "items": len({r["id"] for r in rows}),
-        "groups": [_group_summary(mode, gamma, g) for (mode, gamma), g in groups.items()],
+        "groups": summaries,
         "paired": _paired(groups),
-        "nudging_words": [_words(mode, gamma, g) for (mode, gamma), g in groups.items() if mode in GAMMA_MODES],
+        "nudging_words": [_words(*key, g) for key, g in groups.items() if key[0] in GAMMA_MODES],
+        "gates": gate_curves(summaries),
+        "gate_comparison": compare_gates(summaries),
     }
+
+
+# ---- gates ---------------------------------------------------------------------------------------
+
+
+def figure_of(groups: list[dict]) -> str:
+    """What the gates are compared by: accuracy where the task scores answers, else how often
+    answers end by themselves (an open task's measure of alignment without a judge)."""
+    return "accuracy" if any(g["accuracy"] is not None for g in groups) else "ends_by_itself"
+
+
+def _point(g: dict, figure: str) -> dict:
+    value, ci = (g["accuracy"], g["ci"]) if figure == "accuracy" else (g["ends_by_itself"]["share"],
+                                                                        g["ends_by_itself"]["ci"])  # fmt: skip
+    return {"gamma": g["gamma"], "items": g["items"], "nudge_ratio": g["nudge_ratio"], "value": value, "ci": ci}
+
+
+def gate_curves(groups: list[dict]) -> list[dict]:
+    """Per gamma mode and gate, its points in gamma order: the nudge ratio each threshold gave and the
+    figure (`figure_of`) it bought, with the figure's 95% Wilson interval."""
+    figure = figure_of(groups)
+    curves: dict[tuple[str, str], list[dict]] = {}
+    for g in groups:
+        if g["mode"] in GAMMA_MODES and g["gamma"] is not None:
+            curves.setdefault((g["mode"], g["gate"]), []).append(_point(g, figure))
+    return [{"mode": m, "gate": gate, "figure": figure, "points": pts} for (m, gate), pts in curves.items()]
+
+
+def multi_gate(s: dict) -> bool:
+    """True when nudged mode ran under two or more gates (the gates table and plot's condition)."""
+    return len({g["gate"] for g in s["groups"] if g["mode"] == "nudged"}) >= 2
+
+
+def _closest(a: list[dict], b: list[dict]) -> tuple[dict, dict] | None:
+    pairs = [(p, q) for p in a for q in b]
+    return min(pairs, key=lambda pq: abs(pq[0]["nudge_ratio"] - pq[1]["nudge_ratio"])) if pairs else None
+
+
+def compare_gates(groups: list[dict]) -> list[dict]:
+    """Each two gates of nudged mode at their closest nudge ratios: the pair of points (one per gate)
+    whose ratios differ least, and whether they are within CLOSE of each other."""
+    curves = {c["gate"]: c for c in gate_curves(groups) if c["mode"] == "nudged"}
+    usable = {
+        gate: [p for p in c["points"] if p["nudge_ratio"] is not None and p["value"] is not None]
+        for gate, c in curves.items()
+    }
+    out = []
+    names = list(usable)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            pair = _closest(usable[a], usable[b])
+            if pair is None:
+                continue
+            close = abs(pair[0]["nudge_ratio"] - pair[1]["nudge_ratio"]) <= CLOSE + 1e-12
+            out.append({"gates": [a, b], "figure": curves[a]["figure"], "close": close, "points": list(pair)})
+    return out
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -276,23 +353,30 @@ def is_sweep(summary: dict) -> bool:
     return any(len({g["gamma"] for g in summary["groups"] if g["mode"] == mode}) >= 2 for mode in GAMMA_MODES)
 
 
+def plot_name(summary: dict) -> str | None:
+    """The plot the results make: gates.png where nudged mode ran under several gates, gamma.png for
+    a sweep of one gate's gamma, none otherwise."""
+    if multi_gate(summary):
+        return "gates.png"
+    return "gamma.png" if is_sweep(summary) else None
+
+
 def write_report(out: Path, rows: list[dict], manifest: dict) -> list[Path]:
-    """Write summary.json, report.md and (for a sweep) gamma.png into `out`; return the paths written.
-    A gamma.png from an earlier write is removed when the results no longer make a sweep, so the
-    folder never shows a plot the report does not describe. No rows: the report says so in a sentence."""
+    """Write summary.json, report.md and the plot (`plot_name`) into `out`; return the paths written.
+    A plot from an earlier write is removed when the results no longer make it, so the folder never
+    shows a plot the report does not describe. No rows: the report says so in a sentence."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows, manifest)
-    plot = out / "gamma.png"
+    name = plot_name(summary)
     written = [out / "summary.json", out / "report.md"]
-    sweep = is_sweep(summary)
-    if sweep:
-        _write_atomic(plot, gamma_png(summary))
-        written.append(plot)
+    if name:
+        _write_atomic(out / name, gates_png(summary) if name == "gates.png" else gamma_png(summary))
+        written.append(out / name)
     _write_atomic(written[0], (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
-    _write_atomic(written[1], render_markdown(summary, plot=sweep).encode())
-    if not sweep:
-        plot.unlink(missing_ok=True)  # last: a failed write above leaves the old report whole
+    _write_atomic(written[1], render_markdown(summary, plot=name is not None).encode())
+    for stale in {"gamma.png", "gates.png"} - {name}:
+        (out / stale).unlink(missing_ok=True)  # last: a failed write above leaves the old report whole
     return written
 
 
@@ -325,6 +409,10 @@ def fmt_num(x: float | None, digits: int = 1) -> str:
 
 def fmt_gamma(gamma: float | None) -> str:
     return "–" if gamma is None else f"{gamma:g}"
+
+
+def fmt_gate(gate: str | None) -> str:
+    return "–" if gate is None else gate
 
 
 def _cell(text: str) -> str:
@@ -368,14 +456,15 @@ def _judge_cells(j: dict | None) -> list[str]:
 
 def _main_table(s: dict) -> list[str]:
     judged = any(g["judge"] for g in s["groups"])
-    header = ["Mode", "γ", "Items", "Scored", "Accuracy [95% CI]", "Cut by length", "Accuracy, ended [95% CI]",
-              "Ends by itself", "Looped", "Repetition"]  # fmt: skip
+    header = ["Mode", "Gate", "γ", "Items", "Scored", "Accuracy [95% CI]", "Cut by length",
+              "Accuracy, ended [95% CI]", "Ends by itself", "Looped", "Repetition"]  # fmt: skip
     header += ["Judge accuracy [95% CI]", "Rule–judge agreement (κ)"] if judged else []
     header += ["Nudge ratio", "Mean length", "Tokens/s", "Branching (writing / base)", "Stop reasons"]
     rows = []
     for g in s["groups"]:
         row = [
             g["mode"],
+            fmt_gate(g["gate"]),
             fmt_gamma(g["gamma"]),
             str(g["items"]),
             str(g["scored"]),
@@ -392,16 +481,16 @@ def _main_table(s: dict) -> list[str]:
         stops = ", ".join(f"{k} {n}" for k, n in g["stop_reasons"].items())
         row += [pct(g["nudge_ratio"]), fmt_num(g["mean_tokens"]), fmt_num(g["tokens_per_second"]), branching, stops]
         rows.append(row)
-    return ["## Results by mode and gamma", "", *_table(header, rows), ""]
+    return ["## Results by mode, gate and gamma", "", *_table(header, rows), ""]
 
 
 def _paired_table(s: dict) -> list[str]:
     if not s["paired"]:
         return []
-    header = ["Mode", "γ", "Against", "Paired items", "Wins", "Losses", "Ties", "McNemar p"]
+    header = ["Mode", "Gate", "γ", "Against", "Paired items", "Wins", "Losses", "Ties", "McNemar p"]
     rows = [
-        [p["mode"], fmt_gamma(p["gamma"]), p["against"], str(p["items"]), str(p["wins"]), str(p["losses"]),
-         str(p["ties"]), fmt_p(p["p_value"])]
+        [p["mode"], fmt_gate(p["gate"]), fmt_gamma(p["gamma"]), p["against"], str(p["items"]), str(p["wins"]),
+         str(p["losses"]), str(p["ties"]), fmt_p(p["p_value"])]
         for p in s["paired"]
     ]  # fmt: skip
     return ["## Paired comparisons (same items)", "", *_table(header, rows), ""]
@@ -412,7 +501,7 @@ def _word_tables(s: dict) -> list[str]:
         return []
     lines = ["## Nudging words", ""]
     for w in s["nudging_words"]:
-        title = f"### {w['mode']}, γ {fmt_gamma(w['gamma'])}"
+        title = f"### {w['mode']}, {fmt_gate(w['gate'])} gate, γ {fmt_gamma(w['gamma'])}"
         if not w["top"]:
             lines += [title, "", "No word was nudged.", ""]
             continue
@@ -426,6 +515,61 @@ def _word_tables(s: dict) -> list[str]:
         rows = [[str(i), _code(t["word"]), str(t["count"])] for i, t in enumerate(w["top"], 1)]
         lines += [*_table(["Rank", "Word", "Count"], rows), ""]
     return lines
+
+
+GATE_RULES = {
+    "top1": "the nudger writes where the base's top-1 probability is below γ",
+    "margin": "the nudger writes where the base's top-1 probability minus its top-2 is below γ",
+    "entropy": "the nudger writes where the base's entropy, in nats, is above γ",
+}
+FIGURE_WORDS = {"accuracy": "accuracy", "ends_by_itself": "answers that ended by themselves"}
+
+
+def _gate_tables(s: dict) -> list[str]:
+    """Per gate of nudged mode: each threshold's nudge ratio and what it bought, with intervals."""
+    curves = [c for c in s["gates"] if c["mode"] == "nudged"]
+    scored = curves[0]["figure"] == "accuracy"
+    groups = {(g["gate"], g["gamma"]): g for g in s["groups"] if g["mode"] == "nudged"}
+    lines = ["## Gates", "",
+             f"Nudged mode under each gate: the share of tokens each threshold handed to the nudger, and the "
+             f"{FIGURE_WORDS[curves[0]['figure']]} it bought. gates.png plots one against the other, a curve per "
+             "gate, so gates are compared at the same nudge ratio rather than the same γ.", ""]  # fmt: skip
+    header = ["γ", "Items", "Nudge ratio"] + (["Accuracy [95% CI]"] if scored else []) + ["Ends by itself [95% CI]"]
+    for c in curves:
+        rows = []
+        for p in c["points"]:
+            g = groups[(c["gate"], p["gamma"])]
+            ends = g["ends_by_itself"]
+            row = [fmt_gamma(p["gamma"]), str(p["items"]), pct(p["nudge_ratio"])]
+            row += [fmt_accuracy(g["accuracy"], g["ci"])] if scored else []
+            rows.append(row + [fmt_accuracy(ends["share"], ends["ci"])])
+        lines += [f"### {c['gate']} ({GATE_RULES.get(c['gate'], 'its own rule')})", "", *_table(header, rows), ""]
+    sentences = [compare_sentence(c) for c in s["gate_comparison"]]
+    if sentences:
+        lines += ["### At similar nudge ratios", "", *(f"- {x}" for x in sentences), ""]
+    return lines
+
+
+def _at(gate: str, p: dict) -> str:
+    return f"{gate} at γ {fmt_gamma(p['gamma'])}"
+
+
+def compare_sentence(c: dict) -> str:
+    """One comparison of `compare_gates`, stated from its numbers and intervals alone."""
+    (a, b), (p, q) = c["gates"], c["points"]
+    if not c["close"]:
+        return (f"{a} and {b} reached no nudge ratios within {100 * CLOSE:g} percentage points of each other (closest: "
+                f"{pct(p['nudge_ratio'])} nudged at {_at(a, p)}, {pct(q['nudge_ratio'])} at {_at(b, q)}), so this "
+                "run does not compare them at a similar ratio.")  # fmt: skip
+    what = FIGURE_WORDS[c["figure"]]
+    items = str(p["items"]) if p["items"] == q["items"] else f"{p['items']} and {q['items']}"
+    head = (f"At similar nudge ratios, {_at(a, p)} ({pct(p['nudge_ratio'])} nudged) and {_at(b, q)} "
+            f"({pct(q['nudge_ratio'])} nudged) gave {what} {fmt_accuracy(p['value'], p['ci'])} and "
+            f"{fmt_accuracy(q['value'], q['ci'])}")  # fmt: skip
+    if p["ci"] and q["ci"] and (p["ci"][1] < q["ci"][0] or q["ci"][1] < p["ci"][0]):
+        better = a if p["value"] > q["value"] else b
+        return f"{head}; the 95% intervals do not overlap: {better} bought more at this ratio, on {items} items."
+    return f"{head}; the 95% intervals overlap, so {items} items do not tell the two gates apart at this ratio."
 
 
 HOW_TO_READ = """\
@@ -447,6 +591,9 @@ HOW_TO_READ = """\
   come twice, near 1 for an answer that is one loop.
 - **Judge accuracy** and **rule–judge agreement**: the judge model's verdicts, how often they match the
   rule on the items both scored, and Cohen's κ (1: full agreement, 0: no better than chance).
+- **Gate** and **γ**: where the nudger wrote (top1: the base's top-1 probability below γ; margin: its
+  top-1 minus top-2 probability below γ; entropy: its entropy in nats above γ). **Gates** compares
+  gates at similar nudge ratios, since one γ means different things to different gates.
 - **Nudge ratio**: the share of answer tokens the nudger wrote. **Mean length**: answer tokens per item.
   **Tokens/s**: answer tokens over the seconds spent writing them.
 - **Branching**: exp of the mean per-token entropy along the answers (the effective number of next
@@ -462,13 +609,19 @@ HOW_TO_READ = """\
 
 
 def render_markdown(s: dict, plot: bool = False) -> str:
-    """report.md from a summary; `plot`: embed gamma.png."""
+    """report.md from a summary; `plot`: embed its plot (gates.png for several gates, else gamma.png)."""
     lines = _heading(s)
     if not s["groups"]:
         lines += ["No results yet: results.jsonl holds no finished item.", ""]
         return "\n".join(lines)
-    lines += _main_table(s) + _paired_table(s) + _word_tables(s)
-    if plot:
+    lines += _main_table(s)
+    if multi_gate(s):
+        lines += _gate_tables(s)
+        if plot:
+            what = FIGURE_WORDS[s["gates"][0]["figure"]]
+            lines += [f"## {what.capitalize()} against the nudge ratio, per gate", "", "![](gates.png)", ""]
+    lines += _paired_table(s) + _word_tables(s)
+    if plot and not multi_gate(s):
         lines += ["## Accuracy and nudge ratio against gamma", "", "![](gamma.png)", ""]
     return "\n".join(lines) + "\n" + HOW_TO_READ
 
@@ -491,16 +644,86 @@ def gamma_figure(s: dict):
     if scored:
         _plot_accuracy(axes[0], s["groups"], swept)
     _plot_ratio(axes[-1], swept)
-    axes[-1].set_xlabel("gamma (the base writes where its top-1 probability is at least gamma)")
+    gate = next((g["gate"] for g in swept), "top1")
+    axes[-1].set_xlabel(f"gamma, {gate} gate ({GAMMA_AXES.get(gate, 'its threshold')})")
     fig.suptitle(f"{s['task']}: {_short(s['base'])} nudged by {_short(s['nudger'])}", fontsize=10)
     return fig
 
 
+GAMMA_AXES = {
+    "top1": "the base writes where its top-1 probability is at least gamma",
+    "margin": "the base writes where its top-1 probability exceeds its top-2 by at least gamma",
+    "entropy": "nats: the base writes where its entropy is at most gamma",
+}
+
+
 def gamma_png(s: dict) -> bytes:
     """gamma_figure as PNG bytes, 100 dpi."""
+    return _png(gamma_figure(s))
+
+
+def _png(fig) -> bytes:
     buf = io.BytesIO()
-    gamma_figure(s).savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
+
+
+# ---- gates.png -----------------------------------------------------------------------------------
+
+
+def gates_figure(s: dict):
+    """Accuracy (an open task: ends by itself) against the nudge ratio, one curve per gate of nudged
+    mode (and paper mode's, at top1), each point labelled by its threshold, with its 95% Wilson bar;
+    the baselines as horizontal lines. A bare Figure on the Agg canvas, as gamma_figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    figure = s["gates"][0]["figure"] if s["gates"] else figure_of(s["groups"])
+    for c in s["gates"]:
+        _plot_curve(ax, c)
+    _baselines(ax, s["groups"], figure)
+    ax.set_xlabel("nudge ratio (% of tokens the nudger wrote)")
+    ax.set_ylabel("accuracy (%)" if figure == "accuracy" else "ends by itself (% of answers)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{s['task']}: {_short(s['base'])} nudged by {_short(s['nudger'])}, per gate", fontsize=10)
+    return fig
+
+
+def _plot_curve(ax, c: dict) -> None:
+    """One gate's points in order of nudge ratio, each with its Wilson bar and its threshold beside it."""
+    points = sorted((p for p in c["points"] if p["nudge_ratio"] is not None and p["value"] is not None),
+                    key=lambda p: p["nudge_ratio"])  # fmt: skip
+    if not points:
+        return
+    x = [100 * p["nudge_ratio"] for p in points]
+    y = [100 * p["value"] for p in points]
+    err = [[100 * (p["value"] - p["ci"][0]) for p in points], [100 * (p["ci"][1] - p["value"]) for p in points]]
+    label = c["gate"] if c["mode"] == "nudged" else f"{c['mode']} ({c['gate']})"
+    bars = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    for i, p in enumerate(points):
+        ax.annotate(f"γ {fmt_gamma(p['gamma'])}", (x[i], y[i]), xytext=(4, 4), textcoords="offset points",
+                    fontsize=7, color=bars.lines[0].get_color())  # fmt: skip
+
+
+def gates_png(s: dict) -> bytes:
+    """gates_figure as PNG bytes, 100 dpi."""
+    return _png(gates_figure(s))
+
+
+def _baselines(ax, groups: list[dict], figure: str) -> None:
+    """The modes gamma does not change, as horizontal lines at their accuracy (or ends by itself)."""
+    styles = {"base": (":", "black"), "nudger": ("--", "tab:green"), "urial": ("-.", "tab:purple")}
+    for g in groups:
+        value = g["accuracy"] if figure == "accuracy" else g["ends_by_itself"]["share"]
+        if g["mode"] in BASELINES and value is not None:
+            style, color = styles[g["mode"]]
+            ax.axhline(100 * value, linestyle=style, color=color, label=g["mode"])
 
 
 def _short(ref: str | None) -> str:
@@ -524,11 +747,7 @@ def _plot_accuracy(ax, groups: list[dict], swept: list[dict]) -> None:
         y = [100 * g["accuracy"] for g in gs]
         err = [[100 * (g["accuracy"] - g["ci"][0]) for g in gs], [100 * (g["ci"][1] - g["accuracy"]) for g in gs]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{mode} (95% CI)")
-    styles = {"base": (":", "black"), "nudger": ("--", "tab:green"), "urial": ("-.", "tab:purple")}
-    for g in groups:
-        if g["mode"] in BASELINES and g["accuracy"] is not None:
-            style, color = styles[g["mode"]]
-            ax.axhline(100 * g["accuracy"], linestyle=style, color=color, label=g["mode"])
+    _baselines(ax, groups, "accuracy")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

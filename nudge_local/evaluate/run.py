@@ -1,4 +1,4 @@
-"""The evaluation loop (docs/eval.md): every item in every mode and gamma through the engine, each
+"""The evaluation loop (docs/eval.md): every item in every mode, gate and gamma through the engine, each
 finished answer appended to DIR/results.jsonl at once, so a crash or Ctrl+C loses at most the item
 being written, and `--resume` goes on where the file ends without writing any line twice."""
 
@@ -20,7 +20,7 @@ from nudge_local.engine.prompts import DEFAULT_BASE_FORMAT, Prompts, base_prompt
 from nudge_local.engine.sampling import Sampling
 from nudge_local.engine.speculative import DraftSizer
 from nudge_local.evaluate.data import Item, Task, render_question
-from nudge_local.evaluate.report import looped, repetition
+from nudge_local.evaluate.report import looped, repetition, row_gate
 from nudge_local.evaluate.scoring import cut, score
 from nudge_local.evaluate.urial import STOPS as URIAL_STOPS
 from nudge_local.evaluate.urial import urial_prompt
@@ -30,31 +30,33 @@ EVAL_MODES = ("base", "nudger", "nudged", "paper", "urial")
 GAMMA_MODES = ("nudged", "paper")  # the modes gamma changes; the others run once, with gamma null
 NEEDS = {"base": {"base"}, "urial": {"base"}, "nudger": {"nudger"}, "nudged": {"base", "nudger"},
          "paper": {"base", "nudger"}}  # fmt: skip
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: "gates" (each gate's thresholds) and "auto" replace "gammas" (top1's)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One answer to write: an item in one mode at one gamma (None for the modes gamma does not change)."""
+    """One answer to write: an item in one mode under one gate at one gamma (both None for the modes
+    gamma does not change)."""
 
     item: Item
     mode: str
+    gate: str | None
     gamma: float | None
 
     @property
-    def key(self) -> tuple[str, str, float | None]:
-        return (self.item.id, self.mode, self.gamma)
+    def key(self) -> tuple[str, str, str | None, float | None]:
+        return (self.item.id, self.mode, self.gate, self.gamma)
 
 
 @dataclass
 class EvalConfig:
-    """What a run does, beyond the models: the task, its items, the modes and gammas, and the decoding
-    settings every answer shares."""
+    """What a run does, beyond the models: the task, its items, the modes, each gate's gammas (paper
+    mode runs top1's only), and the decoding settings every answer shares."""
 
     task: Task
     items: list[Item]
     modes: list[str]
-    gammas: list[float]
+    gates: dict[str, list[float]]
     system: str
     prefix: str
     base_format: str = DEFAULT_BASE_FORMAT
@@ -77,32 +79,28 @@ def parse_modes(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
-def parse_gammas(text: str) -> list[float]:
-    try:
-        gammas = [float(g) for g in text.split(",") if g.strip()]
-    except ValueError:
-        gammas = []
-    if not gammas or any(not 0 <= g <= 1 for g in gammas):
-        raise NudgeError(f"option --gamma takes a number from 0 to 1, or a comma-separated list (got {text!r}).")
-    return sorted(set(gammas))
-
-
 def roles_needed(modes: Sequence[str]) -> set[str]:
     return set().union(*(NEEDS[m] for m in modes))
 
 
-def plan_jobs(items: Sequence[Item], modes: Sequence[str], gammas: Sequence[float]) -> list[Job]:
-    """Mode by mode (the progress bar's unit), gamma by gamma, item by item."""
+def _settings_of(mode: str, gates: dict[str, Sequence[float]]) -> list[tuple[str | None, float | None]]:
+    """The (gate, gamma) a mode runs at: every gate's gammas for nudged, top1's for paper (the paper's
+    gate), none for the modes gamma does not change."""
+    if mode not in GAMMA_MODES:
+        return [(None, None)]
+    return [(gate, gamma) for gate, gammas in gates.items() if mode == "nudged" or gate == "top1" for gamma in gammas]
+
+
+def plan_jobs(items: Sequence[Item], modes: Sequence[str], gates: dict[str, Sequence[float]]) -> list[Job]:
+    """Mode by mode, gate by gate, gamma by gamma (the progress bar's unit), item by item."""
     return [
-        Job(item, mode, gamma)
-        for mode in modes
-        for gamma in (gammas if mode in GAMMA_MODES else [None])
-        for item in items
+        Job(item, mode, gate, gamma) for mode in modes for gate, gamma in _settings_of(mode, gates) for item in items
     ]
 
 
-def row_key(row: dict) -> tuple[str, str, float | None]:
-    return (str(row["id"]), row["mode"], row["gamma"])
+def row_key(row: dict) -> tuple[str, str, str | None, float | None]:
+    """What --resume keys on; a row written before gates existed is top1's."""
+    return (str(row["id"]), row["mode"], row_gate(row), row["gamma"])
 
 
 class Results:
@@ -169,9 +167,24 @@ def file_sha256(path: str | os.PathLike) -> str:
 IDENTITY = ("task", "data_sha256", "base", "nudger", "settings", "judge")  # what a resumed run must share
 
 
+def manifest_gates(manifest: dict) -> dict[str, list[float]]:
+    """Each gate's gammas a manifest records; one written before gates existed ran top1's "gammas"."""
+    if "gates" in manifest:
+        return {gate: list(gammas) for gate, gammas in manifest["gates"].items()}
+    return {"top1": list(manifest["gammas"])} if manifest.get("gammas") else {}
+
+
+def _merge_gates(old: dict, new: dict) -> dict[str, list[float]]:
+    merged = manifest_gates(old)
+    for gate, gammas in manifest_gates(new).items():
+        merged[gate] = sorted(set(merged.get(gate, [])) | set(gammas))
+    return merged
+
+
 def check_manifest(out: Path, manifest: dict, resume: bool) -> dict:
     """The manifest to keep in `out`: a new one, or (with --resume) the existing one with this run's
-    modes and gammas added. Results from another run, or a changed pair or setting, are one sentence."""
+    modes, gates, gammas and calibrations added. Results from another run, or a changed pair or
+    setting, are one sentence."""
     path = out / "manifest.json"
     has_results = (out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size > 0
     if not resume:
@@ -207,7 +220,11 @@ def check_manifest(out: Path, manifest: dict, resume: bool) -> dict:
     for key in ("base", "nudger"):
         merged[key] = old.get(key) or manifest.get(key)
     merged["modes"] = list(dict.fromkeys([*old.get("modes", []), *manifest["modes"]]))
-    merged["gammas"] = sorted(set(old.get("gammas", [])) | set(manifest["gammas"]))
+    merged["gates"] = _merge_gates(old, manifest)
+    merged.pop("gammas", None)  # an old run's top1 gammas are in "gates" now
+    autos = old.get("auto", [])
+    merged["auto"] = autos + [a for a in manifest.get("auto", []) if a not in autos]
+    merged["version"] = max(old.get("version", 1), manifest.get("version", 1))
     return merged
 
 
@@ -251,6 +268,7 @@ def answer(
             base=base,
             nudger=nudger,
             gamma=job.gamma if job.gamma is not None else 0.4,
+            gate=job.gate or "top1",
             max_tokens=cfg.max_tokens,
             word_cap=cfg.word_cap,
             sampling=cfg.sampling,
@@ -280,6 +298,7 @@ def result_row(job: Job, cfg: EvalConfig, tokens: list[TokenEvent], done: Done, 
         "task": cfg.task.name,
         "mode": job.mode,
         "gamma": job.gamma,
+        "gate": job.gate,
         "question": question,
         "gold": job.item.gold,
         "answer": done.text,
@@ -311,19 +330,19 @@ def run(
     results: Results,
     *,
     judge=None,
-    on_start: Callable[[str, float | None, int, int], None] | None = None,
+    on_start: Callable[[str, str | None, float | None, int, int], None] | None = None,
 ) -> Iterator[dict]:
     """Write every job that `results` lacks, mode by mode; yield each row once it is on disk.
-    `on_start(mode, gamma, done, total)` is called when a mode and gamma begins."""
+    `on_start(mode, gate, gamma, done, total)` is called when a mode, gate and gamma begins."""
     done_keys = results.keys()
-    jobs = plan_jobs(cfg.items, cfg.modes, cfg.gammas)
+    jobs = plan_jobs(cfg.items, cfg.modes, cfg.gates)
     base, nudger = models.get("base"), models.get("nudger")
     current = None
     for job in jobs:
-        group = (job.mode, job.gamma)
+        group = (job.mode, job.gate, job.gamma)
         if group != current and on_start:
-            in_group = [j for j in jobs if (j.mode, j.gamma) == group]
-            on_start(job.mode, job.gamma, sum(j.key in done_keys for j in in_group), len(in_group))
+            in_group = [j for j in jobs if (j.mode, j.gate, j.gamma) == group]
+            on_start(job.mode, job.gate, job.gamma, sum(j.key in done_keys for j in in_group), len(in_group))
         current = group
         if job.key in done_keys:
             continue
@@ -331,7 +350,8 @@ def run(
         try:
             tokens, done = answer(job, cfg, base, nudger)
         except NudgeError as e:
-            raise NudgeError(f"Item {job.item.id} ({job.mode}): {e}") from None
+            where = f"{job.mode}, {job.gate} gate" if job.gate else job.mode
+            raise NudgeError(f"Item {job.item.id} ({where}): {e}") from None
         row = result_row(job, cfg, tokens, done, judge)
         row["wall_seconds"] = round(time.perf_counter() - t0, 4)
         results.append(row)
