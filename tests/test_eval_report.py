@@ -324,7 +324,7 @@ def test_plot_panels_lines_and_labels():
     fig = report.gamma_figure(summarize(sweep_rows(), MANIFEST))
     accuracy, ratio = fig.axes
     assert accuracy.get_ylabel() == "accuracy (%)" and ratio.get_ylabel() == "nudge ratio (% of tokens)"
-    assert ratio.get_xlabel().startswith("gamma")
+    assert ratio.get_xlabel().startswith("gamma, top1 gate (the base writes where its top-1 probability")
     legend = [t.get_text() for t in accuracy.get_legend().get_texts()]
     assert sorted(legend) == ["base", "nudged (95% CI)", "nudger"]
     lines = {line.get_label(): line for line in accuracy.get_lines()}
@@ -498,3 +498,102 @@ def test_endings_of_rows_written_before_the_figures():
         row.pop("looped", None), row.pop("repetition", None)
     g = group(summarize(rows, MANIFEST), "base")
     assert (g["ends_by_itself"]["count"], g["looped"]["count"]) == (0, 2)
+
+
+# ---- gates ---------------------------------------------------------------------------------------
+
+# (gate, gamma): nudge tokens per 100-token answer, and how many of 10 answers are right
+GATE_POINTS = {("top1", 0.2): (10, 1), ("top1", 0.4): (30, 5), ("entropy", 3.0): (11, 9), ("entropy", 1.0): (50, 6),
+               ("margin", 0.5): (80, 4)}  # fmt: skip
+
+
+def gate_rows(task="gsm8k"):
+    scored = task != "open"
+    rows = [make_row(m, None, i, (i < 4 if m == "base" else i < 7) if scored else None, tokens=100)
+            for m in ("base", "nudger") for i in range(10)]  # fmt: skip
+    for (gate, gamma), (nudged, right) in GATE_POINTS.items():
+        for i in range(10):
+            extra = {"stop_reason": "eos" if i < right else "length"}  # an open task: ends by itself as often
+            rows.append(make_row("nudged", gamma, i, (i < right) if scored else None, gate=gate, tokens=100,
+                                 nudge_tokens=nudged, **extra))  # fmt: skip
+    return rows
+
+
+def test_gate_curves_and_comparison():
+    s = summarize(gate_rows(), MANIFEST)
+    curves = {c["gate"]: [(p["gamma"], p["nudge_ratio"], p["value"]) for p in c["points"]] for c in s["gates"]}
+    assert curves == {"top1": [(0.2, 0.1, 0.1), (0.4, 0.3, 0.5)], "margin": [(0.5, 0.8, 0.4)],
+                      "entropy": [(1.0, 0.5, 0.6), (3.0, 0.11, 0.9)]}  # fmt: skip
+    assert {c["figure"] for c in s["gates"]} == {"accuracy"}
+    pairs = {tuple(c["gates"]): c for c in s["gate_comparison"]}
+    assert list(pairs) == [("top1", "margin"), ("top1", "entropy"), ("margin", "entropy")]
+    near = pairs[("top1", "entropy")]  # 10% and 11% nudged: within 3 points
+    assert near["close"] and [(p["gamma"], p["nudge_ratio"]) for p in near["points"]] == [(0.2, 0.1), (3.0, 0.11)]
+    assert not pairs[("top1", "margin")]["close"] and not pairs[("margin", "entropy")]["close"]
+    md = report.render_markdown(s, plot=True)
+    lo, hi = scipy_wilson(9, 10)
+    assert "### entropy (the nudger writes where the base's entropy, in nats, is above γ)" in md
+    assert f"| 3 | 10 | 11.0% | 90.0% [{100 * lo:.1f}%, {100 * hi:.1f}%] | 90.0% [" in md
+    assert ("At similar nudge ratios, top1 at γ 0.2 (10.0% nudged) and entropy at γ 3 (11.0% nudged) gave accuracy "
+            "10.0% [") in md  # fmt: skip
+    assert "the 95% intervals do not overlap: entropy bought more at this ratio, on 10 items." in md
+    assert "top1 and margin reached no nudge ratios within 3 percentage points of each other (closest: 30.0% " in md
+    assert "![](gates.png)" in md and "gamma.png" not in md
+    # the main table names each group's gate
+    assert "| nudged | entropy | 3 | 10 | 10 | 90.0% [" in md and "| base | – | – | 10 | 10 |" in md
+
+
+def test_overlapping_intervals_do_not_tell_gates_apart():
+    rows = [r for r in gate_rows() if r.get("gate") != "margin"]
+    for r in rows:
+        if (r.get("gate"), r["gamma"]) == ("top1", 0.2):
+            r["correct"] = int(r["id"][1:]) < 7  # 70% against entropy's 90% at a similar ratio
+    md = report.render_markdown(summarize(rows, MANIFEST))
+    assert "the 95% intervals overlap, so 10 items do not tell the two gates apart at this ratio." in md
+
+
+def test_gates_plot_one_curve_per_gate_labelled_by_threshold():
+    fig = report.gates_figure(summarize(gate_rows(), MANIFEST))
+    (ax,) = fig.axes
+    assert ax.get_xlabel().startswith("nudge ratio") and ax.get_ylabel() == "accuracy (%)"
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["base", "entropy", "margin", "nudger", "top1"]
+    curves = {c.get_label(): c for c in ax.containers}
+    points, _, (bars,) = curves["entropy"].lines
+    assert list(points.get_xdata()) == pytest.approx([11.0, 50.0])  # in order of nudge ratio
+    assert list(points.get_ydata()) == pytest.approx([90.0, 60.0])
+    low, high = scipy_wilson(9, 10)
+    assert bars.get_segments()[0][:, 1] == pytest.approx([100 * low, 100 * high])
+    assert list(curves["top1"].lines[0].get_xdata()) == pytest.approx([10.0, 30.0])
+    labels = [(t.get_text(), t.xy) for t in ax.texts]
+    assert ("γ 3", (11.0, 90.0)) in labels and ("γ 0.4", (30.0, 50.0)) in labels and len(labels) == 5
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["base"].get_ydata()) == pytest.approx([40.0, 40.0])
+
+
+def test_open_task_gates_plot_ends_by_itself(tmp_path):
+    rows = gate_rows("open")
+    written = write_report(tmp_path, rows, {**MANIFEST, "task": "open"})
+    assert [p.name for p in written] == ["summary.json", "report.md", "gates.png"]
+    (ax,) = report.gates_figure(summarize(rows, {**MANIFEST, "task": "open"})).axes
+    assert ax.get_ylabel() == "ends by itself (% of answers)"
+    points = ax.containers[0].lines[0]
+    assert list(points.get_ydata()) == pytest.approx([10.0, 50.0])  # top1: 1 and 5 of 10 ended by themselves
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["base"].get_ydata()) == pytest.approx([80.0, 80.0])  # 8 of its 10 answers ended by themselves
+    md = (tmp_path / "report.md").read_text()
+    assert "| γ | Items | Nudge ratio | Ends by itself [95% CI] |" in md
+    assert "gave answers that ended by themselves 10.0% [" in md
+
+
+def test_plots_follow_the_gates(tmp_path):
+    """Several gates: gates.png (a gamma axis would mix probabilities and nats), and a gamma.png left
+    from one gate's sweep is removed; one gate again: gamma.png, its axis naming the gate."""
+    write_report(tmp_path, sweep_rows(), MANIFEST)
+    assert (tmp_path / "gamma.png").exists()
+    write_report(tmp_path, gate_rows(), MANIFEST)
+    assert (tmp_path / "gates.png").exists() and not (tmp_path / "gamma.png").exists()
+    entropy_only = [r for r in gate_rows() if r.get("gate") in (None, "entropy")]
+    assert [p.name for p in write_report(tmp_path, entropy_only, MANIFEST)][-1] == "gamma.png"
+    assert not (tmp_path / "gates.png").exists() and "## Gates" not in (tmp_path / "report.md").read_text()
+    _, ratio = report.gamma_figure(summarize(entropy_only, MANIFEST)).axes
+    assert ratio.get_xlabel().startswith("gamma, entropy gate (nats")
