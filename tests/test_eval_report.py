@@ -530,6 +530,11 @@ def test_gate_curves_and_comparison():
     near = pairs[("top1", "entropy")]  # 10% and 11% nudged: within 3 points
     assert near["close"] and [(p["gamma"], p["nudge_ratio"]) for p in near["points"]] == [(0.2, 0.1), (3.0, 0.11)]
     assert not pairs[("top1", "margin")]["close"] and not pairs[("margin", "entropy")]["close"]
+    # a point where nothing was nudged is the base alone under any gate: not a gate's to compare
+    rows = gate_rows() + [make_row("nudged", g, i, T, gate=gate, tokens=100, nudge_tokens=0)
+                          for gate, g in (("top1", 0.05), ("entropy", 9.0)) for i in range(10)]  # fmt: skip
+    zero = {tuple(c["gates"]): c for c in summarize(rows, MANIFEST)["gate_comparison"]}
+    assert [p["gamma"] for p in zero[("top1", "entropy")]["points"]] == [0.2, 3.0]
     md = report.render_markdown(s, plot=True)
     lo, hi = scipy_wilson(9, 10)
     assert "### entropy (the nudger writes where the base's entropy, in nats, is above γ)" in md

@@ -460,7 +460,8 @@ def test_gate_sweep_end_to_end_and_resume(pair, tmp_path):
     report = (out / "report.md").read_text()
     assert "## Gates" in report and "### top1 (" in report and "### entropy (" in report
     assert "| 0.5 | 4 | 66.7% | 50.0% [" in report  # entropy 0.5 (and top1 0.5): threshold, items, ratio, accuracy
-    assert "At similar nudge ratios, top1 at γ 0.3 (0.0% nudged) and entropy at γ 1.5 (0.0% nudged)" in report
+    # compared where both nudged (at 0% either is the base alone)
+    assert "At similar nudge ratios, top1 at γ 0.5 (66.7% nudged) and entropy at γ 0.5 (66.7% nudged)" in report
     assert "![](gates.png)" in report and (out / "gates.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "gamma.png").exists()  # gammas of different gates share no axis
 

@@ -314,12 +314,14 @@ def _closest(a: list[dict], b: list[dict]) -> tuple[dict, dict] | None:
 
 def compare_gates(groups: list[dict]) -> list[dict]:
     """Each two gates of nudged mode at their closest nudge ratios: the pair of points (one per gate)
-    whose ratios differ least, and whether they are within CLOSE of each other."""
+    whose ratios differ least, and whether they are within CLOSE of each other. A point where nothing
+    or everything was nudged is the base or the nudger alone, whatever the gate: left out."""
     curves = {c["gate"]: c for c in gate_curves(groups) if c["mode"] == "nudged"}
     usable = {
-        gate: [p for p in c["points"] if p["nudge_ratio"] is not None and p["value"] is not None]
+        gate: [p for p in c["points"] if p["nudge_ratio"] is not None and 0 < p["nudge_ratio"] < 1
+               and p["value"] is not None]
         for gate, c in curves.items()
-    }
+    }  # fmt: skip
     out = []
     names = list(usable)
     for i, a in enumerate(names):
