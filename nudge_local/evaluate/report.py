@@ -684,12 +684,12 @@ def gates_figure(s: dict):
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     figure = s["gates"][0]["figure"] if s["gates"] else figure_of(s["groups"])
-    for c in s["gates"]:
-        _plot_curve(ax, c)
+    for i, c in enumerate(s["gates"]):
+        _plot_curve(ax, c, i)
     _baselines(ax, s["groups"], figure)
     ax.set_xlabel("nudge ratio (% of tokens the nudger wrote)")
     ax.set_ylabel("accuracy (%)" if figure == "accuracy" else "ends by itself (% of answers)")
-    ax.set_xlim(left=0)
+    ax.set_xlim(left=-3)  # a point at 0% shows whole
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -697,8 +697,13 @@ def gates_figure(s: dict):
     return fig
 
 
-def _plot_curve(ax, c: dict) -> None:
-    """One gate's points in order of nudge ratio, each with its Wilson bar and its threshold beside it."""
+CURVE_COLORS = {"top1": "tab:blue", "margin": "tab:orange", "entropy": "tab:red"}  # apart from the baselines'
+
+
+def _plot_curve(ax, c: dict, index: int) -> None:
+    """One gate's points in order of nudge ratio, each with its Wilson bar and its thresholds beside it
+    (thresholds that gave the same point share a label; each curve's labels sit at their own height,
+    so curves that meet stay readable)."""
     points = sorted((p for p in c["points"] if p["nudge_ratio"] is not None and p["value"] is not None),
                     key=lambda p: p["nudge_ratio"])  # fmt: skip
     if not points:
@@ -706,11 +711,16 @@ def _plot_curve(ax, c: dict) -> None:
     x = [100 * p["nudge_ratio"] for p in points]
     y = [100 * p["value"] for p in points]
     err = [[100 * (p["value"] - p["ci"][0]) for p in points], [100 * (p["ci"][1] - p["value"]) for p in points]]
-    label = c["gate"] if c["mode"] == "nudged" else f"{c['mode']} ({c['gate']})"
-    bars = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    nudged = c["mode"] == "nudged"
+    label = c["gate"] if nudged else f"{c['mode']} ({c['gate']})"
+    color = CURVE_COLORS.get(c["gate"], "tab:gray") if nudged else "tab:brown"
+    ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, color=color)
+    at: dict[tuple[float, float], list[str]] = {}
     for i, p in enumerate(points):
-        ax.annotate(f"γ {fmt_gamma(p['gamma'])}", (x[i], y[i]), xytext=(4, 4), textcoords="offset points",
-                    fontsize=7, color=bars.lines[0].get_color())  # fmt: skip
+        at.setdefault((x[i], y[i]), []).append(fmt_gamma(p["gamma"]))
+    for xy, gammas in at.items():
+        ax.annotate(f"γ {', '.join(gammas)}", xy, xytext=(4, 4 + 9 * index), textcoords="offset points", fontsize=7,
+                    color=color)  # fmt: skip
 
 
 def gates_png(s: dict) -> bytes:
