@@ -655,6 +655,9 @@ BAD_FIELDS = [  # (endpoint, body, param)
     ("chat", chat(stop=["a", "b", "c", "d", "e"]), "stop"),
     ("chat", chat(stop=3), "stop"),
     ("chat", chat(gamma=1.5), "gamma"),
+    ("chat", chat(gamma="soon"), "gamma"),
+    ("chat", chat(gate="best"), "gate"),
+    ("chat", chat(gate="margin", gamma=1.5), "gamma"),
     ("chat", chat(mode="turbo"), "mode"),
     ("chat", chat(word_cap=0), "word_cap"),
     ("chat", chat(speculative="no"), "speculative"),
@@ -1023,3 +1026,20 @@ def test_serve_options_out_of_range_are_one_sentence(pair, flag, value, allowed)
     p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
     assert p.stderr == f"nudge-local: error: option {flag} must be a whole number {allowed} (got {value}).\n"
+
+
+def test_a_request_chooses_its_gate_and_gamma_auto_calibrates_once(start, tmp_path):
+    """gate and gamma are request fields: the entropy gate's gamma is in nats (above 1 is fine), and
+    "auto" is the pair's gamma calibrated for the gate at the server's nudge target, measured on the
+    first such request, cached on disk and reused."""
+    cache = tmp_path / "cache"
+    s = start("--nudge-target", "0.3", env={**os.environ, "NUDGE_LOCAL_CACHE_DIR": str(cache)})
+    path = "/v1/chat/completions"
+    with s.client() as http:
+        nudge = ok(http, path, chat(gate="entropy", gamma=1.5, max_tokens=12))["choices"][0]["nudge"]
+        assert (nudge["gate"], nudge["gamma"]) == ("entropy", 1.5)
+        first = ok(http, path, chat(gamma="auto", gate="margin", max_tokens=12))["choices"][0]["nudge"]
+        rows = json.loads((cache / "calibration.json").read_text())
+        assert [(r["gate"], r["target"], r["gamma"]) for r in rows.values()] == [("margin", 0.3, first["gamma"])]
+        again = ok(http, path, chat(gate="margin", max_tokens=12))["choices"][0]["nudge"]  # no gamma: auto
+        assert again["gamma"] == first["gamma"] and len(json.loads((cache / "calibration.json").read_text())) == 1
