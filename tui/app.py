@@ -34,22 +34,23 @@ from nudge_local.tui.screens.compare import COLUMNS, CompareScreen
 from nudge_local.tui.screens.history import HistoryScreen
 from nudge_local.tui.screens.inspector import InspectorScreen, branching_line
 from nudge_local.tui.screens.settings import SettingsScreen
-from nudge_local.tui.session import ChatSession, Fork, Options
+from nudge_local.tui.session import ChatSession, Fork, Options, calibrating_line
 from nudge_local.tui.widgets.answer import AnswerView, code_block_at
 from nudge_local.tui.widgets.prompt import PromptArea
 from nudge_local.tui.widgets.token_view import TokenView
 
 FRAME = 1 / 30  # token batches reach the screen at about 30 Hz
-GAMMA_STEP = 0.05
+GAMMA_STEP = 0.05  # a probability gate's (top1, margin): gamma from 0 to 1
+ENTROPY_STEP = 0.25  # the entropy gate's, in nats: gamma from 0 up
 
 # (id, key, action, description, help for the command palette)
 ACTIONS = [
     ("cancel", "escape", "cancel", "Cancel", "Stop the answer, put its question back, hold the queue; again: clear it"),
     ("regenerate", "ctrl+r", "regenerate", "Regenerate", "Write the last answer again with the current settings"),
-    ("gamma_up", "alt+up", "gamma(1)", "Gamma +", "Raise gamma by 0.05: the nudger writes more"),
-    ("gamma_down", "alt+down", "gamma(-1)", "Gamma -", "Lower gamma by 0.05: the base writes more"),
+    ("gamma_up", "alt+up", "gamma(1)", "Gamma +", "Raise gamma by 0.05 (the entropy gate's by 0.25 nats)"),
+    ("gamma_down", "alt+down", "gamma(-1)", "Gamma -", "Lower gamma by 0.05 (the entropy gate's by 0.25 nats)"),
     ("mode", "ctrl+o", "cycle_mode", "Mode", "Switch between nudged, base only and nudger only"),
-    ("settings", "f2", "settings", "Settings", "Mode, gamma, temperature, max tokens, system prompt"),
+    ("settings", "f2", "settings", "Settings", "Mode, gate, gamma (or auto), temperature, max tokens, system prompt"),
     ("history", "f3", "history", "History", "Open, rename or delete saved conversations"),
     ("compare", "f4", "compare", "Compare", "Answer the prompt with base only, nudger only and nudged, side by side"),
     ("copy", "f5", "copy_answer", "Copy", "Copy the answer under the mouse (else the last), or the code block there"),
@@ -73,6 +74,9 @@ class Request:
     dropped: int = 0  # the conversation's oldest turns already left out
     sibling_of: int | None = None  # regenerating: the stored answer the new one is written beside
 
+
+# What an answer stored before the chat had gates was written with.
+BEFORE_GATES = {"gate": "top1", "gamma_auto": False}
 
 # What the workers post back. Textual's Message.__post_init__ does Message's own setup, so a
 # dataclass needs nothing more (the pattern of Textual's Input.Changed).
@@ -141,12 +145,29 @@ class LoadProgress(Message):
 
 
 @dataclass
+class Calibrating(Message):
+    """Gamma auto is being measured for the loaded pair: before the first measurement (step 0) and
+    after each."""
+
+    step: int
+    gamma: float
+    ratio: float
+
+
+@dataclass
 class Inspected(Message):
     view: AnswerView
     index: int
     prompts: Prompts | None
     alternatives: dict | None
     error: str | None
+
+
+def gamma_text(o: Options) -> str:
+    """The status line's gamma: its value ("auto" until calibrated), "(auto)" where calibrated, and the
+    gate where it is not the paper's top1."""
+    text = "gamma auto" if o.gamma is None else f"gamma {o.gamma:.2f}" + (" (auto)" if o.gamma_auto else "")
+    return text + (f" · {o.gate}" if o.gate != "top1" else "")
 
 
 def compared_from(held: int, dropped: int, written: bool) -> str:
@@ -222,7 +243,7 @@ class NudgeApp(App):
         ctx = f"ctx {self.context_used}/{self.session.n_ctx}" if self.session.n_ctx else "ctx -"
         backend = self.session.backend if self.ready else "…"
         self.query_one("#status", Static).update(
-            f"{self.session.pair_name} · {backend} · gamma {o.gamma:.2f} · {o.mode} · {ctx} · {state}"
+            f"{self.session.pair_name} · {backend} · {gamma_text(o)} · {o.mode} · {ctx} · {state}"
         )
 
     def _within(self, used: int) -> int:
@@ -244,6 +265,7 @@ class NudgeApp(App):
     def _load(self) -> None:
         try:
             self.session.load(lambda role, f: self.post_message(LoadProgress(role, f)))
+            self.session.settle_gamma(lambda step, gamma, ratio: self.post_message(Calibrating(step, gamma, ratio)))
             self.post_message(Loaded(None))
         except NudgeError as e:
             self.post_message(Loaded(str(e)))
@@ -252,21 +274,27 @@ class NudgeApp(App):
         self.loading = f"loading {m.role} {m.fraction:.0%}"
         self.update_status()
 
+    def on_calibrating(self, m: Calibrating) -> None:
+        self.loading = calibrating_line(m.step, m.gamma, m.ratio)
+        self.update_status()
+
     def on_loaded(self, m: Loaded) -> None:
         self.loaded, self.ready = True, m.error is None
         self.loading = "ready" if self.ready else "no models"
         if self.ready:
             self.options = self._settled_options()
+            if self.session.calibration is not None:
+                self.notify(self.session.calibration.line(), timeout=6)
         self.show_error(m.error)
         self._next()
         self.update_status()
 
     def _settled_options(self) -> Options:
-        """The options with the loaded pair's defaults (a catalog pair's gamma) settled in, except
-        those the user changed while the models loaded."""
+        """The options with the loaded pair's defaults (a catalog pair's gamma, gamma auto's calibrated
+        one) settled in, except those the user changed while the models loaded."""
         started = Options.from_settings(self.settings).as_dict()
         changed = {k: v for k, v in self.options.as_dict().items() if v != started[k]}
-        return replace(Options.from_settings(self.session.settings), **changed)
+        return replace(Options.from_settings(self.session.settings, self.session.calibration), **changed)
 
     # -- asking -------------------------------------------------------------------------------
 
@@ -318,14 +346,14 @@ class NudgeApp(App):
     def options_of(self, view: AnswerView) -> Options:
         """The options an answer was written with; the current ones for what a reopened answer's
         stored settings lack."""
-        given = {**self.options.as_dict(), **view.settings}
+        given = {**self.options.as_dict(), **BEFORE_GATES, **view.settings}
         return Options(**{k: v for k, v in given.items() if k in Options.__dataclass_fields__})
 
     def ask(self, question: str, *, instead_of: AnswerView | None = None) -> None:
         """Start an answer (`instead_of` an answer: a new branch beside it, asked after the turns before
         it). Its prompts are fitted in the worker; `on_asked` stores and shows it."""
         options = replace(self.options)  # as it is now: a key pressed meanwhile changes the next answer
-        view = AnswerView(question, mode=options.mode, gamma=options.gamma, brackets=self.brackets)
+        view = AnswerView(question, mode=options.mode, gamma=options.gamma, gate=options.gate, brackets=self.brackets)
         self.current = view
         self._cancel = threading.Event()
         self.update_status()
@@ -550,8 +578,18 @@ class NudgeApp(App):
         self.ask(views[-1].question, instead_of=views[-1])
 
     def action_gamma(self, direction: int) -> None:
-        g = round(min(1.0, max(0.0, self.options.gamma + direction * GAMMA_STEP)), 2)
-        self.options.gamma = g
+        """One step of gamma: 0.05 for a probability gate, within 0 to 1; 0.25 nats for the entropy
+        gate, from 0 up. A number the user set: no longer gamma auto."""
+        o = self.options
+        if o.gamma is None:
+            self.notify("Gamma auto is measured once the models are loaded; then it can be changed.",
+                        severity="warning")  # fmt: skip
+            return
+        if o.gate == "entropy":
+            g = round(max(0.0, o.gamma + direction * ENTROPY_STEP), 2)
+        else:
+            g = round(min(1.0, max(0.0, o.gamma + direction * GAMMA_STEP)), 2)
+        o.gamma, o.gamma_auto = g, False
         self.update_status()
         self.notify(f"gamma {g:.2f} (next answer)", timeout=1.5)
 
@@ -565,7 +603,8 @@ class NudgeApp(App):
                 self.options = result
                 self.update_status()
 
-        self.push_screen(SettingsScreen(self.options), apply)
+        calibrate = self.session.calibrate if self.ready else None  # gamma auto needs the loaded pair
+        self.push_screen(SettingsScreen(self.options, calibrate), apply)
 
     def action_toggle_marks(self) -> None:
         self.brackets = not self.brackets
@@ -646,8 +685,8 @@ class NudgeApp(App):
 
     def _stored(self, msg: Stored) -> AnswerView:
         """A stored answer as the chat shows it; its prompts are made again when it is inspected."""
-        gamma = msg.settings.get("gamma", self.options.gamma)
-        view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, brackets=self.brackets, msg_id=msg.id,
+        gamma, gate = msg.settings.get("gamma", self.options.gamma), msg.settings.get("gate", "top1")
+        view = AnswerView(msg.question, mode=msg.mode, gamma=gamma, gate=gate, brackets=self.brackets, msg_id=msg.id,
                           dropped=msg.settings.get("turns_dropped", 0))  # fmt: skip
         view.settings = msg.settings
         view.saved_stats = msg.stats  # its branching factors, for the inspector
@@ -699,7 +738,7 @@ class NudgeApp(App):
         else:
             self.notify("Type a prompt to compare.", severity="warning")
             return
-        screen = CompareScreen(request.question, request.options.gamma, self.brackets)
+        screen = CompareScreen(request.question, request.options.gamma, request.options.gate, self.brackets)
         self.push_screen(screen)
         self._cancel = threading.Event()
         jobs = [(screen.views[m], m) for m in COLUMNS]
@@ -751,6 +790,7 @@ class NudgeApp(App):
                     view.gamma,
                     None,
                     "Alternatives are shown once the answer is finished.",
+                    gate=view.gate,
                 )
             )
             return
@@ -786,7 +826,7 @@ class NudgeApp(App):
                 self.branch(view, fork)
 
         screen = InspectorScreen(view.tokens[m.index], m.index, view.gamma, m.alternatives, m.error or "", branching,
-                                 can_branch=can_branch)  # fmt: skip
+                                 can_branch=can_branch, gate=view.gate)  # fmt: skip
         self.push_screen(screen, chosen)
 
     # -- the loom -----------------------------------------------------------------------------
@@ -801,8 +841,8 @@ class NudgeApp(App):
         if not parent.is_attached or parent.msg_id is None:
             return  # the conversation on screen changed meanwhile
         options = replace(self.options_of(parent), mode=parent.mode)
-        view = AnswerView(parent.question, mode=parent.mode, gamma=options.gamma, brackets=self.brackets,
-                          dropped=parent.dropped)  # fmt: skip
+        view = AnswerView(parent.question, mode=parent.mode, gamma=options.gamma, gate=options.gate,
+                          brackets=self.brackets, dropped=parent.dropped)  # fmt: skip
         view.settings, view.branch_of = dict(parent.settings), parent.msg_id
         view.prompts, view.prompt_tokens = parent.prompts, parent.prompt_tokens
         self.current = view

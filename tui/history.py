@@ -205,7 +205,13 @@ def _v3(db: sqlite3.Connection) -> None:
         _index_answer(db, msg_id, _token_texts(db, msg_id))
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite3.Connection) -> None:
+    # Gates (issue 28): under the entropy gate the base's entropy at a token is the gate's value, which
+    # the inspector shows; NULL for every other token (and every token written before).
+    db.execute("ALTER TABLE tokens ADD COLUMN base_entropy REAL")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -492,8 +498,9 @@ class History:
             msg_id = self._insert(db, conv_id, position, question, mode, settings, after=after,
                                   parent=parent_id, at=at)  # fmt: skip
             db.execute(
-                """INSERT INTO tokens (message_id, idx, text, source, token, base_p, p)
-                   SELECT ?, idx, text, source, token, base_p, p FROM tokens WHERE message_id = ? AND idx < ?""",
+                """INSERT INTO tokens (message_id, idx, text, source, token, base_p, p, base_entropy)
+                   SELECT ?, idx, text, source, token, base_p, p, base_entropy FROM tokens
+                   WHERE message_id = ? AND idx < ?""",
                 (msg_id, parent_id, at),
             )
             _index_answer(db, msg_id, _token_texts(db, msg_id))
@@ -558,8 +565,12 @@ class History:
             ).fetchone()
             try:
                 db.executemany(
-                    "INSERT INTO tokens (message_id, idx, text, source, token, base_p, p) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(msg_id, start + i, t.text, t.source, t.token, t.base_p, t.p) for i, t in enumerate(tokens)],
+                    "INSERT INTO tokens (message_id, idx, text, source, token, base_p, p, base_entropy) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (msg_id, start + i, t.text, t.source, t.token, t.base_p, t.p, t.base_entropy)
+                        for i, t in enumerate(tokens)
+                    ],
                 )
             except sqlite3.IntegrityError:
                 raise KeyError(f"no message {msg_id}") from None
@@ -601,11 +612,12 @@ class History:
             for r in rows
         }  # fmt: skip
         for mid, *tok in db.execute(
-            f"SELECT message_id, text, source, token, base_p, p FROM tokens WHERE message_id IN ({marks}) "
-            "ORDER BY message_id, idx",
+            "SELECT message_id, text, source, token, base_p, p, base_entropy FROM tokens "
+            f"WHERE message_id IN ({marks}) ORDER BY message_id, idx",
             ids,
         ):
-            msgs[mid].tokens.append(TokenEvent(*tok))
+            *fields, base_entropy = tok
+            msgs[mid].tokens.append(TokenEvent(*fields, base_entropy=base_entropy))
         return [msgs[i] for i in ids]
 
     def _path(self, db: sqlite3.Connection, conv_id: int) -> list[Message]:

@@ -16,10 +16,10 @@ COLUMNS = ("base", "nudger", "nudged")
 class CompareScreen(Screen[None]):
     BINDINGS = [Binding("escape", "close", "Back to chat", id="compare.close")]
 
-    def __init__(self, question: str, gamma: float, brackets: bool) -> None:
+    def __init__(self, question: str, gamma: float, gate: str, brackets: bool) -> None:
         super().__init__()
         self.question = question
-        self.views = {m: AnswerView(question, mode=m, gamma=gamma, brackets=brackets) for m in COLUMNS}
+        self.views = {m: AnswerView(question, mode=m, gamma=gamma, gate=gate, brackets=brackets) for m in COLUMNS}
 
     def compose(self) -> ComposeResult:
         yield Static(f"Compare: {self.question}", classes="heading", markup=False)

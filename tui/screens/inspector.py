@@ -86,16 +86,17 @@ class InspectorScreen(ModalScreen[Fork | None]):
     ]
 
     def __init__(self, token: TokenEvent, index: int, gamma: float, alternatives: dict | None, note: str = "",
-                 branching: str = "", *, can_branch: bool = False) -> None:  # fmt: skip
+                 branching: str = "", *, can_branch: bool = False, gate: str = "top1") -> None:  # fmt: skip
         super().__init__()
         self.token, self.index, self.gamma, self.alts, self.note = token, index, gamma, alternatives or {}, note
+        self.gate = gate  # the answer's, gamma its threshold
         self.branching = branching  # branching_line of the answer
         self.can_branch = can_branch and bool(self.alts)  # a finished answer of the chat, its alternatives known
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(f"Token {self.index}", classes="title")
-            yield Static(describe(self.token, self.gamma).rsplit("\n", 1)[0], markup=False)
+            yield Static(describe(self.token, self.gamma, self.gate).rsplit("\n", 1)[0], markup=False)
             if self.note:
                 yield Static(self.note, markup=False)
             if self.branching:

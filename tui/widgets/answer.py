@@ -163,10 +163,11 @@ def marked_markdown(tokens: list[TokenEvent]) -> str:
 
 
 class AnswerView(Vertical):
-    def __init__(self, question: str, *, mode: str, gamma: float, brackets: bool, msg_id: int | None = None,
-                 dropped: int = 0) -> None:  # fmt: skip
+    def __init__(self, question: str, *, mode: str, gamma: float, brackets: bool, gate: str = "top1",
+                 msg_id: int | None = None, dropped: int = 0) -> None:  # fmt: skip
         super().__init__()
         self.question, self.mode, self.gamma, self.brackets = question, mode, gamma, brackets
+        self.gate = gate  # the gate it was written with, gamma its threshold
         # what the history holds of it beside its tokens
         self.msg_id = msg_id
         self.settings: dict = {}  # the options it was written with, and the turns its prompts held and dropped
@@ -229,7 +230,8 @@ class AnswerView(Vertical):
                 grew = True
                 if self._blocks and self._blocks[-1] not in touched:
                     touched.append(self._blocks[-1])  # closed by the last batch: drawn at its exact height
-                block = TokenView(first_index=len(self.tokens), gamma=self.gamma, brackets=self.brackets)
+                block = TokenView(first_index=len(self.tokens), gamma=self.gamma, gate=self.gate,
+                                  brackets=self.brackets)  # fmt: skip
                 self._blocks.append(block)
                 self.mount(block, before=self._summary)
             if not touched or touched[-1] is not self._blocks[-1]:

@@ -41,11 +41,12 @@ class TokenView(Widget):
         view: TokenView
         index: int
 
-    def __init__(self, *, first_index: int = 0, gamma: float = 0.4, brackets: bool = False, **kw) -> None:
+    def __init__(self, *, first_index: int = 0, gamma: float = 0.4, gate: str = "top1", brackets: bool = False,
+                 **kw) -> None:  # fmt: skip
         super().__init__(**kw)
         self.first_index = first_index
         self.tokens: list[TokenEvent] = []
-        self.gamma = gamma
+        self.gamma, self.gate = gamma, gate
         self.brackets = brackets
         self.live = True  # still being written: its height is rounded up to LIVE_STEP lines
         self._reset()
@@ -182,7 +183,7 @@ class TokenView(Widget):
     def on_mouse_move(self, event: MouseMove) -> None:
         index = self._event_index(event)
         t = self.token_at(index) if index is not None else None
-        self.tooltip = describe(t, self.gamma) if t else None
+        self.tooltip = describe(t, self.gamma, self.gate) if t else None
 
     def on_click(self, event: Click) -> None:
         index = self._event_index(event)
@@ -190,14 +191,27 @@ class TokenView(Widget):
             self.post_message(self.Inspect(self, index))
 
 
-def describe(t: TokenEvent, gamma: float) -> str:
-    """The hover text: who wrote the token and why."""
+def describe(t: TokenEvent, gamma: float, gate: str = "top1") -> str:
+    """The hover text: who wrote the token and why (the gate's value where the token carries it)."""
     if t.source == "user":
         lines = [f"{t.text!r} chosen by you at a branch"]
     else:
         lines = [f"{t.text!r} written by the {'nudger' if t.source == 'nudge' else 'base'} (p={t.p:.3f})"]
-    if t.base_p is not None:
+    if t.base_p is not None and gate == "top1":
         rule = "below" if t.base_p < gamma else "at or above"
         lines.append(f"base top-1 p={t.base_p:.3f}, {rule} gamma {gamma:.2f}")
+    elif t.base_p is not None:
+        lines.append(f"base top-1 p={t.base_p:.3f}; {gate_rule(t, gamma, gate)}")
     lines.append("click for both models' top 5, and to take the answer another way here")
     return "\n".join(lines)
+
+
+def gate_rule(t: TokenEvent, gamma: float, gate: str) -> str:
+    """The margin or entropy gate at a token: its value where the token carries it (the base's entropy,
+    on every base token and a nudged word's first), else its rule."""
+    if gate == "entropy" and t.base_entropy is not None:
+        rule = ">" if t.base_entropy > gamma else "<="
+        return f"the base's entropy {t.base_entropy:.2f} nats {rule} gamma {gamma:.2f}"
+    if gate == "entropy":
+        return f"entropy gate: the nudger writes where the base's entropy > gamma {gamma:.2f} nats"
+    return f"margin gate: the nudger writes where the base's top-1 minus top-2 < gamma {gamma:.2f}"
