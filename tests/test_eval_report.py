@@ -109,6 +109,29 @@ def test_wilson_by_hand_and_without_trials():
     assert wilson(0, 0) is None
 
 
+@pytest.mark.parametrize("n", [1, 3, 7, 10, 12, 100, 1319])
+def test_wilson_ends_are_exact(n):
+    """0 of n starts at 0 and n of n ends at 1 exactly: 0 of 12 came out a hair above 0 in floating
+    point, and matplotlib refused the error bar below its point."""
+    assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
+
+
+def test_plots_take_points_at_0_and_100_percent():
+    rows = [make_row("nudged", g, i, c, gate=gate, tokens=100, nudge_tokens=n, stop_reason=stop)
+            for gate, g, n, c, stop in (("top1", 0.2, 5, F, "length"), ("top1", 0.4, 9, T, "eos"),
+                                        ("entropy", 2.0, 7, T, "length"))
+            for i in range(12)]  # fmt: skip
+    s = summarize(rows, MANIFEST)
+    (ax,) = report.gates_figure(s).axes
+    (points, _, (bars,)) = ax.containers[0].lines
+    assert list(points.get_ydata()) == [0.0, 100.0]
+    assert bars.get_segments()[0][:, 1][0] == 0.0 and bars.get_segments()[1][:, 1][1] == 100.0
+    report.gamma_figure(summarize([r for r in rows if r["gate"] == "top1"], MANIFEST))  # the same bars, by gamma
+    # an open task's points: ends by itself 0 of 12 (cut) and 12 of 12
+    (ax,) = report.gates_figure(summarize([{**r, "correct": None} for r in rows], {**MANIFEST, "task": "open"})).axes
+    assert list(ax.containers[0].lines[0].get_ydata()) == [0.0, 100.0]
+
+
 def test_mcnemar_matches_scipy_binomtest():
     for b in range(26):
         for c in range(26):

@@ -82,7 +82,11 @@ def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float] | None:
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # exactly 0 and 1 at the ends (in floating point center - half can land a hair above 0, as for 0 of 12,
+    # and a bar's length below zero is refused by matplotlib)
+    low = 0.0 if correct == 0 else max(0.0, center - half)
+    high = 1.0 if correct == n else min(1.0, center + half)
+    return low, high
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -710,7 +714,8 @@ def _plot_curve(ax, c: dict, index: int) -> None:
         return
     x = [100 * p["nudge_ratio"] for p in points]
     y = [100 * p["value"] for p in points]
-    err = [[100 * (p["value"] - p["ci"][0]) for p in points], [100 * (p["ci"][1] - p["value"]) for p in points]]
+    err = [[max(0.0, 100 * (p["value"] - p["ci"][0])) for p in points],
+           [max(0.0, 100 * (p["ci"][1] - p["value"])) for p in points]]  # fmt: skip
     nudged = c["mode"] == "nudged"
     label = c["gate"] if nudged else f"{c['mode']} ({c['gate']})"
     color = CURVE_COLORS.get(c["gate"], "tab:gray") if nudged else "tab:brown"
@@ -757,7 +762,8 @@ def _plot_accuracy(ax, groups: list[dict], swept: list[dict]) -> None:
             continue
         x = [g["gamma"] for g in gs]
         y = [100 * g["accuracy"] for g in gs]
-        err = [[100 * (g["accuracy"] - g["ci"][0]) for g in gs], [100 * (g["ci"][1] - g["accuracy"]) for g in gs]]
+        err = [[max(0.0, 100 * (g["accuracy"] - g["ci"][0])) for g in gs],
+               [max(0.0, 100 * (g["ci"][1] - g["accuracy"])) for g in gs]]  # fmt: skip
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{mode} (95% CI)")
     _baselines(ax, groups, "accuracy")
     ax.set_ylabel("accuracy (%)")
