@@ -613,7 +613,8 @@ def test_open_task_gates_plot_ends_by_itself(tmp_path):
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines["base"].get_ydata()) == pytest.approx([80.0, 80.0])  # 8 of its 10 answers ended by themselves
     md = (tmp_path / "report.md").read_text()
-    assert "| γ | Items | Nudge ratio | Ends by itself [95% CI] |" in md
+    assert "| γ | Items | Nudge ratio | Ends by itself [95% CI] | Looped [95% CI] |" in md
+    assert "| 0.2 | 10 | 10.0% | 10.0% [1.8%, 40.4%] | 0.0% [0.0%, 27.8%] |" in md  # cut, but none repeating
     assert "gave answers that ended by themselves 10.0% [" in md
 
 

@@ -540,15 +540,16 @@ def _gate_tables(s: dict) -> list[str]:
              f"Nudged mode under each gate: the share of tokens each threshold handed to the nudger, and the "
              f"{FIGURE_WORDS[curves[0]['figure']]} it bought. gates.png plots one against the other, a curve per "
              "gate, so gates are compared at the same nudge ratio rather than the same γ.", ""]  # fmt: skip
-    header = ["γ", "Items", "Nudge ratio"] + (["Accuracy [95% CI]"] if scored else []) + ["Ends by itself [95% CI]"]
+    header = ["γ", "Items", "Nudge ratio"] + (["Accuracy [95% CI]"] if scored else [])
+    header += ["Ends by itself [95% CI]", "Looped [95% CI]"]
     for c in curves:
         rows = []
         for p in c["points"]:
             g = groups[(c["gate"], p["gamma"])]
-            ends = g["ends_by_itself"]
+            ends, loops = g["ends_by_itself"], g["looped"]
             row = [fmt_gamma(p["gamma"]), str(p["items"]), pct(p["nudge_ratio"])]
             row += [fmt_accuracy(g["accuracy"], g["ci"])] if scored else []
-            rows.append(row + [fmt_accuracy(ends["share"], ends["ci"])])
+            rows.append(row + [fmt_accuracy(ends["share"], ends["ci"]), fmt_accuracy(loops["share"], loops["ci"])])
         lines += [f"### {c['gate']} ({GATE_RULES.get(c['gate'], 'its own rule')})", "", *_table(header, rows), ""]
     sentences = [compare_sentence(c) for c in s["gate_comparison"]]
     if sentences:
