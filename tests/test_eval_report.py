@@ -596,6 +596,8 @@ def test_gates_plot_one_curve_per_gate_labelled_by_threshold():
     assert ("γ 3", (11.0, 90.0)) in labels and ("γ 0.4", (30.0, 50.0)) in labels and len(labels) == 5
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines["base"].get_ydata()) == pytest.approx([40.0, 40.0])
+    titled = report.gates_figure(summarize(gate_rows(), {**MANIFEST, "base": "/models/base.gguf (253113024 bytes)"}))
+    assert titled.get_suptitle() == "gsm8k: base.gguf nudged by nudger.gguf, per gate"  # the size would not fit
     # two thresholds that gave the same point share one label
     same = gate_rows() + [{**r, "gamma": 5.0} for r in gate_rows() if (r.get("gate"), r["gamma"]) == ("entropy", 3.0)]
     (ax,) = report.gates_figure(summarize(same, MANIFEST)).axes

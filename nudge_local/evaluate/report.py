@@ -694,7 +694,8 @@ def gates_figure(s: dict):
     _baselines(ax, s["groups"], figure)
     ax.set_xlabel("nudge ratio (% of tokens the nudger wrote)")
     ax.set_ylabel("accuracy (%)" if figure == "accuracy" else "ends by itself (% of answers)")
-    ax.set_xlim(left=-3)  # a point at 0% shows whole
+    right = ax.get_xlim()[1]
+    ax.set_xlim(-3, right + 0.1 * (right + 3))  # a point at 0% shows whole, and the last point's label
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -745,8 +746,8 @@ def _baselines(ax, groups: list[dict], figure: str) -> None:
 
 
 def _short(ref: str | None) -> str:
-    """A model file's or server's last path part, for the plot's title."""
-    return str(ref).rstrip("/").rsplit("/", 1)[-1]
+    """A model file's or server's last path part, for the plot's title (a file's size left out)."""
+    return str(ref).split(" (", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def _by_mode(swept: list[dict]) -> dict[str, list[dict]]:
