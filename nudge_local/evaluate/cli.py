@@ -81,9 +81,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "runs top1 only")  # fmt: skip
     p.add_argument("--gamma", action="append", metavar="LIST|GATE=LIST",
                    help="the thresholds: a comma-separated list sweeps (0.1,0.2,0.4); auto calibrates one per gate "
-                   "to --nudge-target; GATE=LIST gives one gate its own (top1=0.1,0.3;entropy=1,2,3, or --gamma "
-                   "repeated). A bare list is every gate's, but with several gates entropy (nats) keeps its own "
-                   "list. Default: the gamma setting for one gate; for several, "
+                   "to --nudge-target; GATE=LIST gives one gate its own (\"top1=0.1,0.3;entropy=1,2,3\", quoted, or "
+                   "--gamma repeated). A bare list is every gate's, but with several gates entropy (nats) keeps its "
+                   "own list or grid. Default: the gamma setting for one gate; for several, "
                    + "; ".join(f"{g} {','.join(f'{x:g}' for x in v)}" for g, v in GRID.items()))  # fmt: skip
     p.add_argument("--seed", type=int, help=f"the sample's and sampling's seed (default {PAPER_SEED}, the paper's)")
     p.add_argument("--max-tokens", type=int, help=f"answer length limit (default {PAPER_MAX_TOKENS}, the paper's)")
