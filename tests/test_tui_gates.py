@@ -8,6 +8,7 @@ inspector, also after a restart."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from textual.widgets import Button, Input, Select, Static
@@ -34,8 +35,9 @@ def cache(tmp_path, monkeypatch):
 
 
 class FakeCalibrate:
-    """calibrate, quickly: two measurements told to `progress`, then (once `release` is set) `gamma`.
-    Each call is recorded with its gate and thread."""
+    """calibrate, quickly: two measurements told to `progress`, then (once `release` is set, or after
+    30 seconds: a test that fails never hangs on it) `gamma`. Each call is recorded with its gate and
+    thread."""
 
     def __init__(self, gamma: float, *, hold: bool = False) -> None:
         self.gamma, self.calls, self.stopped = gamma, [], False
@@ -48,7 +50,8 @@ class FakeCalibrate:
         try:
             progress(1, 0.5, 0.2)
             progress(2, self.gamma, 0.12)
-            while not self.release.wait(0.02):
+            end = time.monotonic() + 30
+            while not self.release.wait(0.02) and time.monotonic() < end:
                 progress(2, self.gamma, 0.12)  # as calibrate tells of each measurement (and may be stopped)
         except Stopped:
             self.stopped = True
@@ -143,10 +146,13 @@ def test_the_margin_gate_chosen_in_settings_changes_who_writes(tmp_path, pair):
             await until(pilot, lambda: app.screen is not screen)
             assert (app.options.gate, app.options.gamma) == ("margin", 0.3)
             assert "gamma 0.30 · margin · nudged" in status(app)
+            old = AnswerView("Why?", mode="nudged", gamma=0.4, brackets=False)
+            old.settings = {"gamma": 0.4, "mode": "nudged"}  # stored before the chat had gates: top1's
+            assert (app.options_of(old).gate, app.options_of(before).gate) == ("top1", "top1")
             after = await ask(app, pilot, "Why?")
             assert after.gate == "margin" and after.settings["gate"] == "margin"
-            nudged = next(t for t in after.tokens if t.source == "nudge")
-            assert "margin gate" in describe(nudged, after.gamma, after.gate)
+            nudged = [t for t in after.tokens if t.source == "nudge"]
+            assert nudged and "margin gate" in describe(nudged[0], after.gamma, after.gate)
             return written(before), written(after)
 
     before, after = run(go())
@@ -157,9 +163,10 @@ def test_the_margin_gate_chosen_in_settings_changes_who_writes(tmp_path, pair):
 
 
 def test_auto_typed_in_settings_calibrates_for_the_chosen_gate_in_a_worker(tmp_path, pair, monkeypatch):
-    """The entropy gate at gamma 1.0 nats: after " the" the base's entropy is ln 3 (1.10), so the nudger
-    writes; the inspector says the entropy, and a restart shows it again."""
-    fake = FakeCalibrate(1.0, hold=True)
+    """The entropy gate at gamma 0.25 nats: after " the" the base's entropy is ln 3 (1.10), so the nudger
+    writes (where top1 at 0.25 would let the base write, its top-1 being 1/3); the inspector says the
+    entropy, and a restart shows it again."""
+    fake = FakeCalibrate(0.25, hold=True)
     monkeypatch.setattr(cal, "calibrate", fake)
 
     async def go():
@@ -171,28 +178,29 @@ def test_auto_typed_in_settings_calibrates_for_the_chosen_gate_in_a_worker(tmp_p
             screen.query_one("#gamma", Input).value = "auto"
             screen.query_one("#apply", Button).press()
             line = screen.query_one("#calibrating", Static)
-            await until(pilot, lambda: "calibrating gamma for the entropy gate (step 2: gamma 1 nudges 12.0%)"
+            await until(pilot, lambda: "calibrating gamma for the entropy gate (step 2: gamma 0.25 nudges 12.0%)"
                         in str(line.render()))  # fmt: skip
             assert line.display and screen.query_one("#apply", Button).disabled and app.screen is screen
             assert fake.calls == [("entropy", fake.calls[0][1])] and fake.calls[0][1] is not threading.main_thread()
             await pilot.press("tab")  # the UI answers keys while the worker measures
             fake.release.set()
             await until(pilot, lambda: app.screen is not screen)
-            assert (app.options.gate, app.options.gamma, app.options.gamma_auto) == ("entropy", 1.0, True)
-            assert "gamma 1.00 (auto) · entropy" in status(app)
+            assert (app.options.gate, app.options.gamma, app.options.gamma_auto) == ("entropy", 0.25, True)
+            assert "gamma 0.25 (auto) · entropy" in status(app)
             view = await ask(app, pilot)
-            first = next(t for t in view.tokens if t.source == "nudge")
-            assert first.base_entropy == pytest.approx(1.0986, abs=1e-3)
+            nudged = [t for t in view.tokens if t.source == "nudge"]
+            assert nudged and nudged[0].base_entropy == pytest.approx(1.0986, abs=1e-3)
             block = view.query_one(TokenView)
             await pilot.hover(block, offset=(6, 0))  # inside " Sure"
-            assert "the base's entropy 1.10 nats > gamma 1.00" in block.tooltip
+            assert "the base's entropy 1.10 nats > gamma 0.25" in block.tooltip
             await pilot.press(*["alt+up"] * 5)  # 0.25 nats a step, past 1
-            assert (app.options.gamma, app.options.gamma_auto) == (2.25, False)
-            assert "gamma 2.25 · entropy" in status(app)
+            assert (app.options.gamma, app.options.gamma_auto) == (1.5, False)
+            assert "gamma 1.50 · entropy" in status(app)
             return app.conversation, written(view), [t.base_entropy for t in view.tokens]
 
     conv, got, entropies = run(go())
-    assert got == engine_answer(pair, gamma=1.0, gate="entropy") and len(fake.calls) == 1
+    assert got == engine_answer(pair, gamma=0.25, gate="entropy") and len(fake.calls) == 1
+    assert got != engine_answer(pair, gamma=0.25)  # the top1 gate's at the same gamma
 
     async def reopened():
         app = make_app(tmp_path, pair)
@@ -202,8 +210,8 @@ def test_auto_typed_in_settings_calibrates_for_the_chosen_gate_in_a_worker(tmp_p
             await until(pilot, lambda: app.query("#chat AnswerView"))
             view = app.query_one("#chat AnswerView", AnswerView)
             assert view.gate == "entropy" and [t.base_entropy for t in view.tokens] == entropies
-            nudged = next(t for t in view.tokens if t.source == "nudge")
-            assert "the base's entropy 1.10 nats > gamma 1.00" in describe(nudged, view.gamma, view.gate)
+            nudged = [t for t in view.tokens if t.source == "nudge"]
+            assert nudged and "the base's entropy 1.10 nats > gamma 0.25" in describe(nudged[0], view.gamma, view.gate)
             assert app.options_of(view).gate == "entropy"
 
     run(reopened())
