@@ -223,6 +223,4 @@ def settle_gamma(
         return s, None
     c = calibrate(models["base"], models["nudger"], gate=s.gate, target=s.nudge_target, base_format=s.base_format,
                   system=s.system, chat_template=chat_template, progress=progress)  # fmt: skip
-    if progress is not None and not c.cached:
-        sys.stderr.write("\n" if sys.stderr.isatty() else "")
     return s.updated({"gamma": c.gamma}, "gamma auto", f"auto: {c.line()}"), c

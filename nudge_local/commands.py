@@ -120,6 +120,8 @@ def load_pair(s: Settings, mode: str, yes: bool) -> Loaded:
     models = load_models({"base": local_path(choice.base), "nudger": local_path(choice.nudger)}, s)
     try:
         s, calibration = settle_gamma(s, models, chat_template, say_progress())
+        if calibration is not None and not calibration.cached and sys.stderr.isatty():
+            print(file=sys.stderr)  # the progress line was rewritten in place: end it
     except BaseException:
         for m in models.values():
             m.close()
