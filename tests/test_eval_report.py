@@ -632,3 +632,20 @@ def test_plots_follow_the_gates(tmp_path):
     assert not (tmp_path / "gates.png").exists() and "## Gates" not in (tmp_path / "report.md").read_text()
     _, ratio = report.gamma_figure(summarize(entropy_only, MANIFEST)).axes
     assert ratio.get_xlabel().startswith("gamma, entropy gate (nats")
+
+
+def test_a_report_that_cannot_be_written_is_one_sentence(tmp_path, capsys):
+    """A full disk or a folder that refuses the report ends the run in one sentence; the answers
+    stay in results.jsonl."""
+    import errno
+
+    from nudge_local.engine.errors import NudgeError
+    from nudge_local.evaluate.cli import _report
+
+    def full(out, rows, manifest):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(NudgeError, match=r"cannot be written in .* \(No space left on device\); results.jsonl keeps"):
+        _report(full, tmp_path, [{}], {})
+    _report(lambda out, rows, manifest: [out / "report.md"], tmp_path, [{}], {})
+    assert capsys.readouterr().out == f"{tmp_path / 'report.md'}\n"

@@ -112,6 +112,19 @@ def _mode_for(roles: set[str]) -> str:
     return "nudged" if roles == {"base", "nudger"} else "base" if roles == {"base"} else "nudger"
 
 
+def _report(write_report, out: Path, rows: list, manifest: dict) -> None:
+    """The report on the answers written; a folder that cannot take it is one sentence (the answers
+    stay in results.jsonl, and `--resume` writes the report again)."""
+    try:
+        paths = write_report(out, rows, manifest)
+    except OSError as e:
+        raise NudgeError(f"The report cannot be written in {out} ({e.strerror}); results.jsonl keeps every "
+                         f"answer, and --resume writes the report again.") from None  # fmt: skip
+    print(f"{len(rows)} answers in {out / 'results.jsonl'}", file=sys.stderr)
+    for p in paths:
+        print(p)
+
+
 def main(args) -> int:
     from nudge_local.evaluate.report import write_report  # matplotlib and the rest load only for a run
 
@@ -139,10 +152,7 @@ def main(args) -> int:
             _run_with_progress(cfg, models, results, judge)
         finally:  # a run stopped early still gets its report on the answers it wrote
             if results.rows:
-                paths = write_report(out, results.rows, manifest)
-                print(f"{len(results.rows)} answers in {out / 'results.jsonl'}", file=sys.stderr)
-                for p in paths:
-                    print(p)
+                _report(write_report, out, results.rows, manifest)
     finally:
         if judge is not None:
             judge.close()
