@@ -28,17 +28,18 @@ def check_gate(gate: str) -> GateName:
     return gate  # type: ignore[return-value]
 
 
-def gate_value(gate: GateName, logits: np.ndarray, top1_p: float) -> float:
-    """What `gate` reads of the base's row (`top1_p`: its top-1 probability, already known)."""
+def gate_value(gate: GateName, logits: np.ndarray, top1_p: float, row_entropy: float | None = None) -> float:
+    """What `gate` reads of the base's row (`top1_p`: its top-1 probability, already known;
+    `row_entropy`: its entropy, where the caller measured it already)."""
     if gate == "top1":
         return top1_p
     if gate == "margin":
         best = top_k(logits, 2)
         return best[0][1] - (best[1][1] if len(best) > 1 else 0.0)
-    return entropy(logits)
+    return entropy(logits) if row_entropy is None else row_entropy
 
 
-def opens(gate: GateName, gamma: float, logits: np.ndarray, top1_p: float) -> bool:
+def opens(gate: GateName, gamma: float, logits: np.ndarray, top1_p: float, row_entropy: float | None = None) -> bool:
     """Whether the gate hands this position to the nudger."""
-    value = gate_value(gate, logits, top1_p)
+    value = gate_value(gate, logits, top1_p, row_entropy)
     return value > gamma if gate == "entropy" else value < gamma

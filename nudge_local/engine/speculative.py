@@ -332,7 +332,7 @@ def apply_rule(
                 on_check(*check(base, rnd, n_shared))
             best, base_p = top1(rnd.rows_b[i])
             base_entropy = rule.choose.entropy(rnd.rows_b[i])
-            if opens(rule.gate, rule.gamma, rnd.rows_b[i], base_p):
+            if opens(rule.gate, rule.gamma, rnd.rows_b[i], base_p, base_entropy):
                 rule.word = Word(base_p, base_entropy)
                 continue
             t = rule.choose(rnd.rows_b[i], best)

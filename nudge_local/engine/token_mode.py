@@ -69,7 +69,7 @@ def nudged_steps(
         logits = base_view.logits()
         best, base_p = top1(logits)
         base_entropy = choose.entropy(logits)
-        if opens(gate, gamma, logits, base_p):
+        if opens(gate, gamma, logits, base_p, base_entropy):
             cap = min(word_cap, max_tokens - emitted)
             n = yield from nudged_word(nudger, nudger_view, answer, gate_p=base_p, cap=cap, choose=choose,
                                        gate_entropy=base_entropy)  # fmt: skip

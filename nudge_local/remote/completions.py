@@ -9,9 +9,9 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from nudge_local.engine.errors import NudgeError
-from nudge_local.engine.interface import Completion, CompletionToken, ScoringModel
+from nudge_local.engine.interface import Completion, CompletionToken
 from nudge_local.remote.chunks import Chunk, ChunkSizer
-from nudge_local.remote.http import Http, RemoteError, flag
+from nudge_local.remote.http import Http, RemoteError, ServedModel, flag
 from nudge_local.remote.llama_server import TOP_K
 from nudge_local.remote.rows import TopRow, token_logprobs
 
@@ -38,14 +38,12 @@ def served_model(http: Http) -> str:
     )
 
 
-class TextRemoteModel(ScoringModel):
+class TextRemoteModel(ServedModel):
     """A model behind OpenAI's /v1/completions: text in, token texts and their log-probabilities
     out. Its token ids are this process's own numbering of the texts the server returned, so it
     works in text space only."""
 
-    kind = "server"
     has_token_ids = False
-    scores_drafts = False
     vocab_type = None  # no vocabulary: its ids number the token texts its server returned
 
     def __init__(self, http: Http) -> None:
@@ -74,20 +72,9 @@ class TextRemoteModel(ScoringModel):
         return PurePosixPath(self.model).name or self.model
 
     @property
-    def label(self) -> str:
-        return self.name
-
-    @property
-    def identity(self) -> str:
-        return f"{self.path} ({self.label})"
-
-    @property
     def n_vocab(self) -> int:
         """The ids numbered so far and the unlisted tail every row carries."""
         return len(self._texts) + TEXT_TAIL
-
-    def metadata(self, key: str) -> str | None:  # noqa: ARG002
-        return None
 
     def _id(self, text: str) -> int:
         i = self._ids.get(text)
@@ -107,9 +94,6 @@ class TextRemoteModel(ScoringModel):
 
     def count_tokens(self, text: str | bytes) -> None:  # noqa: ARG002
         """Not known: an OpenAI server does not tokenize on request."""
-        return None
-
-    def token_texts(self) -> None:
         return None
 
     def logits(self, tokens: list[int]) -> np.ndarray:  # noqa: ARG002
@@ -210,9 +194,3 @@ class TextRemoteModel(ScoringModel):
 
     def close(self) -> None:
         self.http.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

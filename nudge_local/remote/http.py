@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import httpx2 as httpx
 
 from nudge_local.engine.errors import NudgeError
+from nudge_local.engine.interface import ScoringModel
 
 
 def flag(role: str) -> str:
@@ -169,3 +170,32 @@ def error_message(r: httpx.Response) -> str:
     text = str(err or r.reason_phrase or "no details").strip().rstrip(".")
     return (text[:300] + "...") if len(text) > 300 else text + "."
 
+
+
+class ServedModel(ScoringModel):
+    """What a model on a serving engine answers alike, whichever API serves it: its name for users and
+    records, no GGUF metadata, no listed vocabulary, no draft scored in one batch."""
+
+    kind = "server"
+    scores_drafts = False  # no server here returns prompt log-probabilities: speculative runs as token mode
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def identity(self) -> str:
+        return f"{self.path} ({self.label})"
+
+    def metadata(self, key: str) -> str | None:  # noqa: ARG002 - a server exposes no GGUF metadata
+        return None
+
+    def token_texts(self) -> None:
+        """A server does not list its vocabulary (views.same_vocabulary compares a probe text)."""
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -10,21 +10,19 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from nudge_local.engine.errors import ContextFull, NudgeError
-from nudge_local.engine.interface import Completion, CompletionToken, ScoringModel
+from nudge_local.engine.interface import Completion, CompletionToken
 from nudge_local.remote.chunks import Chunk, ChunkSizer
-from nudge_local.remote.http import Http, RemoteError, flag
+from nudge_local.remote.http import Http, RemoteError, ServedModel, flag
 from nudge_local.remote.rows import TopRow
 
 TOP_K = 8  # probabilities asked per position (vLLM's default cap is 20)
 STREAM_MAX = 512  # tokens a stream may write ahead before it is asked again
 
 
-class RemoteModel(ScoringModel):
+class RemoteModel(ServedModel):
     """A model on llama.cpp's llama-server, through its native API (token ids in and out)."""
 
-    kind = "server"
     has_token_ids = True
-    scores_drafts = False  # llama-server has no prompt logprobs: speculative nudging falls back
 
     def __init__(self, http: Http) -> None:
         self.http, self.role = http, http.role
@@ -75,19 +73,8 @@ class RemoteModel(ScoringModel):
         return PurePosixPath(self._name).name or self._name
 
     @property
-    def label(self) -> str:
-        return self.name
-
-    @property
-    def identity(self) -> str:
-        return f"{self.path} ({self.label})"
-
-    @property
     def chat_template(self) -> str | None:
         return self._template
-
-    def metadata(self, key: str) -> str | None:  # noqa: ARG002 - the native API exposes no GGUF metadata
-        return None
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -113,10 +100,6 @@ class RemoteModel(ScoringModel):
 
     def count_tokens(self, text: str | bytes) -> int:
         return len(self.tokenize(text))
-
-    def token_texts(self) -> None:
-        """A server does not list its vocabulary (views.same_vocabulary compares a probe text)."""
-        return None
 
     def piece(self, token: int) -> bytes:
         p = self._pieces.get(token)
@@ -313,10 +296,4 @@ class RemoteModel(ScoringModel):
     def close(self) -> None:
         self.settle()
         self.http.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
